@@ -1,0 +1,241 @@
+"""PixMix itself: the reference-faithful per-image path and the batched torch path (spec section 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from pixmix import batched_ops, mixing, pil_ops
+from pixmix.config import PixMixConfig, make_config
+from pixmix.params import PixMixParams, sample_params
+
+Tensor = torch.Tensor
+
+
+def pil_to_float(image: Image.Image) -> Tensor:
+    """A PIL RGB image as float ``[3, H, W]`` in [0, 1], exactly as ``ToTensor`` does."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(image).float().div(255)
+
+
+class PixMix:
+    """PixMix on one PIL image at a time, with Pillow ops as in the reference code.
+
+    ``PixMix(k, beta, severity, ops, image_size)(image, mixing_picture, generator)`` returns a float
+    tensor ``[3, H, W]`` in [0, 1]; normalisation is a later, separate step.
+    """
+
+    def __init__(
+        self,
+        k: int = 4,
+        beta: float = 3.0,
+        severity: float = 3.0,
+        ops: str | Sequence[str] = "all",
+        image_size: int | None = None,
+    ) -> None:
+        self.config: PixMixConfig = make_config(k, beta, severity, ops)
+        if image_size is not None and (
+            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+        ):
+            raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+        self.image_size = image_size
+
+    @classmethod
+    def cifar(cls) -> PixMix:
+        """The paper's CIFAR-10/100 recipe: k=4, beta=3, severity=3, all ops, 32 px."""
+        return cls(k=4, beta=3.0, severity=3.0, ops="all", image_size=32)
+
+    @classmethod
+    def imagenet(cls) -> PixMix:
+        """The paper's ImageNet recipe: k=4, beta=4, severity=1, all ops, 224 px."""
+        return cls(k=4, beta=4.0, severity=1.0, ops="all", image_size=224)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"PixMix(k={c.k}, beta={c.beta}, severity={c.severity}, ops={list(c.op_names)}, "
+            f"image_size={self.image_size})"
+        )
+
+    def __call__(
+        self,
+        image: Image.Image,
+        mixing_picture: Image.Image,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        self._check_images(image, mixing_picture)
+        return self.apply(image, mixing_picture, sample_params(self.config, 1, generator))
+
+    def apply(self, image: Image.Image, mixing_picture: Image.Image, params: PixMixParams) -> Tensor:
+        """Apply already-sampled params (a batch of one) to one image."""
+        if params.batch_size != 1 or params.k != self.config.k:
+            raise ValueError(
+                f"params must hold one sample with k={self.config.k}, "
+                f"got batch_size={params.batch_size}, k={params.k}"
+            )
+        p = params.to("cpu")
+        names = self.config.op_names
+        ops, levels, negates = p.op[0].tolist(), p.level[0].tolist(), p.negate[0].tolist()
+
+        def augmented(slot: int) -> Tensor:
+            return pil_to_float(pil_ops.apply_op(image.copy(), names[ops[slot]], levels[slot], negates[slot]))
+
+        mixed = augmented(0) if bool(p.start_augmented[0]) else pil_to_float(image)
+        for r in range(int(p.rounds[0])):
+            partner = augmented(r + 1) if bool(p.partner_augmented[0, r]) else pil_to_float(mixing_picture)
+            mix = mixing.multiplicative if bool(p.multiplicative[0, r]) else mixing.additive
+            mixed = torch.clip(mix(mixed, partner, float(p.a[0, r]), float(p.b[0, r])), 0, 1)
+        return mixed
+
+    def _check_images(self, image: object, mixing_picture: object) -> None:
+        for name, im in (("image", image), ("mixing_picture", mixing_picture)):
+            if not isinstance(im, Image.Image):
+                raise ValueError(f"{name} must be a PIL.Image.Image, got {type(im).__name__}")
+            if im.mode != "RGB":
+                raise ValueError(f"{name} must be an RGB image, got mode {im.mode!r} (use .convert('RGB'))")
+        assert isinstance(image, Image.Image) and isinstance(mixing_picture, Image.Image)
+        if image.size != mixing_picture.size:
+            raise ValueError(
+                f"image and mixing_picture must have the same size, got {image.size} and {mixing_picture.size}"
+            )
+        if self.image_size is not None and image.size != (self.image_size, self.image_size):
+            raise ValueError(
+                f"image_size is {self.image_size}, but the images are {image.size[0]}x{image.size[1]}"
+            )
+
+
+def pixmix_batch(
+    images: Tensor,
+    mixing: Tensor,
+    *,
+    k: int = 4,
+    beta: float = 3.0,
+    severity: float = 3.0,
+    ops: str | Sequence[str] = "all",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """PixMix a batch: uint8 ``images`` and ``mixing`` ``[B, 3, H, W]`` (CPU or CUDA) -> float in [0, 1].
+
+    Every sample gets its own op, magnitude, sign, rounds, mixing op and coefficients, drawn from
+    ``generator`` (a CPU generator reproduces the same batch on CPU and GPU).
+    """
+    config = make_config(k, beta, severity, ops)
+    check_batch(images, mixing)
+    return apply_batch(images, mixing, sample_params(config, images.shape[0], generator), config)
+
+
+def check_batch(images: object, mixing: object) -> None:
+    for name, t in (("images", images), ("mixing", mixing)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.uint8:
+            raise ValueError(f"{name} must have dtype torch.uint8 (values 0..255), got {t.dtype}")
+        if t.dim() != 4 or t.shape[1] != 3:
+            raise ValueError(f"{name} must have shape [B, 3, H, W], got {list(t.shape)}")
+        if t.shape[2] < 1 or t.shape[3] < 1:
+            raise ValueError(f"{name} must have non-empty images, got {list(t.shape)}")
+    assert isinstance(images, torch.Tensor) and isinstance(mixing, torch.Tensor)
+    if images.shape != mixing.shape:
+        raise ValueError(
+            f"images and mixing must have the same shape, got {list(images.shape)} and {list(mixing.shape)}"
+        )
+    if images.device != mixing.device:
+        raise ValueError(f"images and mixing must be on one device, got {images.device} and {mixing.device}")
+
+
+# On the CPU, work on chunks of about this many float elements, so that each temporary stays in cache.
+CPU_CHUNK_ELEMENTS = 1 << 20
+# On the CPU, images with fewer elements than this are sorted into long runs before mixing.
+SORT_BELOW_ELEMENTS = 1 << 15
+
+
+def apply_batch(images: Tensor, mixing_pics: Tensor, params: PixMixParams, config: PixMixConfig) -> Tensor:
+    """Apply sampled params to a batch. Decisions are indexed on the CPU, so a GPU batch never syncs."""
+    n, c, h, w = images.shape
+    if params.batch_size != n or params.k != config.k:
+        raise ValueError(
+            f"params must hold {n} samples with k={config.k}, got {params.batch_size} with k={params.k}"
+        )
+    p = params.to("cpu")
+    out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)
+    chunk = n if images.is_cuda else max(1, CPU_CHUNK_ELEMENTS // (c * h * w))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        _apply_chunk(images[start:stop], mixing_pics[start:stop], p.slice(start, stop), config, out[start:stop])
+    return out
+
+
+def _apply_chunk(images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: PixMixConfig, out: Tensor) -> None:
+    n = images.shape[0]
+    dev = images.device
+
+    # 1. Every augmented image the chunk needs, in op order, so each op's kernel runs once.
+    job_sample, job_slot = p.slot_used().nonzero(as_tuple=True)
+    job_op = p.op[job_sample, job_slot]
+    by_op = torch.argsort(job_op, stable=True)
+    job_sample, job_slot, job_op = job_sample[by_op], job_slot[by_op], job_op[by_op]
+    job_of = torch.full((n, config.k + 1), -1, dtype=torch.long)
+    job_of[job_sample, job_slot] = torch.arange(job_sample.numel())
+    augmented = []
+    ops_present, op_counts = torch.unique_consecutive(job_op, return_counts=True)
+    begin = 0
+    for op_index, count in zip(ops_present.tolist(), op_counts.tolist()):
+        s_idx, k_idx = job_sample[begin : begin + count], job_slot[begin : begin + count]
+        src = images.index_select(0, s_idx.to(dev))
+        augmented.append(batched_ops.apply_op(config.op_names[op_index], src, p.level[s_idx, k_idx], p.negate[s_idx, k_idx]))
+        begin += count
+
+    # Every picture a sample may start from or mix with, as [3, H, W] views (nothing is copied):
+    # [0, n) originals, [n, 2n) mixing pictures, [2n, 2n + jobs) augmented images.
+    sources = [*images.unbind(0), *mixing_pics.unbind(0), *(im for group in augmented for im in group.unbind(0))]
+    samples = torch.arange(n)
+    start_index = torch.where(p.start_augmented, 2 * n + job_of[:, 0], samples)
+    partner_index = torch.where(p.partner_augmented, 2 * n + job_of[:, 1:], (n + samples).unsqueeze(1))
+
+    # 2. Mix in place, round by round, over runs of consecutive samples that share the round's op.
+    # Sorting samples by their sequence of (inactive / additive / multiplicative) rounds makes those
+    # runs few and long, which small images and GPUs need; large images on the CPU skip the sort
+    # (and the copies it costs), as per-sample runs are cheap next to their pixel work.
+    codes = torch.where(p.round_active(), 1 + p.multiplicative.long(), 0)
+    if dev.type != "cpu" or out[0].numel() < SORT_BELOW_ELEMENTS:
+        weights = 3 ** torch.arange(config.k - 1, -1, -1)
+        order = torch.argsort((codes * weights).sum(dim=1), stable=True)
+        mixed = torch.empty_like(out)
+    else:
+        order = torch.arange(n)
+        mixed = out
+    codes, partner_index = codes[order], partner_index[order].tolist()
+    a, b = p.a[order].to(dev), p.b[order].to(dev)
+
+    _copy_scaled(mixed, [sources[i] for i in start_index[order].tolist()])
+    for r in range(config.k):
+        values, counts = torch.unique_consecutive(codes[:, r], return_counts=True)
+        begin = 0
+        for code, count in zip(values.tolist(), counts.tolist()):
+            end = begin + count
+            if code:
+                x2 = _stack([sources[row[r]] for row in partner_index[begin:end]])
+                a_r, b_r = a[begin:end, r].view(-1, 1, 1, 1), b[begin:end, r].view(-1, 1, 1, 1)
+                mix = mixing.multiply_u8_ if code == 2 else mixing.add_u8_
+                mix(mixed[begin:end], x2, a_r, b_r)
+            begin = end
+    if mixed is not out:
+        torch.index_select(mixed, 0, torch.argsort(order).to(dev), out=out)
+
+
+def _stack(views: list[Tensor]) -> Tensor:
+    """``[m, 3, H, W]`` from ``m`` image views, copying only when there is more than one."""
+    return views[0].unsqueeze(0) if len(views) == 1 else torch.stack(views)
+
+
+def _copy_scaled(dst: Tensor, views: list[Tensor]) -> None:
+    """``dst = stack(views) / 255`` as float, without a stacked uint8 copy for short lists."""
+    if len(views) <= 16:
+        for row, view in zip(dst, views):
+            row.copy_(view)
+    else:
+        dst.copy_(torch.stack(views))
+    dst.div_(255)

@@ -1,0 +1,43 @@
+"""PixMix hyper-parameters, validated once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pixmix.ops import MAX_SEVERITY, MIN_LEVEL, resolve_ops
+
+
+@dataclass(frozen=True)
+class PixMixConfig:
+    """k mixing rounds at most, Beta parameter, op severity and op list (spec sections 1-3)."""
+
+    k: int = 4
+    beta: float = 3.0
+    severity: float = 3.0
+    ops: tuple[str, ...] | str = "all"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"k must be an integer >= 0, got {self.k!r}")
+        if not _is_real(self.beta) or not self.beta > 0 or not math.isfinite(self.beta):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta!r}")
+        if not _is_real(self.severity) or not (MIN_LEVEL <= self.severity <= MAX_SEVERITY):
+            raise ValueError(
+                f"severity must be a number in [{MIN_LEVEL}, {MAX_SEVERITY:g}], got {self.severity!r}"
+            )
+        object.__setattr__(self, "ops", resolve_ops(self.ops))
+
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        assert isinstance(self.ops, tuple)
+        return self.ops
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def make_config(k: int, beta: float, severity: float, ops: str | Sequence[str]) -> PixMixConfig:
+    return PixMixConfig(k=k, beta=beta, severity=severity, ops=ops if isinstance(ops, str) else tuple(ops))

@@ -1,0 +1,54 @@
+"""The two PixMix mixing operations on float images in [0, 1] (spec section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+# The reference clamps the partner away from zero before raising it to a (possibly negative) power.
+MULTIPLY_FLOOR = 1e-37
+
+
+def additive(x1: Tensor, x2: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
+    """``a*(2x1-1) + b*(2x2-1)`` mapped back to [0, 1], in the reference's order of operations."""
+    return (a * (x1 * 2 - 1) + b * (x2 * 2 - 1) + 1) / 2
+
+
+def multiplicative(x1: Tensor, x2: Tensor, a: Tensor | float, b: Tensor | float) -> Tensor:
+    """The weighted geometric mean ``(2x1)^a * (2*max(x2, 1e-37))^b / 2``."""
+    return (x1 * 2) ** a * ((x2.clamp(min=MULTIPLY_FLOOR) * 2) ** b) / 2
+
+
+# In-place kernels for the batched path: ``x1`` is float in [0, 1] and is overwritten with the clipped
+# result; ``x2`` is the partner as uint8, its 1/255 scale folded into per-sample constants.
+_LOG_FLOOR_U8 = MULTIPLY_FLOOR * 255.0
+_LOG_2_OVER_255 = math.log(2.0 / 255.0)
+_LOG_U8_TABLE = np.log(np.maximum(np.arange(256, dtype=np.float32), np.float32(_LOG_FLOOR_U8)))
+
+
+def add_u8_(x1: Tensor, x2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """In place: ``x1 = clip(a*x1 + b*x2/255 + (1-a-b)/2, 0, 1)``."""
+    x1.mul_(a).addcmul_(x2.float(), b / 255.0).add_((1.0 - a - b) / 2.0)
+    return x1.clamp_(0.0, 1.0)
+
+
+def _log_partner(x2: Tensor) -> Tensor:
+    """``log(max(x2, 1e-37*255))`` for uint8 ``x2``, as float."""
+    if x2.is_cuda:
+        return x2.float().clamp_(min=_LOG_FLOOR_U8).log_()
+    # On the CPU a 256-entry table beats converting and taking the log of every pixel.
+    return torch.from_numpy(np.take(_LOG_U8_TABLE, x2.contiguous().numpy()))
+
+
+def multiply_u8_(x1: Tensor, x2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """In place: ``x1 = clip((2*x1)^a * (2*max(x2/255, 1e-37))^b / 2, 0, 1)``."""
+    # a > 0 always (the sampler never draws 0), so log(0) = -inf gives 0**a = 0 as torch.pow does.
+    x1.mul_(2).log_().mul_(a)
+    x1.addcmul_(_log_partner(x2), b)
+    # (2*x2/255)^b = x2^b * exp(b*log(2/255)); the final 1/2 joins that per-sample factor.
+    x1.exp_().mul_(torch.exp(b * _LOG_2_OVER_255) / 2.0)
+    return x1.clamp_(0.0, 1.0)
