@@ -4,7 +4,8 @@
     python benchmarks/pixmix_speed.py --device cuda   # adds the batched path on the GPU
 
 Trials alternate between the paths so that both see the same machine state; the figures are medians
-over trials, and ratios are of medians measured in this one run.
+over trials, and ratios are of medians measured in this one run. By default the process first calls
+pixmix.runtime.tune_cpu_allocator() (as the project's CLIs do); --no-tune measures glibc's defaults.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import torch
+if "--no-tune" not in sys.argv:  # must precede the first import of torch
+    from pixmix.runtime import tune_cpu_allocator
 
-from pixmix import PixMix, pixmix_batch
-from pixmix.demo import synthetic_images, synthetic_mixing_pictures
-from pixmix.transforms import to_uint8_tensor
+    TUNED = tune_cpu_allocator()
+else:
+    TUNED = False
+
+import torch  # noqa: E402
+
+from pixmix import PixMix, pixmix_batch  # noqa: E402
+from pixmix.demo import synthetic_images, synthetic_mixing_pictures  # noqa: E402
+from pixmix.transforms import to_uint8_tensor  # noqa: E402
 
 PRESETS = {32: PixMix.cifar, 224: PixMix.imagenet}
 
@@ -77,7 +85,6 @@ def bench_size(size: int, trials: int, cpu_batch: int, gpu_batch: int, per_image
             pixmix_batch(xg, mg, generator=gen, **kwargs)
             return xg.shape[0]
 
-        paths["batched"] = paths["batched"]
         paths["batched (cuda)"] = (batched_gpu, torch.cuda.synchronize, "cuda", xg.shape[0])
 
     for fn, sync, _, _ in paths.values():  # warm-up: imports, kernels, allocator
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-batch", type=int, default=0, help="batch for the CPU path (0: 512 at 32 px, 64 at 224 px)")
     parser.add_argument("--gpu-batch", type=int, default=1024)
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--no-tune", action="store_true", help="keep glibc's default malloc settings")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if s not in PRESETS:
             print(f"--sizes: {s} is not one of {sorted(PRESETS)}", file=sys.stderr)
             return 2
-    print(f"torch {torch.__version__}, {args.threads} CPU thread(s), "
+    print(f"torch {torch.__version__}, {args.threads} CPU thread(s), allocator tuned: {TUNED}, "
           f"GPU: {torch.cuda.get_device_name() if cuda else 'none'}")
     rows: list[Row] = []
     for size in sizes:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from pixmix import batched_ops, mixing, pil_ops
+from pixmix.batched_ops import to_device
 from pixmix.config import PixMixConfig, make_config
 from pixmix.params import PixMixParams, sample_params
 
@@ -46,12 +47,16 @@ class PixMix:
     @classmethod
     def cifar(cls) -> PixMix:
         """The paper's CIFAR-10/100 recipe: k=4, beta=3, severity=3, all ops, 32 px."""
-        return cls(k=4, beta=3.0, severity=3.0, ops="all", image_size=32)
+        from pixmix.recipes import CIFAR
+
+        return CIFAR.pixmix()
 
     @classmethod
     def imagenet(cls) -> PixMix:
         """The paper's ImageNet recipe: k=4, beta=4, severity=1, all ops, 224 px."""
-        return cls(k=4, beta=4.0, severity=1.0, ops="all", image_size=224)
+        from pixmix.recipes import IMAGENET
+
+        return IMAGENET.pixmix()
 
     def __repr__(self) -> str:
         c = self.config
@@ -184,7 +189,7 @@ def _apply_chunk(images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: P
     begin = 0
     for op_index, count in zip(ops_present.tolist(), op_counts.tolist()):
         s_idx, k_idx = job_sample[begin : begin + count], job_slot[begin : begin + count]
-        src = images.index_select(0, s_idx.to(dev))
+        src = images.index_select(0, to_device(s_idx, dev))
         augmented.append(batched_ops.apply_op(config.op_names[op_index], src, p.level[s_idx, k_idx], p.negate[s_idx, k_idx]))
         begin += count
 
@@ -208,7 +213,7 @@ def _apply_chunk(images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: P
         order = torch.arange(n)
         mixed = out
     codes, partner_index = codes[order], partner_index[order].tolist()
-    a, b = p.a[order].to(dev), p.b[order].to(dev)
+    a, b = to_device(p.a[order], dev), to_device(p.b[order], dev)
 
     _copy_scaled(mixed, [sources[i] for i in start_index[order].tolist()])
     for r in range(config.k):
@@ -223,7 +228,7 @@ def _apply_chunk(images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: P
                 mix(mixed[begin:end], x2, a_r, b_r)
             begin = end
     if mixed is not out:
-        torch.index_select(mixed, 0, torch.argsort(order).to(dev), out=out)
+        torch.index_select(mixed, 0, to_device(torch.argsort(order), dev), out=out)
 
 
 def _stack(views: list[Tensor]) -> Tensor:

@@ -23,6 +23,19 @@ _L_WEIGHTS = (19595, 38470, 7471)
 _TRUNC_EPS = 1e-3
 
 
+def to_device(values: Tensor, device: torch.device) -> Tensor:
+    """Move a small CPU tensor to ``device``; to a GPU through pinned memory, without a stream sync.
+
+    A plain ``.to("cuda")`` from pageable memory waits for every queued kernel first, which would
+    serialise the host's planning with the GPU's work.
+    """
+    if values.device == device:
+        return values
+    if device.type == "cuda" and values.device.type == "cpu":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 def _per_sample(values: Tensor, ndim: int = 4) -> Tensor:
     return values.reshape(-1, *([1] * (ndim - 1)))
 
@@ -109,7 +122,7 @@ def posterize(images: Tensor, bits: Tensor) -> Tensor:
 def solarize(images: Tensor, threshold: Tensor) -> Tensor:
     """ImageOps.solarize: invert every value at or above ``threshold`` (0..256)."""
     ramp = torch.arange(256, device=images.device)
-    lut = torch.where(ramp.view(1, 256) < threshold.to(images.device).view(-1, 1), ramp, 255 - ramp)
+    lut = torch.where(ramp.view(1, 256) < to_device(threshold, images.device).view(-1, 1), ramp, 255 - ramp)
     return _channel_lut(images, lut.to(torch.uint8).unsqueeze(1).expand(-1, images.shape[1], -1))
 
 
@@ -123,7 +136,7 @@ def affine(images: Tensor, matrix: Tensor) -> Tensor:
     """
     n, _, h, w = images.shape
     dev = images.device
-    m = matrix.to(device=dev, dtype=torch.float32).view(n, 6, 1, 1)
+    m = to_device(matrix.to(torch.float32), dev).view(n, 6, 1, 1)
     ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5).view(1, h, 1)
     xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5).view(1, 1, w)
     src_x = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]  # [n, h, w] in pixel units
@@ -153,8 +166,8 @@ def shift(images: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
                     i, :, max(0, sy) : h - max(0, -sy), max(0, sx) : w - max(0, -sx)
                 ]
         return out
-    cols = torch.arange(w, device=dev).view(1, w) + dx.to(dev).view(n, 1)
-    rows = torch.arange(h, device=dev).view(1, h) + dy.to(dev).view(n, 1)
+    cols = torch.arange(w, device=dev).view(1, w) + to_device(dx, dev).view(n, 1)
+    rows = torch.arange(h, device=dev).view(1, h) + to_device(dy, dev).view(n, 1)
     col_ok = (cols >= 0) & (cols < w)
     row_ok = (rows >= 0) & (rows < h)
     out = images.gather(3, cols.clamp(0, w - 1).view(n, 1, 1, w).expand(n, c, h, w))
@@ -248,9 +261,9 @@ def apply_op(name: str, images: Tensor, level: Tensor, negate: Tensor) -> Tensor
     if name == "equalize":
         return equalize(images)
     if name == "posterize":
-        return posterize(images, _level_param(level, O.posterize_bits).long().to(dev))
+        return posterize(images, to_device(_level_param(level, O.posterize_bits).long(), dev))
     if name == "solarize":
-        return solarize(images, _level_param(level, O.solarize_threshold).long().to(dev))
+        return solarize(images, _level_param(level, O.solarize_threshold).long())
     if name == "rotate":
         degrees = _signed(_level_param(level, O.rotate_degrees), negate)
         return affine(images, rotation_matrix(degrees, w, h))
@@ -264,12 +277,12 @@ def apply_op(name: str, images: Tensor, level: Tensor, negate: Tensor) -> Tensor
         return affine(images, torch.stack(rows, dim=1))
     if name == "translate_x":
         dx = _signed(_level_param(level, lambda v: O.translate_pixels(v, w)), negate).long()
-        return shift(images, dx.to(dev), torch.zeros_like(dx, device=dev))
+        return shift(images, dx, torch.zeros_like(dx))
     if name == "translate_y":
         dy = _signed(_level_param(level, lambda v: O.translate_pixels(v, h)), negate).long()
-        return shift(images, torch.zeros_like(dy, device=dev), dy.to(dev))
+        return shift(images, torch.zeros_like(dy), dy)
     if name in O.ENHANCE_OPS:
-        factor = _level_param(level, O.enhance_factor).float().to(dev)
+        factor = to_device(_level_param(level, O.enhance_factor).float(), dev)
         return ENHANCE_KERNELS[name](images, factor)
     raise ValueError(f"ops: unknown op name {name!r}")
 

@@ -1,0 +1,1 @@
+"""Declarative pipelines that reproduce the paper's mixing-set ablations."""
