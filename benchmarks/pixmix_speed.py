@@ -81,11 +81,16 @@ def bench_size(size: int, trials: int, cpu_batch: int, gpu_batch: int, per_image
         xg = x.repeat(reps, 1, 1, 1).cuda()
         mg = m.repeat(reps, 1, 1, 1).cuda()
 
-        def batched_gpu() -> int:
-            pixmix_batch(xg, mg, generator=gen, **kwargs)
+        def batched_gpu_eager() -> int:
+            pixmix_batch(xg, mg, generator=gen, compile=False, **kwargs)
             return xg.shape[0]
 
-        paths["batched (cuda)"] = (batched_gpu, torch.cuda.synchronize, "cuda", xg.shape[0])
+        def batched_gpu() -> int:
+            pixmix_batch(xg, mg, generator=gen, compile=True, **kwargs)
+            return xg.shape[0]
+
+        paths["batched cuda eager"] = (batched_gpu_eager, torch.cuda.synchronize, "cuda", xg.shape[0])
+        paths["batched cuda fused"] = (batched_gpu, torch.cuda.synchronize, "cuda", xg.shape[0])
 
     for fn, sync, _, _ in paths.values():  # warm-up: imports, kernels, allocator
         _time(fn, sync)
@@ -99,6 +104,27 @@ def bench_size(size: int, trials: int, cpu_batch: int, gpu_batch: int, per_image
     ]
 
 
+def profile_batched(size: int, batch: int, cuda: bool) -> None:
+    """Where the time of one batched call goes (host ops and, on a GPU, kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = PRESETS[size]().config
+    dev = "cuda" if cuda else "cpu"
+    x = torch.stack([to_uint8_tensor(im) for im in synthetic_images(batch, size, seed=1)]).to(dev)
+    m = torch.stack([to_uint8_tensor(im) for im in synthetic_mixing_pictures(batch, size, seed=2)]).to(dev)
+    gen = torch.Generator().manual_seed(0)
+    run = lambda: pixmix_batch(x, m, k=cfg.k, beta=cfg.beta, severity=cfg.severity, ops=cfg.ops, generator=gen)  # noqa: E731
+    run()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(f"profile: {size} px, batch {batch}, {dev}")
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="32,224", help="comma-separated image sides (32 and/or 224)")
@@ -109,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-batch", type=int, default=1024)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--no-tune", action="store_true", help="keep glibc's default malloc settings")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one batched call per size")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -128,12 +155,18 @@ def main(argv: list[str] | None = None) -> int:
         cpu_batch = args.cpu_batch or (512 if size <= 64 else 64)
         per_image_n = 400 if size <= 64 else 48
         rows += bench_size(size, args.trials, cpu_batch, args.gpu_batch, per_image_n, cuda)
+        if args.profile:
+            profile_batched(size, args.gpu_batch if cuda else cpu_batch, cuda)
 
-    print(f"{'size':>5} {'path':<16} {'device':<6} {'batch':>6} {'img/s':>10} {'vs per-image':>13}")
+    print(f"{'size':>5} {'path':<18} {'device':<6} {'batch':>6} {'img/s':>10} {'vs per-image':>13}")
     for size in sizes:
         base = next(r for r in rows if r.size == size and r.path.startswith("per-image")).images_per_s
         for r in (r for r in rows if r.size == size):
-            print(f"{r.size:>5} {r.path:<16} {r.device:<6} {r.batch:>6} {r.images_per_s:>10.0f} {r.images_per_s / base:>12.2f}x")
+            print(f"{r.size:>5} {r.path:<18} {r.device:<6} {r.batch:>6} {r.images_per_s:>10.0f} {r.images_per_s / base:>12.2f}x")
+    if cuda:
+        from torch._dynamo.utils import counters
+
+        print(f"compiled graphs: {dict(counters['stats'])}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([asdict(r) for r in rows], fh, indent=2)

@@ -121,15 +121,17 @@ def pixmix_batch(
     severity: float = 3.0,
     ops: str | Sequence[str] = "all",
     generator: torch.Generator | None = None,
+    compile: bool | None = None,
 ) -> Tensor:
     """PixMix a batch: uint8 ``images`` and ``mixing`` ``[B, 3, H, W]`` (CPU or CUDA) -> float in [0, 1].
 
     Every sample gets its own op, magnitude, sign, rounds, mixing op and coefficients, drawn from
-    ``generator`` (a CPU generator reproduces the same batch on CPU and GPU).
+    ``generator`` (a CPU generator reproduces the same batch on CPU and GPU). ``compile``: see
+    :func:`apply_batch`.
     """
     config = make_config(k, beta, severity, ops)
     check_batch(images, mixing)
-    return apply_batch(images, mixing, sample_params(config, images.shape[0], generator), config)
+    return apply_batch(images, mixing, sample_params(config, images.shape[0], generator), config, compile=compile)
 
 
 def check_batch(images: object, mixing: object) -> None:
@@ -157,23 +159,36 @@ CPU_CHUNK_ELEMENTS = 1 << 20
 SORT_BELOW_ELEMENTS = 1 << 15
 
 
-def apply_batch(images: Tensor, mixing_pics: Tensor, params: PixMixParams, config: PixMixConfig) -> Tensor:
-    """Apply sampled params to a batch. Decisions are indexed on the CPU, so a GPU batch never syncs."""
+def apply_batch(
+    images: Tensor,
+    mixing_pics: Tensor,
+    params: PixMixParams,
+    config: PixMixConfig,
+    compile: bool | None = None,
+) -> Tensor:
+    """Apply sampled params to a batch. Decisions are indexed on the CPU, so a GPU batch never syncs.
+
+    ``compile``: fuse each mixing round into one compiled GPU kernel (torch.compile). Default: on
+    for CUDA batches when Triton is available; the first batch then pays a one-off compilation.
+    """
     n, c, h, w = images.shape
     if params.batch_size != n or params.k != config.k:
         raise ValueError(
             f"params must hold {n} samples with k={config.k}, got {params.batch_size} with k={params.k}"
         )
     p = params.to("cpu")
+    fused = images.is_cuda and (mixing.compile_available() if compile is None else compile)
     out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)
     chunk = n if images.is_cuda else max(1, CPU_CHUNK_ELEMENTS // (c * h * w))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        _apply_chunk(images[start:stop], mixing_pics[start:stop], p.slice(start, stop), config, out[start:stop])
+        _apply_chunk(images[start:stop], mixing_pics[start:stop], p.slice(start, stop), config, out[start:stop], fused)
     return out
 
 
-def _apply_chunk(images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: PixMixConfig, out: Tensor) -> None:
+def _apply_chunk(
+    images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: PixMixConfig, out: Tensor, fused: bool
+) -> None:
     n = images.shape[0]
     dev = images.device
 
@@ -193,9 +208,7 @@ def _apply_chunk(images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: P
         augmented.append(batched_ops.apply_op(config.op_names[op_index], src, p.level[s_idx, k_idx], p.negate[s_idx, k_idx]))
         begin += count
 
-    # Every picture a sample may start from or mix with, as [3, H, W] views (nothing is copied):
-    # [0, n) originals, [n, 2n) mixing pictures, [2n, 2n + jobs) augmented images.
-    sources = [*images.unbind(0), *mixing_pics.unbind(0), *(im for group in augmented for im in group.unbind(0))]
+    pictures = _Pictures(images, mixing_pics, augmented)
     samples = torch.arange(n)
     start_index = torch.where(p.start_augmented, 2 * n + job_of[:, 0], samples)
     partner_index = torch.where(p.partner_augmented, 2 * n + job_of[:, 1:], (n + samples).unsqueeze(1))
@@ -212,35 +225,62 @@ def _apply_chunk(images: Tensor, mixing_pics: Tensor, p: PixMixParams, config: P
     else:
         order = torch.arange(n)
         mixed = out
-    codes, partner_index = codes[order], partner_index[order].tolist()
-    a, b = to_device(p.a[order], dev), to_device(p.b[order], dev)
+    codes = codes[order]
+    # Round-major [k, n] tables of partners and coefficients, sent to the device once.
+    partners = pictures.index_table(partner_index[order].t().contiguous())
+    a, b = (to_device(v[order].t().contiguous(), dev) for v in (p.a, p.b))
 
-    _copy_scaled(mixed, [sources[i] for i in start_index[order].tolist()])
+    pictures.copy_scaled(mixed, start_index[order])
     for r in range(config.k):
         values, counts = torch.unique_consecutive(codes[:, r], return_counts=True)
         begin = 0
         for code, count in zip(values.tolist(), counts.tolist()):
             end = begin + count
-            if code:
-                x2 = _stack([sources[row[r]] for row in partner_index[begin:end]])
-                a_r, b_r = a[begin:end, r].view(-1, 1, 1, 1), b[begin:end, r].view(-1, 1, 1, 1)
+            if code and fused and pictures.pool is not None:
+                kernel = mixing.fused_kernel("multiply" if code == 2 else "add")
+                kernel(mixed, begin, end, r, pictures.pool, partners, a, b)
+            elif code:
                 mix = mixing.multiply_u8_ if code == 2 else mixing.add_u8_
-                mix(mixed[begin:end], x2, a_r, b_r)
+                a_r, b_r = a[r, begin:end].view(-1, 1, 1, 1), b[r, begin:end].view(-1, 1, 1, 1)
+                mix(mixed[begin:end], pictures.gather(partners[r, begin:end]), a_r, b_r)
             begin = end
     if mixed is not out:
         torch.index_select(mixed, 0, to_device(torch.argsort(order), dev), out=out)
 
 
-def _stack(views: list[Tensor]) -> Tensor:
-    """``[m, 3, H, W]`` from ``m`` image views, copying only when there is more than one."""
-    return views[0].unsqueeze(0) if len(views) == 1 else torch.stack(views)
+class _Pictures:
+    """Every picture a sample may start from or mix with, addressed by one index:
+    ``[0, n)`` originals, ``[n, 2n)`` mixing pictures, ``[2n, 2n + jobs)`` augmented images.
 
+    On a GPU they are concatenated into one pool and gathered with one kernel. On the CPU they stay
+    where they are, as views: a run of one sample then reads its picture with no copy at all.
+    """
 
-def _copy_scaled(dst: Tensor, views: list[Tensor]) -> None:
-    """``dst = stack(views) / 255`` as float, without a stacked uint8 copy for short lists."""
-    if len(views) <= 16:
-        for row, view in zip(dst, views):
-            row.copy_(view)
-    else:
-        dst.copy_(torch.stack(views))
-    dst.div_(255)
+    def __init__(self, images: Tensor, mixing_pics: Tensor, augmented: list[Tensor]) -> None:
+        self.device = images.device
+        if images.is_cuda:
+            self.pool: Tensor | None = torch.cat([images, mixing_pics, *augmented], dim=0)
+            self.views: list[Tensor] = []
+        else:
+            self.pool = None
+            self.views = [*images.unbind(0), *mixing_pics.unbind(0), *(im for g in augmented for im in g.unbind(0))]
+
+    def index_table(self, index: Tensor) -> Tensor:
+        """A table of picture indices where :meth:`gather` wants it: with the pool on its device."""
+        return to_device(index, self.device) if self.pool is not None else index
+
+    def gather(self, index: Tensor) -> Tensor:
+        """uint8 ``[len(index), 3, H, W]``."""
+        if self.pool is not None:
+            return self.pool.index_select(0, to_device(index, self.device))
+        views = [self.views[i] for i in index.tolist()]
+        return views[0].unsqueeze(0) if len(views) == 1 else torch.stack(views)
+
+    def copy_scaled(self, dst: Tensor, index: Tensor) -> None:
+        """``dst = gather(index) / 255`` as float."""
+        if self.pool is not None or len(index) > 16:
+            dst.copy_(self.gather(index))
+        else:  # row by row: no stacked uint8 copy
+            for row, i in zip(dst, index.tolist()):
+                row.copy_(self.views[i])
+        dst.div_(255)

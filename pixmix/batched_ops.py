@@ -130,27 +130,61 @@ def affine(images: Tensor, matrix: Tensor) -> Tensor:
     """Image.transform(AFFINE, BILINEAR) with per-sample matrices ``[n, 6]`` (PIL's inverse map).
 
     Output pixel centre ``(x+.5, y+.5)`` samples the input at ``M @ (x+.5, y+.5, 1)``. Points outside
-    the input become black; inside, bilinear with clamped neighbours, truncated to uint8. grid_sample
-    works in float32 where Pillow uses float64, so about 0.1% of pixels come out one level apart; an
-    exact float64 version ran 2-5x slower on the CPU.
+    the input become black; inside, bilinear with clamped neighbours, truncated to uint8. Written out
+    in float64 with Pillow's own expressions (``a + (b - a) * d``) so the result is bit-identical;
+    grid_sample's float32 grid and weights put ~0.1% of pixels one level off.
     """
-    n, _, h, w = images.shape
-    dev = images.device
-    m = to_device(matrix.to(torch.float32), dev).view(n, 6, 1, 1)
-    ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5).view(1, h, 1)
-    xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5).view(1, 1, w)
-    src_x = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]  # [n, h, w] in pixel units
-    src_y = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
-    outside = (src_x < 0) | (src_x >= w) | (src_y < 0) | (src_y >= h)
-    # Inside points: clamp to the outer pixel centres (Pillow clamps the neighbours). Outside points:
-    # move far off the image, where zero padding makes them black. Cheaper than masking the output.
-    far = outside.float().mul_(-1e4)
-    gx = src_x.clamp_(0.5, w - 0.5).add_(far).mul_(2.0 / w).sub_(1.0)
-    gy = src_y.clamp_(0.5, h - 0.5).add_(far).mul_(2.0 / h).sub_(1.0)
-    sampled = F.grid_sample(
-        images.float(), torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    return _floor_u8(sampled)
+    n, c, h, w = images.shape
+    dev, f64 = images.device, torch.float64
+    m = to_device(matrix.to(f64), dev).view(n, 6, 1, 1)
+    ys = (torch.arange(h, device=dev, dtype=f64) + 0.5).view(1, h, 1)
+    xs = (torch.arange(w, device=dev, dtype=f64) + 0.5).view(1, 1, w)
+    src_x = (m[:, 0] * xs + m[:, 1] * ys + m[:, 2]).view(n, h * w)
+    src_y = (m[:, 3] * xs + m[:, 4] * ys + m[:, 5]).view(n, h * w)
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    fx, fy = src_x.sub_(0.5), src_y.sub_(0.5)
+    x0, y0 = fx.floor(), fy.floor()
+    dx, dy = (fx - x0).unsqueeze(1), (fy - y0).unsqueeze(1)
+    left, right = x0.clamp(0, w - 1).long(), (x0 + 1).clamp_(0, w - 1).long()
+    top, bottom = y0.clamp(0, h - 1).long().mul_(w), (y0 + 1).clamp_(0, h - 1).long().mul_(w)
+    flat = images.reshape(n, c, h * w)
+
+    def corner(row: Tensor, col: Tensor) -> Tensor:
+        return flat.gather(2, (row + col).unsqueeze(1).expand(n, c, h * w)).to(f64)
+
+    upper = corner(top, left)
+    upper.add_((corner(top, right) - upper).mul_(dx))
+    lower = corner(bottom, left)
+    lower.add_((corner(bottom, right) - lower).mul_(dx))
+    upper.add_((lower - upper).mul_(dy)).mul_(inside.unsqueeze(1))
+    return upper.to(torch.int16).to(torch.uint8).view(n, c, h, w)
+
+
+def shear(images: Tensor, factor: Tensor, axis: str) -> Tensor:
+    """Image.transform(AFFINE, BILINEAR) with a pure shear, bit-exact with Pillow.
+
+    ``shear_x`` samples ``in[y, x + f*(y+.5)]``: Pillow's vertical weight is then exactly 0, so the
+    bilinear filter reduces to a horizontal lerp (``shear_y`` likewise, vertically). Evaluated in
+    float64 with Pillow's own expressions, instead of grid_sample's float32 grid.
+    """
+    n, c, h, w = images.shape
+    dev, f64 = images.device, torch.float64
+    f = to_device(factor.to(f64), dev).view(n, 1, 1)
+    ys = (torch.arange(h, device=dev, dtype=f64) + 0.5).view(1, h, 1)
+    xs = (torch.arange(w, device=dev, dtype=f64) + 0.5).view(1, 1, w)
+    if axis == "x":  # x_in = 1*(x+.5) + f*(y+.5) + 0
+        src, length, dim = xs + f * ys, w, 3
+    else:  # y_in = f*(x+.5) + 1*(y+.5) + 0
+        src, length, dim = f * xs + ys, h, 2
+    inside = (src >= 0) & (src < length)
+    pos = src - 0.5
+    lo = pos.floor()
+    frac = (pos - lo).unsqueeze(1)
+    first = lo.clamp(0, length - 1).long().unsqueeze(1).expand(n, c, h, w)
+    second = (lo + 1).clamp_(0, length - 1).long().unsqueeze(1).expand(n, c, h, w)
+    a = images.gather(dim, first).to(f64)
+    out = (images.gather(dim, second).to(f64) - a).mul_(frac).add_(a)
+    return out.mul_(inside.unsqueeze(1)).to(torch.int16).to(torch.uint8)
 
 
 def shift(images: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
@@ -204,7 +238,9 @@ def blend(degenerate: Tensor, images: Tensor, factor: Tensor) -> Tensor:
 
     ``degenerate`` and ``images`` are float pixel values (0..255); returns uint8.
     """
-    return _to_u8(torch.addcmul(degenerate, images - degenerate, _per_sample(factor.float())))
+    # Multiply, round to float32, then add: Pillow's C expression. A fused multiply-add (addcmul)
+    # skips that rounding and lands one level low on ~0.1-0.4% of values.
+    return _to_u8((images - degenerate).mul_(_per_sample(factor.float())).add_(degenerate))
 
 
 def color(images: Tensor, factor: Tensor) -> Tensor:
@@ -242,48 +278,42 @@ def sharpness(images: Tensor, factor: Tensor) -> Tensor:
     return blend(smooth(images).float(), images.float(), factor)
 
 
-def _level_param(levels: Tensor, fn: Callable[[float], float]) -> Tensor:
-    # The magnitude rules are defined on Python floats (float64, int() truncation); evaluate them the
-    # same way so both paths derive identical integer parameters from one level.
-    return torch.tensor([fn(v) for v in levels.double().tolist()], dtype=torch.float64)
-
-
 def _signed(values: Tensor, negate: Tensor) -> Tensor:
     return torch.where(negate.to(values.device), -values, values)
 
 
 def apply_op(name: str, images: Tensor, level: Tensor, negate: Tensor) -> Tensor:
     """Apply op ``name`` to every image with its own level/sign (``level``, ``negate``: ``[n]``, CPU)."""
-    n, _, h, w = images.shape
+    _, _, h, w = images.shape
     dev = images.device
+    lv = level.double()  # the magnitude rules are defined in float64, as the reference's Python floats
     if name == "autocontrast":
         return autocontrast(images)
     if name == "equalize":
         return equalize(images)
     if name == "posterize":
-        return posterize(images, to_device(_level_param(level, O.posterize_bits).long(), dev))
+        return posterize(images, to_device(O.posterize_bits(lv).long(), dev))
     if name == "solarize":
-        return solarize(images, _level_param(level, O.solarize_threshold).long())
+        return solarize(images, O.solarize_threshold(lv).long())
     if name == "rotate":
-        degrees = _signed(_level_param(level, O.rotate_degrees), negate)
-        return affine(images, rotation_matrix(degrees, w, h))
+        degrees = _signed(O.rotate_degrees(lv), negate)
+        if not bool(degrees.any()):
+            return images.clone()  # Image.rotate(0) is an exact copy
+        out = affine(images, rotation_matrix(degrees, w, h))
+        still = (degrees == 0).nonzero().squeeze(1)
+        if still.numel():
+            out[to_device(still, dev)] = images[to_device(still, dev)]
+        return out
     if name in ("shear_x", "shear_y"):
-        factor = _signed(_level_param(level, O.shear_factor), negate)
-        one, zero = torch.ones_like(factor), torch.zeros_like(factor)
-        if name == "shear_x":
-            rows = [one, factor, zero, zero, one, zero]
-        else:
-            rows = [one, zero, zero, factor, one, zero]
-        return affine(images, torch.stack(rows, dim=1))
+        return shear(images, _signed(O.shear_factor(lv), negate), name[-1])
     if name == "translate_x":
-        dx = _signed(_level_param(level, lambda v: O.translate_pixels(v, w)), negate).long()
+        dx = _signed(O.translate_pixels(lv, w), negate).long()
         return shift(images, dx, torch.zeros_like(dx))
     if name == "translate_y":
-        dy = _signed(_level_param(level, lambda v: O.translate_pixels(v, h)), negate).long()
+        dy = _signed(O.translate_pixels(lv, h), negate).long()
         return shift(images, torch.zeros_like(dy), dy)
     if name in O.ENHANCE_OPS:
-        factor = to_device(_level_param(level, O.enhance_factor).float(), dev)
-        return ENHANCE_KERNELS[name](images, factor)
+        return ENHANCE_KERNELS[name](images, to_device(O.enhance_factor(lv).float(), dev))
     raise ValueError(f"ops: unknown op name {name!r}")
 
 

@@ -7,6 +7,7 @@ parameters from a sampled ``level`` through the functions here, so the two paths
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 BASIC_OPS: tuple[str, ...] = (
     "autocontrast",
@@ -48,35 +49,41 @@ def resolve_ops(ops: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def int_parameter(level: float, maxval: float) -> int:
-    """AugMix's integer magnitude: ``int(level * maxval / 10)`` (truncation, as the reference)."""
-    return int(level * maxval / 10)
+# The magnitude rules below take a Python float or a float64 tensor of levels (elementwise) and give
+# identical numbers for both: the same IEEE operations in the same order, and ``// 1`` as the floor
+# that the reference's int() is for these positive values. Integer-valued results stay floats (or
+# float tensors); callers convert.
 
 
-def float_parameter(level: float, maxval: float) -> float:
+def int_parameter(level: Any, maxval: float) -> Any:
+    """AugMix's integer magnitude ``int(level * maxval / 10)``, as a float."""
+    return level * maxval / 10 // 1
+
+
+def float_parameter(level: Any, maxval: float) -> Any:
     """AugMix's float magnitude: ``level * maxval / 10``."""
-    return float(level) * maxval / 10.0
+    return level * maxval / 10.0
 
 
-def posterize_bits(level: float) -> int:
+def posterize_bits(level: Any) -> Any:
     return 4 - int_parameter(level, 4)
 
 
-def rotate_degrees(level: float) -> int:
+def rotate_degrees(level: Any) -> Any:
     return int_parameter(level, 30)
 
 
-def solarize_threshold(level: float) -> int:
+def solarize_threshold(level: Any) -> Any:
     return 256 - int_parameter(level, 256)
 
 
-def shear_factor(level: float) -> float:
+def shear_factor(level: Any) -> Any:
     return float_parameter(level, 0.3)
 
 
-def translate_pixels(level: float, side: int) -> int:
+def translate_pixels(level: Any, side: int) -> Any:
     return int_parameter(level, side / 3)
 
 
-def enhance_factor(level: float) -> float:
+def enhance_factor(level: Any) -> Any:
     return float_parameter(level, 1.8) + 0.1

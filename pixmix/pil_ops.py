@@ -33,15 +33,15 @@ def equalize(image: Image.Image, level: float, negate: bool) -> Image.Image:
 
 
 def posterize(image: Image.Image, level: float, negate: bool) -> Image.Image:
-    return ImageOps.posterize(image, O.posterize_bits(level))
+    return ImageOps.posterize(image, int(O.posterize_bits(level)))
 
 
 def rotate(image: Image.Image, level: float, negate: bool) -> Image.Image:
-    return image.rotate(_signed(O.rotate_degrees(level), negate), resample=BILINEAR)
+    return image.rotate(_signed(int(O.rotate_degrees(level)), negate), resample=BILINEAR)
 
 
 def solarize(image: Image.Image, level: float, negate: bool) -> Image.Image:
-    return ImageOps.solarize(image, O.solarize_threshold(level))
+    return ImageOps.solarize(image, int(O.solarize_threshold(level)))
 
 
 def shear_x(image: Image.Image, level: float, negate: bool) -> Image.Image:
@@ -53,12 +53,12 @@ def shear_y(image: Image.Image, level: float, negate: bool) -> Image.Image:
 
 
 def translate_x(image: Image.Image, level: float, negate: bool) -> Image.Image:
-    pixels = _signed(O.translate_pixels(level, image.width), negate)
+    pixels = _signed(int(O.translate_pixels(level, image.width)), negate)
     return _affine(image, (1, 0, pixels, 0, 1, 0))
 
 
 def translate_y(image: Image.Image, level: float, negate: bool) -> Image.Image:
-    pixels = _signed(O.translate_pixels(level, image.height), negate)
+    pixels = _signed(int(O.translate_pixels(level, image.height)), negate)
     return _affine(image, (1, 0, 0, 0, 1, pixels))
 
 
