@@ -168,8 +168,9 @@ def apply_batch(
 ) -> Tensor:
     """Apply sampled params to a batch. Decisions are indexed on the CPU, so a GPU batch never syncs.
 
-    ``compile``: fuse each mixing round into one compiled GPU kernel (torch.compile). Default: on
-    for CUDA batches when Triton is available; the first batch then pays a one-off compilation.
+    ``compile``: mix with one compiled kernel per (round, mixing op) (torch.compile). Default: on
+    for CUDA batches when Triton is available; the first batch then pays a one-off compilation. On
+    the CPU, ``compile=True`` runs the same gather/scatter kernels eagerly (the tests use it).
     """
     n, c, h, w = images.shape
     if params.batch_size != n or params.k != config.k:
@@ -177,7 +178,7 @@ def apply_batch(
             f"params must hold {n} samples with k={config.k}, got {params.batch_size} with k={params.k}"
         )
     p = params.to("cpu")
-    fused = images.is_cuda and (mixing.compile_available() if compile is None else compile)
+    fused = (images.is_cuda and mixing.compile_available()) if compile is None else compile
     out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)
     chunk = n if images.is_cuda else max(1, CPU_CHUNK_ELEMENTS // (c * h * w))
     for start in range(0, n, chunk):
@@ -208,16 +209,57 @@ def _apply_chunk(
         augmented.append(batched_ops.apply_op(config.op_names[op_index], src, p.level[s_idx, k_idx], p.negate[s_idx, k_idx]))
         begin += count
 
-    pictures = _Pictures(images, mixing_pics, augmented)
+    pictures = _Pictures(images, mixing_pics, augmented, pooled=fused or images.is_cuda)
     samples = torch.arange(n)
     start_index = torch.where(p.start_augmented, 2 * n + job_of[:, 0], samples)
     partner_index = torch.where(p.partner_augmented, 2 * n + job_of[:, 1:], (n + samples).unsqueeze(1))
 
-    # 2. Mix in place, round by round, over runs of consecutive samples that share the round's op.
-    # Sorting samples by their sequence of (inactive / additive / multiplicative) rounds makes those
-    # runs few and long, which small images and GPUs need; large images on the CPU skip the sort
-    # (and the copies it costs), as per-sample runs are cheap next to their pixel work.
-    codes = torch.where(p.round_active(), 1 + p.multiplicative.long(), 0)
+    codes = torch.where(p.round_active(), 1 + p.multiplicative.long(), 0)  # [n, k]: 0 idle, 1 add, 2 multiply
+    if fused:
+        _mix_fused(out, pictures, codes, start_index, partner_index, p, config)
+    else:
+        _mix_eager(out, pictures, codes, start_index, partner_index, p, config)
+
+
+def _mix_fused(
+    out: Tensor, pictures: _Pictures, codes: Tensor, start_index: Tensor, partner_index: Tensor,
+    p: PixMixParams, config: PixMixConfig,
+) -> None:
+    """GPU: one compiled kernel per (round, mixing op) over that op's rows, gathered and scattered."""
+    dev = out.device
+    pictures.copy_scaled(out, start_index)
+    # Every (round, op) row list in one index tensor, and [k, n] tables: four transfers in all.
+    groups, row_lists, begin = [], [], 0
+    for r in range(config.k):
+        for code in (1, 2):
+            rows = (codes[:, r] == code).nonzero().squeeze(1)
+            if rows.numel():
+                groups.append((r, code, begin, begin + rows.numel()))
+                row_lists.append(rows)
+                begin += rows.numel()
+    if not groups:
+        return
+    rows = to_device(torch.cat(row_lists), dev)
+    partners = to_device(partner_index.t().contiguous(), dev)
+    a, b = (to_device(v.t().contiguous(), dev) for v in (p.a, p.b))
+    assert pictures.pool is not None
+    for r, code, begin, end in groups:
+        name = "multiply" if code == 2 else "add"
+        kernel = mixing.fused_kernel(name) if dev.type == "cuda" else mixing.ROW_KERNELS[name]
+        kernel(out, rows, begin, end, r, pictures.pool, partners, a, b)
+
+
+def _mix_eager(
+    out: Tensor, pictures: _Pictures, codes: Tensor, start_index: Tensor, partner_index: Tensor,
+    p: PixMixParams, config: PixMixConfig,
+) -> None:
+    """Mix in place, round by round, over runs of consecutive samples that share the round's op.
+
+    Sorting samples by their sequence of (idle / additive / multiplicative) rounds makes those runs
+    few and long, which small images and GPUs need; large images on the CPU skip the sort (and the
+    copies it costs), as per-sample runs are cheap next to their pixel work.
+    """
+    n, dev = out.shape[0], out.device
     if dev.type != "cpu" or out[0].numel() < SORT_BELOW_ELEMENTS:
         weights = 3 ** torch.arange(config.k - 1, -1, -1)
         order = torch.argsort((codes * weights).sum(dim=1), stable=True)
@@ -236,10 +278,7 @@ def _apply_chunk(
         begin = 0
         for code, count in zip(values.tolist(), counts.tolist()):
             end = begin + count
-            if code and fused and pictures.pool is not None:
-                kernel = mixing.fused_kernel("multiply" if code == 2 else "add")
-                kernel(mixed, begin, end, r, pictures.pool, partners, a, b)
-            elif code:
+            if code:
                 mix = mixing.multiply_u8_ if code == 2 else mixing.add_u8_
                 a_r, b_r = a[r, begin:end].view(-1, 1, 1, 1), b[r, begin:end].view(-1, 1, 1, 1)
                 mix(mixed[begin:end], pictures.gather(partners[r, begin:end]), a_r, b_r)
@@ -252,13 +291,13 @@ class _Pictures:
     """Every picture a sample may start from or mix with, addressed by one index:
     ``[0, n)`` originals, ``[n, 2n)`` mixing pictures, ``[2n, 2n + jobs)`` augmented images.
 
-    On a GPU they are concatenated into one pool and gathered with one kernel. On the CPU they stay
-    where they are, as views: a run of one sample then reads its picture with no copy at all.
+    ``pooled`` (GPUs): concatenated into one pool and gathered with one kernel. Otherwise (CPU) they
+    stay where they are, as views: a run of one sample then reads its picture with no copy at all.
     """
 
-    def __init__(self, images: Tensor, mixing_pics: Tensor, augmented: list[Tensor]) -> None:
+    def __init__(self, images: Tensor, mixing_pics: Tensor, augmented: list[Tensor], pooled: bool) -> None:
         self.device = images.device
-        if images.is_cuda:
+        if pooled:
             self.pool: Tensor | None = torch.cat([images, mixing_pics, *augmented], dim=0)
             self.views: list[Tensor] = []
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 
@@ -14,6 +13,8 @@ import torchvision.transforms.v2 as T2
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
+from helpers import ks_two_sample as ks_statistic
+from helpers import no_global_rng
 from pixmix.transforms import (
     CenterCrop,
     CropParams,
@@ -42,30 +43,6 @@ def random_rgb(height: int, width: int, seed: int = 0, low: int = 0) -> Image.Im
     # A local numpy Generator: the fixtures themselves must not touch any global RNG.
     data = np.random.default_rng(seed).integers(low, 256, size=(height, width, 3), dtype=np.uint8)
     return Image.fromarray(data, mode="RGB")
-
-
-@contextlib.contextmanager
-def no_global_rng():
-    """Fail if the block advances torch's, numpy's or python's global RNG."""
-    torch_state = torch.random.get_rng_state()
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    yield
-    assert torch.equal(torch.random.get_rng_state(), torch_state), "global torch RNG was used"
-    after = np.random.get_state()
-    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:], (
-        "global numpy RNG was used"
-    )
-    assert random.getstate() == py_state, "global python RNG was used"
-
-
-def ks_statistic(a, b) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic: max |ECDF_a - ECDF_b| over all sample points."""
-    a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
-    points = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, points, side="right") / len(a)
-    cdf_b = np.searchsorted(b, points, side="right") / len(b)
-    return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
 IMAGE_300x200 = random_rgb(200, 300)  # PIL size is (W, H) = (300, 200)
