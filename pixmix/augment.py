@@ -168,9 +168,9 @@ def apply_batch(
 ) -> Tensor:
     """Apply sampled params to a batch. Decisions are indexed on the CPU, so a GPU batch never syncs.
 
-    ``compile``: mix with one compiled kernel per (round, mixing op) (torch.compile). Default: on
+    ``compile``: mix with one compiled kernel per run of samples (torch.compile). Default: on
     for CUDA batches when Triton is available; the first batch then pays a one-off compilation. On
-    the CPU, ``compile=True`` runs the same gather/scatter kernels eagerly (the tests use it).
+    the CPU, ``compile=True`` runs the same kernels eagerly (the tests use it).
     """
     n, c, h, w = images.shape
     if params.batch_size != n or params.k != config.k:
@@ -214,53 +214,28 @@ def _apply_chunk(
     start_index = torch.where(p.start_augmented, 2 * n + job_of[:, 0], samples)
     partner_index = torch.where(p.partner_augmented, 2 * n + job_of[:, 1:], (n + samples).unsqueeze(1))
 
-    codes = torch.where(p.round_active(), 1 + p.multiplicative.long(), 0)  # [n, k]: 0 idle, 1 add, 2 multiply
-    if fused:
-        _mix_fused(out, pictures, codes, start_index, partner_index, p, config)
-    else:
-        _mix_eager(out, pictures, codes, start_index, partner_index, p, config)
+    _mix(out, pictures, start_index, partner_index, p, config, fused)
 
 
-def _mix_fused(
-    out: Tensor, pictures: _Pictures, codes: Tensor, start_index: Tensor, partner_index: Tensor,
-    p: PixMixParams, config: PixMixConfig,
-) -> None:
-    """GPU: one compiled kernel per (round, mixing op) over that op's rows, gathered and scattered."""
-    dev = out.device
-    pictures.copy_scaled(out, start_index)
-    # Every (round, op) row list in one index tensor, and [k, n] tables: four transfers in all.
-    groups, row_lists, begin = [], [], 0
-    for r in range(config.k):
-        for code in (1, 2):
-            rows = (codes[:, r] == code).nonzero().squeeze(1)
-            if rows.numel():
-                groups.append((r, code, begin, begin + rows.numel()))
-                row_lists.append(rows)
-                begin += rows.numel()
-    if not groups:
-        return
-    rows = to_device(torch.cat(row_lists), dev)
-    partners = to_device(partner_index.t().contiguous(), dev)
-    a, b = (to_device(v.t().contiguous(), dev) for v in (p.a, p.b))
-    assert pictures.pool is not None
-    for r, code, begin, end in groups:
-        name = "multiply" if code == 2 else "add"
-        kernel = mixing.fused_kernel(name) if dev.type == "cuda" else mixing.ROW_KERNELS[name]
-        kernel(out, rows, begin, end, r, pictures.pool, partners, a, b)
-
-
-def _mix_eager(
-    out: Tensor, pictures: _Pictures, codes: Tensor, start_index: Tensor, partner_index: Tensor,
-    p: PixMixParams, config: PixMixConfig,
+def _mix(
+    out: Tensor,
+    pictures: _Pictures,
+    start_index: Tensor,
+    partner_index: Tensor,
+    p: PixMixParams,
+    config: PixMixConfig,
+    fused: bool,
 ) -> None:
     """Mix in place, round by round, over runs of consecutive samples that share the round's op.
 
     Sorting samples by their sequence of (idle / additive / multiplicative) rounds makes those runs
-    few and long, which small images and GPUs need; large images on the CPU skip the sort (and the
-    copies it costs), as per-sample runs are cheap next to their pixel work.
+    few (at most 2 + 4 + ... + 2^k) and long, which small images and GPUs need; large images on the
+    CPU skip the sort (and the copies it costs), as per-sample runs are cheap next to their pixel
+    work. ``fused``: one compiled kernel per run (on a GPU), reading partners from the pool.
     """
     n, dev = out.shape[0], out.device
-    if dev.type != "cpu" or out[0].numel() < SORT_BELOW_ELEMENTS:
+    codes = torch.where(p.round_active(), 1 + p.multiplicative.long(), 0)  # 0 idle, 1 add, 2 multiply
+    if fused or dev.type != "cpu" or out[0].numel() < SORT_BELOW_ELEMENTS:
         weights = 3 ** torch.arange(config.k - 1, -1, -1)
         order = torch.argsort((codes * weights).sum(dim=1), stable=True)
         mixed = torch.empty_like(out)
@@ -278,7 +253,12 @@ def _mix_eager(
         begin = 0
         for code, count in zip(values.tolist(), counts.tolist()):
             end = begin + count
-            if code:
+            name = "multiply" if code == 2 else "add"
+            if code and fused:
+                assert pictures.pool is not None
+                kernel = mixing.fused_kernel(name) if dev.type == "cuda" else mixing.RUN_KERNELS[name]
+                kernel(mixed, begin, end, r, pictures.pool, partners, a, b)
+            elif code:
                 mix = mixing.multiply_u8_ if code == 2 else mixing.add_u8_
                 a_r, b_r = a[r, begin:end].view(-1, 1, 1, 1), b[r, begin:end].view(-1, 1, 1, 1)
                 mix(mixed[begin:end], pictures.gather(partners[r, begin:end]), a_r, b_r)

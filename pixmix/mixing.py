@@ -57,50 +57,46 @@ def multiply_u8_(x1: Tensor, x2: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return x1.clamp_(0.0, 1.0)
 
 
-# Fused variants for the GPU: one pass per (round, mixing op) that gathers the rows of ``mixed`` it
-# updates and their partners from the uint8 pool, mixes, clips and scatters the rows back. Eager
-# torch would run about ten memory-bound kernels per round and op; compiled (torch.compile with
-# Triton) they become one. The rows are ``rows[begin:end]`` of one index list, and round ``r``'s
-# partners and coefficients come from ``[k, n]`` tables: ints and whole tensors rather than views,
-# so that one dynamic-shape graph serves every call and nothing is copied to the GPU per call.
-# Pure torch: they also run eagerly on the CPU, where the tests compare them with the kernels above.
-def add_rows_(
-    mixed: Tensor, rows: Tensor, begin: int, end: int, r: int, pool: Tensor, partners: Tensor, a: Tensor, b: Tensor
+# Fused variants for the GPU: one pass per run of samples that gathers their partners from the uint8
+# pool, mixes, clips and stores in place into rows [begin, end) of ``mixed``, taking round ``r``'s
+# partner indices and coefficients from ``[k, n]`` tables. Eager torch would run about ten
+# memory-bound kernels per run; compiled (torch.compile with Triton) they become one. Rows and round
+# are ints, not views, so one dynamic-shape graph serves every run and nothing is copied to the GPU
+# per run. Pure torch: they also run eagerly on the CPU, where the tests compare them with the
+# kernels above.
+def add_run_(
+    mixed: Tensor, begin: int, end: int, r: int, pool: Tensor, partners: Tensor, a: Tensor, b: Tensor
 ) -> Tensor:
-    """In place on the rows ``rows[begin:end]`` of ``mixed``: :func:`add_u8_` with their round-``r`` partners."""
-    idx = rows[begin:end]
-    x1 = mixed[idx]
-    x2 = pool[partners[r][idx]].float()
-    a_r, b_r = a[r][idx].view(-1, 1, 1, 1), b[r][idx].view(-1, 1, 1, 1)
-    out = (x1 * a_r + x2 * (b_r / 255.0) + (1.0 - a_r - b_r) / 2.0).clamp(0.0, 1.0)
-    return mixed.index_copy_(0, idx, out)
+    """In place on ``mixed[begin:end]``: :func:`add_u8_` with ``x2 = pool[partners[r, begin:end]]``."""
+    x1 = mixed[begin:end]
+    x2 = pool[partners[r, begin:end]].float()
+    a_r, b_r = a[r, begin:end].view(-1, 1, 1, 1), b[r, begin:end].view(-1, 1, 1, 1)
+    return x1.copy_((x1 * a_r + x2 * (b_r / 255.0) + (1.0 - a_r - b_r) / 2.0).clamp(0.0, 1.0))
 
 
-def multiply_rows_(
-    mixed: Tensor, rows: Tensor, begin: int, end: int, r: int, pool: Tensor, partners: Tensor, a: Tensor, b: Tensor
+def multiply_run_(
+    mixed: Tensor, begin: int, end: int, r: int, pool: Tensor, partners: Tensor, a: Tensor, b: Tensor
 ) -> Tensor:
-    """In place on the rows ``rows[begin:end]`` of ``mixed``: :func:`multiply_u8_` with their round-``r`` partners."""
-    idx = rows[begin:end]
-    x1 = mixed[idx]
-    x2 = pool[partners[r][idx]].float().clamp(min=_LOG_FLOOR_U8)
-    a_r, b_r = a[r][idx].view(-1, 1, 1, 1), b[r][idx].view(-1, 1, 1, 1)
+    """In place on ``mixed[begin:end]``: :func:`multiply_u8_` with ``x2 = pool[partners[r, begin:end]]``."""
+    x1 = mixed[begin:end]
+    x2 = pool[partners[r, begin:end]].float().clamp(min=_LOG_FLOOR_U8)
+    a_r, b_r = a[r, begin:end].view(-1, 1, 1, 1), b[r, begin:end].view(-1, 1, 1, 1)
     log_mix = a_r * torch.log(x1 * 2.0) + b_r * torch.log(x2)
-    out = (torch.exp(log_mix) * (torch.exp(b_r * _LOG_2_OVER_255) / 2.0)).clamp(0.0, 1.0)
-    return mixed.index_copy_(0, idx, out)
+    return x1.copy_((torch.exp(log_mix) * (torch.exp(b_r * _LOG_2_OVER_255) / 2.0)).clamp(0.0, 1.0))
 
 
-ROW_KERNELS = {"add": add_rows_, "multiply": multiply_rows_}
+RUN_KERNELS: dict[str, Callable[..., Tensor]] = {"add": add_run_, "multiply": multiply_run_}
 _COMPILED: dict[str, Callable[..., Tensor]] = {}
 
 
 def fused_kernel(name: str) -> Callable[..., Tensor]:
-    """The compiled (CUDA) version of :func:`add_rows_` or :func:`multiply_rows_`, built once.
+    """The compiled (CUDA) version of :func:`add_run_` or :func:`multiply_run_`, built once.
 
     If compilation fails (an unsupported toolchain, say), it warns once and the eager kernel serves
     from then on: slower, same numbers.
     """
     if name not in _COMPILED:
-        compiled = torch.compile(ROW_KERNELS[name], dynamic=True, fullgraph=True)
+        compiled = torch.compile(RUN_KERNELS[name], dynamic=True, fullgraph=True)
 
         def run(*args: Any) -> Tensor:
             if _COMPILED[name] is run:
@@ -108,8 +104,8 @@ def fused_kernel(name: str) -> Callable[..., Tensor]:
                     return compiled(*args)
                 except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
                     warnings.warn(f"torch.compile failed for the fused {name} kernel, using eager torch: {exc}")
-                    _COMPILED[name] = ROW_KERNELS[name]
-            return ROW_KERNELS[name](*args)
+                    _COMPILED[name] = RUN_KERNELS[name]
+            return RUN_KERNELS[name](*args)
 
         _COMPILED[name] = run
     return _COMPILED[name]
