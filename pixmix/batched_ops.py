@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from pixmix import ops as O
 
@@ -160,6 +161,30 @@ def affine(images: Tensor, matrix: Tensor) -> Tensor:
     return upper.to(torch.int16).to(torch.uint8).view(n, c, h, w)
 
 
+def rotate(images: Tensor, degrees: Tensor) -> Tensor:
+    """Image.rotate(degrees, BILINEAR) about the centre, per image; 0 degrees is an exact copy.
+
+    On the CPU this calls Pillow itself, image by image: its C loop is about twice as fast as the
+    exact float64 torch version (:func:`affine`), which serves CUDA tensors.
+    """
+    if not bool(degrees.any()):
+        return images.clone()
+    if not images.is_cuda:
+        pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
+        turned = np.stack([
+            np.asarray(Image.fromarray(pixels[i]).rotate(float(d), resample=Image.Resampling.BILINEAR))
+            for i, d in enumerate(degrees.tolist())
+        ])
+        return torch.from_numpy(turned).permute(0, 3, 1, 2).contiguous()
+    n, _, h, w = images.shape
+    out = affine(images, rotation_matrix(degrees, w, h))
+    still = (degrees == 0).nonzero().squeeze(1)
+    if still.numel():
+        index = to_device(still, images.device)
+        out[index] = images[index]
+    return out
+
+
 def shear(images: Tensor, factor: Tensor, axis: str) -> Tensor:
     """Image.transform(AFFINE, BILINEAR) with a pure shear, bit-exact with Pillow.
 
@@ -296,14 +321,7 @@ def apply_op(name: str, images: Tensor, level: Tensor, negate: Tensor) -> Tensor
     if name == "solarize":
         return solarize(images, O.solarize_threshold(lv).long())
     if name == "rotate":
-        degrees = _signed(O.rotate_degrees(lv), negate)
-        if not bool(degrees.any()):
-            return images.clone()  # Image.rotate(0) is an exact copy
-        out = affine(images, rotation_matrix(degrees, w, h))
-        still = (degrees == 0).nonzero().squeeze(1)
-        if still.numel():
-            out[to_device(still, dev)] = images[to_device(still, dev)]
-        return out
+        return rotate(images, _signed(O.rotate_degrees(lv), negate))
     if name in ("shear_x", "shear_y"):
         return shear(images, _signed(O.shear_factor(lv), negate), name[-1])
     if name == "translate_x":

@@ -30,7 +30,7 @@ def multiplicative(x1: Tensor, x2: Tensor, a: Tensor | float, b: Tensor | float)
 # result; ``x2`` is the partner as uint8, its 1/255 scale folded into per-sample constants.
 _LOG_FLOOR_U8 = MULTIPLY_FLOOR * 255.0
 _LOG_2_OVER_255 = math.log(2.0 / 255.0)
-_LOG_U8_TABLE = np.log(np.maximum(np.arange(256, dtype=np.float32), np.float32(_LOG_FLOOR_U8)))
+_LOG2_2_OVER_255 = math.log2(2.0 / 255.0)
 
 
 def add_u8_(x1: Tensor, x2: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -39,21 +39,23 @@ def add_u8_(x1: Tensor, x2: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return x1.clamp_(0.0, 1.0)
 
 
-def _log_partner(x2: Tensor) -> Tensor:
-    """``log(max(x2, 1e-37*255))`` for uint8 ``x2``, as float."""
-    if x2.is_cuda:
-        return x2.float().clamp_(min=_LOG_FLOOR_U8).log_()
-    # On the CPU a 256-entry table beats converting and taking the log of every pixel.
-    return torch.from_numpy(np.take(_LOG_U8_TABLE, x2.contiguous().numpy()))
-
-
 def multiply_u8_(x1: Tensor, x2: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """In place: ``x1 = clip((2*x1)^a * (2*max(x2/255, 1e-37))^b / 2, 0, 1)``."""
-    # a > 0 always (the sampler never draws 0), so log(0) = -inf gives 0**a = 0 as torch.pow does.
-    x1.mul_(2).log_().mul_(a)
-    x1.addcmul_(_log_partner(x2), b)
-    # (2*x2/255)^b = x2^b * exp(b*log(2/255)); the final 1/2 joins that per-sample factor.
-    x1.exp_().mul_(torch.exp(b * _LOG_2_OVER_255) / 2.0)
+    if x1.is_cuda:
+        # a > 0 always (the sampler never draws 0), so log(0) = -inf gives 0**a = 0 as torch.pow does.
+        x1.mul_(2).log_().mul_(a)
+        x1.addcmul_(x2.float().clamp_(min=_LOG_FLOOR_U8).log_(), b)
+        # (2*x2/255)^b = x2^b * exp(b*log(2/255)); the final 1/2 joins that per-sample factor.
+        x1.exp_().mul_(torch.exp(b * _LOG_2_OVER_255) / 2.0)
+        return x1.clamp_(0.0, 1.0)
+    # CPU: in base 2, 2^(a*(1 + log2 x1) + b*log2 x2' + b*log2(2/255) - 1), with numpy's SIMD log2
+    # (about 3x faster than torch's log on this kind of machine) working in place on the same memory.
+    partner = x2.float().clamp_(min=_LOG_FLOOR_U8)
+    with np.errstate(divide="ignore"):  # log2(0) = -inf is intended: 0**a = 0
+        np.log2(x1.numpy(), out=x1.numpy())
+    np.log2(partner.numpy(), out=partner.numpy())
+    x1.add_(1.0).mul_(a).addcmul_(partner, b).add_(b * _LOG2_2_OVER_255 - 1.0)
+    torch.exp2(x1, out=x1)
     return x1.clamp_(0.0, 1.0)
 
 

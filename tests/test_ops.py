@@ -34,11 +34,9 @@ def noise_set(n: int, height: int, width: int, seed: int) -> ImageSet:
     return ImageSet([Image.fromarray(a, mode="RGB") for a in data])
 
 
-# A float32 (grid_sample) implementation of these may be one level off on a few pixels: the general
-# comparisons allow that (measured 0.03% - 0.24% of pixels with the grid_sample kernels of commit
-# 96e7740; 0 since e161f87, which test_affine_ops_are_bit_exact pins down).
+# Every batched op is bit-exact with Pillow (rotate and shear included: float64 with Pillow's own
+# expressions; a float32 grid_sample version was one level off on 0.03% - 0.24% of pixels).
 AFFINE_OPS = ("rotate", "shear_x", "shear_y")
-MAX_AFFINE_MISMATCH = 0.005  # fraction of pixels allowed one level apart
 
 # --- op lists ---------------------------------------------------------------------------------------
 
@@ -179,16 +177,11 @@ def run_both(images: ImageSet, name: str, levels, negates):
     return got, pil_reference(images, name, levels, negates)
 
 
-def assert_matches_pillow(name: str, got: torch.Tensor, want: torch.Tensor, max_mismatch: float = MAX_AFFINE_MISMATCH):
+def assert_matches_pillow(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.dtype == torch.uint8 and got.shape == want.shape
     diff = (got.int() - want.int()).abs()
-    if name in AFFINE_OPS:
-        assert int(diff.max()) <= 1, f"{name}: max difference {int(diff.max())} levels"
-        mismatch = float((diff > 0).float().mean())
-        assert mismatch < max_mismatch, f"{name}: {mismatch:.4%} of pixels differ"
-    else:
-        bad = int((diff > 0).sum())
-        assert bad == 0, f"{name}: {bad} pixels differ from Pillow (max {int(diff.max())})"
+    bad = int((diff > 0).sum())
+    assert bad == 0, f"{name}: {bad} pixels differ from Pillow (max {int(diff.max())})"
 
 
 # 13 levels x both signs for 26 images of 32 px.
@@ -234,13 +227,16 @@ def test_batched_op_matches_pillow_224px(name, kind, noise224, photos224_6):
         assert changed >= 0.5
 
 
-@pytest.mark.parametrize("name", AFFINE_OPS)
-def test_affine_ops_are_bit_exact(name, noise32, photos224_6):
-    """Since commit e161f87 rotate/shear are evaluated in float64 with Pillow's expressions: exact.
-    (The general tests above keep the looser one-level bound that grid_sample needed.)"""
-    got, want = run_both(noise32, name, LEVELS_32_BOTH_SIGNS, NEGATE_32)
-    assert torch.equal(got, want)
-    got, want = run_both(photos224_6, name, LEVELS_224, NEGATE_224)
+@pytest.mark.parametrize("size", [32, 224])
+def test_torch_rotation_kernel_is_bit_exact(size, noise32, noise224):
+    """On the CPU, rotate calls Pillow; CUDA tensors use the float64 torch kernel ``affine``. Check
+    that kernel here, on the CPU, against Pillow's rotate for every angle the op can draw."""
+    images = noise32 if size == 32 else noise224
+    degrees = torch.tensor([(-1) ** i * (1 + (i * 7) % 30) for i in range(len(images))], dtype=torch.float64)
+    got = batched_ops.affine(images.tensor, batched_ops.rotation_matrix(degrees, size, size))
+    want = torch.stack([
+        to_uint8_tensor(im.rotate(float(d), resample=Image.Resampling.BILINEAR)) for im, d in zip(images.pils, degrees)
+    ])
     assert torch.equal(got, want)
 
 
@@ -341,7 +337,7 @@ def flat_images() -> ImageSet:
 @pytest.mark.parametrize("name", O.ALL_OPS)
 def test_flat_images(name, flat_images):
     got, want = run_both(flat_images, name, EDGE_LEVELS, EDGE_NEGATE)
-    assert_matches_pillow(name, got, want, max_mismatch=1.0)
+    assert_matches_pillow(name, got, want)
     if name in ("autocontrast", "equalize"):
         # Pillow leaves a single-valued channel alone.
         assert torch.equal(got, flat_images.tensor)
@@ -366,8 +362,8 @@ def test_two_valued_images(name, two_valued):
     got, want = run_both(two_valued, name, EDGE_LEVELS, EDGE_NEGATE)
     # Interpolating between two values 160 apart with "round" shear factors (0.15) lands exactly on
     # whole numbers, which Pillow's float64 truncation sometimes puts one below: a float32 kernel was
-    # one level apart on up to ~15% of pixels here, so the general bound is looser for this image.
-    assert_matches_pillow(name, got, want, max_mismatch=0.2)
+    # one level apart on up to ~15% of pixels here.
+    assert_matches_pillow(name, got, want)
     if name in ("autocontrast", "equalize"):
         # Both stretch {40, 200} to {0, 255} (equalize: each value holds >= 255 pixels).
         expected = torch.where(two_valued.tensor == 40, 0, 255).to(torch.uint8)
@@ -405,8 +401,7 @@ def test_one_constant_channel(name):
 def test_tiny_images(name, height, width):
     images = noise_set(8, height, width, seed=100 * height + width)
     got, want = run_both(images, name, EDGE_LEVELS, EDGE_NEGATE)
-    # A handful of pixels: one off-by-one pixel can be a large fraction, so only the one-level bound.
-    assert_matches_pillow(name, got, want, max_mismatch=1.0)
+    assert_matches_pillow(name, got, want)
     if name == "sharpness" and min(height, width) < 3:
         # SMOOTH leaves border pixels alone, so an image without an interior is unchanged.
         assert torch.equal(got, images.tensor)
@@ -468,8 +463,4 @@ def test_cuda_kernels_match_cpu(name, kind, request):
     cuda = batched_ops.apply_op(name, images.tensor.cuda(), levels, negates)
     assert cuda.is_cuda and cuda.dtype == torch.uint8
     diff = (cuda.cpu().int() - cpu.int()).abs()
-    if name in AFFINE_OPS:
-        assert int(diff.max()) <= 1
-        assert float((diff > 0).float().mean()) < MAX_AFFINE_MISMATCH
-    else:
-        assert int(diff.max()) == 0, f"{name}: {int((diff > 0).sum())} values differ between CUDA and CPU"
+    assert int(diff.max()) == 0, f"{name}: {int((diff > 0).sum())} values differ between CUDA and CPU"
