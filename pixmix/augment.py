@@ -180,7 +180,7 @@ def apply_batch(
     p = params.to("cpu")
     fused = (images.is_cuda and mixing.compile_available()) if compile is None else compile
     out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)
-    chunk = n if images.is_cuda else max(1, CPU_CHUNK_ELEMENTS // (c * h * w))
+    chunk = max(1, n if images.is_cuda else CPU_CHUNK_ELEMENTS // (c * h * w))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         _apply_chunk(images[start:stop], mixing_pics[start:stop], p.slice(start, stop), config, out[start:stop], fused)
