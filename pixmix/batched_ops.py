@@ -20,8 +20,6 @@ Tensor = torch.Tensor
 
 # Pillow's RGB -> L weights (fixed point, 16 fractional bits, rounded).
 _L_WEIGHTS = (19595, 38470, 7471)
-# Float results this close below an integer are float32 noise, not a fraction to truncate.
-_TRUNC_EPS = 1e-3
 
 
 def to_device(values: Tensor, device: torch.device) -> Tensor:
@@ -47,10 +45,6 @@ def _to_u8(values: Tensor) -> Tensor:
     Going through int16 is several times faster than torch's direct float -> uint8 cast on the CPU.
     """
     return values.clamp_(0, 255).to(torch.int16).to(torch.uint8)
-
-
-def _floor_u8(values: Tensor) -> Tensor:
-    return _to_u8(values.add_(_TRUNC_EPS))
 
 
 def _channel_lut(images: Tensor, lut: Tensor) -> Tensor:
@@ -132,8 +126,9 @@ def affine(images: Tensor, matrix: Tensor) -> Tensor:
 
     Output pixel centre ``(x+.5, y+.5)`` samples the input at ``M @ (x+.5, y+.5, 1)``. Points outside
     the input become black; inside, bilinear with clamped neighbours, truncated to uint8. Written out
-    in float64 with Pillow's own expressions (``a + (b - a) * d``) so the result is bit-identical;
-    grid_sample's float32 grid and weights put ~0.1% of pixels one level off.
+    in float64 with Pillow's own expressions (``a + (b - a) * d``) so the result is bit-identical
+    (grid_sample's float32 grid and weights put ~0.1% of pixels one level off). Serves CUDA tensors;
+    on the CPU :func:`rotate` calls Pillow.
     """
     n, c, h, w = images.shape
     dev, f64 = images.device, torch.float64
