@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from mixset import __version__
@@ -14,6 +16,75 @@ def main() -> None:
     """Assemble PixMix mixing sets and pre-generate PixMix training shards."""
     # Before any command imports torch: keeps CPU tensor memory in the heap (see pixmix.runtime).
     tune_cpu_allocator()
+
+
+@main.command()
+@click.option("--source", "sources", multiple=True, type=click.Choice(["fractals"]), default=("fractals",),
+              show_default=True, help="Mixing-set source to include (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (shards/, manifest.json, contact-sheet.png). Re-running resumes.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N items per source (quick runs).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--image-size", type=click.IntRange(32, 4096), default=256, show_default=True,
+              help="Shorter side of every stored image.")
+@click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True, help="Samples per shard.")
+@click.option("--format", "photo_format", type=click.Choice(["jpg", "webp"]), default="jpg", show_default=True,
+              help="Encoding of fractals and photos.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes producing images.")
+@click.option("--manifests", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of collection manifests (default: the project's manifests/).")
+@click.option("--strict", is_flag=True, help="Fail when a collection is unreachable instead of reporting it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, image_size: int, shard_size: int,
+          photo_format: str, quality: int, workers: int, manifests: Path | None, strict: bool, quiet: bool) -> None:
+    """Assemble a PixMix mixing set as WebDataset shards with a manifest and a contact sheet."""
+    from mixset.build import BuildConfig, BuildError, build as run_build
+    from mixset.collections import DEFAULT_MANIFESTS
+
+    try:
+        config = BuildConfig(out=out, sources=sources, seed=seed, limit=limit, image_size=image_size,
+                             shard_size=shard_size, quality=quality, photo_format=photo_format, strict=strict,
+                             manifests=manifests or DEFAULT_MANIFESTS, workers=workers)
+        summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
+    except (BuildError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"built {summary.samples} samples in {summary.shards} shard(s) at {out} "
+               f"({summary.resumed_shards} resumed, {summary.duplicates} duplicates removed, {summary.rejected} rejected)")
+    for r in summary.reports.values():
+        note = f": {r.error}" if r.error else ""
+        click.echo(f"  {r.source}/{r.name} [{r.kind}] {r.status}: {r.samples} samples{note}")
+    click.echo(f"manifest: {summary.manifest}\ncontact sheet: {summary.contact_sheet}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster).")
+def verify(folder: Path, no_decode: bool) -> None:
+    """Recheck every shard and sample of a built set against its manifest."""
+    from mixset.verify import verify as run_verify
+
+    try:
+        problems = run_verify(folder, decode=not no_decode)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {folder}")
+    click.echo(f"{folder}: OK")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def info(folder: Path) -> None:
+    """Summarise a built set: sources, collections, counts, licences."""
+    from mixset.verify import info as run_info
+
+    try:
+        click.echo(run_info(folder))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""A contact sheet of a built mixing set: a labelled grid of samples per source, as a PNG."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from pixmix.shards import ShardInfo, iter_shard
+
+TILE = 96
+PER_ROW = 8
+ROWS_PER_SOURCE = 2
+
+
+def write_contact_sheet(out: Path, shards: list[ShardInfo], path: Path) -> None:
+    """Up to ``PER_ROW * ROWS_PER_SOURCE`` samples of each source, one band per source."""
+    wanted = PER_ROW * ROWS_PER_SOURCE
+    picks: dict[str, list[Image.Image]] = {}
+    for info in shards:
+        for sample in iter_shard(out / info.name):
+            source = json.loads(sample.fields["json"])["source"]
+            tiles = picks.setdefault(source, [])
+            if len(tiles) < wanted:
+                field = next(f for f in sample.fields if f != "json")
+                with Image.open(io.BytesIO(sample.fields[field])) as im:
+                    tiles.append(_tile(im.convert("RGB")))
+        if picks and all(len(t) >= wanted for t in picks.values()):
+            break
+    label_h, pad = 18, 4
+    band = label_h + ROWS_PER_SOURCE * (TILE + pad)
+    sheet = Image.new("RGB", (PER_ROW * (TILE + pad) + pad, max(1, len(picks)) * band + pad), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for s, (source, tiles) in enumerate(sorted(picks.items())):
+        top = pad + s * band
+        draw.text((pad, top + 2), f"{source}: first {len(tiles)} samples", fill=(230, 230, 230))
+        for i, tile in enumerate(tiles):
+            sheet.paste(tile, (pad + (i % PER_ROW) * (TILE + pad), top + label_h + (i // PER_ROW) * (TILE + pad)))
+    tmp = path.with_name(path.name + ".tmp")
+    sheet.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _tile(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    side = min(w, h)
+    square = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    return square.resize((TILE, TILE), Image.Resampling.BILINEAR)

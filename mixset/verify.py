@@ -1,0 +1,92 @@
+"""``mixset verify`` and ``mixset info``: recheck a built set against its manifest; summarise it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from mixset.build import MANIFEST_FORMAT, MANIFEST_VERSION
+from pixmix.shards import file_sha256, iter_shard
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path} not found: is {folder} a finished mixset build? (re-run mixset build to finish it)") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable manifest ({exc})") from exc
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"{path}: not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} manifest")
+    return manifest
+
+
+def verify(folder: Path, decode: bool = True) -> list[str]:
+    """Every problem found, one line each (empty: the set matches its manifest)."""
+    from PIL import Image
+    import io
+
+    manifest = read_manifest(folder)
+    problems: list[str] = []
+    keys: set[str] = set()
+    total = 0
+    for entry in manifest["shards"]:
+        path = folder / entry["name"]
+        if not path.exists():
+            problems.append(f"{path}: missing")
+            continue
+        digest, size = file_sha256(path)
+        if size != entry["bytes"] or digest != entry["sha256"]:
+            problems.append(f"{path}: sha256/size differ from the manifest (got {size} bytes, {digest[:12]}...)")
+        count = 0
+        try:
+            for sample in iter_shard(path):
+                count += 1
+                if sample.key in keys:
+                    problems.append(f"{path}: duplicate key {sample.key}")
+                keys.add(sample.key)
+                if "json" not in sample.fields:
+                    problems.append(f"{path}: sample {sample.key} has no json field")
+                    continue
+                meta = json.loads(sample.fields["json"])
+                images = [f for f in sample.fields if f in ("jpg", "png", "webp")]
+                if len(images) != 1:
+                    problems.append(f"{path}: sample {sample.key} has {len(images)} image fields")
+                    continue
+                data = sample.fields[images[0]]
+                if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+                    problems.append(f"{path}: sample {sample.key}: image sha256 differs from its json")
+                if decode:
+                    try:
+                        with Image.open(io.BytesIO(data)) as im:
+                            im.load()
+                    except Exception as exc:  # noqa: BLE001
+                        problems.append(f"{path}: sample {sample.key}: image does not decode ({exc})")
+        except ValueError as exc:
+            problems.append(str(exc))
+        if count != entry["samples"]:
+            problems.append(f"{path}: {count} samples, manifest says {entry['samples']}")
+        total += count
+    if total != manifest["samples"]:
+        problems.append(f"{folder}: {total} samples in shards, manifest says {manifest['samples']}")
+    return problems
+
+
+def info(folder: Path) -> str:
+    m = read_manifest(folder)
+    lines = [f"{folder}: {m['samples']} samples in {len(m['shards'])} shard(s), "
+             f"{sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB"]
+    c = m["config"]
+    lines.append(f"  options: sources={','.join(c['sources'])} seed={c['seed']} limit={c['limit']} "
+                 f"image_size={c['image_size']} format={c['photo_format']} quality={c['quality']}")
+    for name, r in sorted(m["collections"].items()):
+        extra = f" ({r['error']})" if r["error"] else ""
+        lines.append(f"  {r['source']}/{name} [{r['kind']}] {r['status']}: {r['samples']} samples, "
+                     f"{r['duplicates']} duplicates, {r['rejected']} rejected; licence: {r['licence']}{extra}")
+    if m["failures"]:
+        lines.append(f"  {len(m['failures'])} item(s) failed, first: {m['failures'][0]}")
+    lines.append(f"  contact sheet: {folder / m['contact_sheet']}")
+    return "\n".join(lines)

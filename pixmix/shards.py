@@ -1,0 +1,168 @@
+"""WebDataset tar shards: a deterministic writer, a verifier and a random-access reader.
+
+Writer and reader are symmetric: a shard is a tar of ``<key>.<field>`` members, members of a sample
+adjacent and in sorted field order, with fixed ownership, mode and mtime, so the same samples always
+give the same bytes (and the same sha256). Shards are written to a temporary name and renamed when
+complete; the index of a set of shards (its manifest) is written last, by the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FIXED_MTIME = 0
+_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+_FIELD = re.compile(r"^[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample: a key (letters, digits, ``_`` and ``-``; a dot would split it) and its fields."""
+
+    key: str
+    fields: Mapping[str, bytes]
+
+    def __post_init__(self) -> None:
+        if not _KEY.match(self.key):
+            raise ValueError(f"sample key {self.key!r} must use only letters, digits, '_' and '-' (no dots)")
+        if not self.fields:
+            raise ValueError(f"sample {self.key!r} has no fields")
+        for name, value in self.fields.items():
+            if not _FIELD.match(name):
+                raise ValueError(f"sample {self.key!r}: field name {name!r} must be lower-case letters/digits")
+            if not isinstance(value, (bytes, bytearray)):
+                raise ValueError(f"sample {self.key!r}: field {name!r} must be bytes, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a manifest records of one shard."""
+
+    name: str  # path relative to the set's folder
+    samples: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def write_shard(path: Path, samples: Iterable[Sample], root: Path | None = None) -> ShardInfo:
+    """Write ``samples`` to the tar ``path`` (via ``path.tmp``, renamed when complete)."""
+    import webdataset as wds
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    seen: set[str] = set()
+    with open(tmp, "wb") as fh:
+        # encoder=False: fields are stored as given (TarWriter would re-encode images); fixed owner,
+        # mode and mtime make the bytes a function of the samples alone.
+        with wds.TarWriter(fh, user="", group="", mode=0o644, encoder=False, mtime=FIXED_MTIME) as writer:
+            for sample in samples:
+                if sample.key in seen:
+                    raise ValueError(f"{path}: duplicate sample key {sample.key!r}")
+                seen.add(sample.key)
+                writer.write({"__key__": sample.key, **dict(sample.fields)})
+                count += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    digest, size = file_sha256(tmp)
+    tmp.replace(path)
+    name = str(path.relative_to(root)) if root is not None else path.name
+    return ShardInfo(name=name, samples=count, bytes=size, sha256=digest)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    """Where one field of one sample lies inside a shard."""
+
+    shard: Path
+    offset: int
+    size: int
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    base = os.path.basename(name)
+    key, _, field = base.partition(".")
+    return key, field
+
+
+def iter_shard(path: Path) -> Iterator[Sample]:
+    """The samples of one shard, in order. Raises ValueError (one line, naming the shard) if broken."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            key: str | None = None
+            fields: dict[str, bytes] = {}
+            for member in tar:
+                if not member.isfile():
+                    raise ValueError(f"{path}: member {member.name!r} is not a regular file")
+                k, field = _split_member(member.name)
+                if key is not None and k != key:
+                    yield Sample(key, fields)
+                    fields = {}
+                key = k
+                data = tar.extractfile(member)
+                assert data is not None
+                fields[field] = data.read()
+            if key is not None:
+                yield Sample(key, fields)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: unreadable shard ({exc}); delete it and re-run the build to rewrite it") from exc
+
+
+def index_shard(path: Path) -> list[tuple[str, dict[str, MemberRef]]]:
+    """``(key, {field: MemberRef})`` per sample, from the tar headers alone (no data is read)."""
+    out: list[tuple[str, dict[str, MemberRef]]] = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, field = _split_member(member.name)
+                if not out or out[-1][0] != key:
+                    out.append((key, {}))
+                out[-1][1][field] = MemberRef(path, member.offset_data, member.size)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: unreadable shard ({exc})") from exc
+    return out
+
+
+def read_member(ref: MemberRef) -> bytes:
+    with open(ref.shard, "rb") as fh:
+        fh.seek(ref.offset)
+        data = fh.read(ref.size)
+    if len(data) != ref.size:
+        raise ValueError(f"{ref.shard}: truncated at byte {ref.offset + len(data)}")
+    return data
+
+
+def to_bytes(image, fmt: str, quality: int = 90) -> bytes:
+    """Encode a PIL image once, deterministically (no timestamps or text chunks)."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, format="PNG", optimize=False, compress_level=6)
+    elif fmt == "jpg":
+        image.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "webp":
+        image.save(buf, format="WEBP", quality=quality, method=4)
+    else:
+        raise ValueError(f"image format must be png, jpg or webp, got {fmt!r}")
+    return buf.getvalue()

@@ -1,0 +1,275 @@
+"""mixset build / verify / info end to end, on small procedural, folder and served collections."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mixset.build import BuildConfig, build
+from mixset.cli import main as mixset_main
+from mixset.verify import verify
+from pixmix.mixset_reader import MixingShards
+from pixmix.shards import iter_shard
+
+PROCEDURAL = """
+name = "gen"
+source = "fractals"
+kind = "procedural"
+licence = "CC0-1.0"
+[procedural]
+count = {count}
+"""
+
+
+def write_manifests(folder: Path, count: int = 12, extra: dict[str, str] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "b-gen.toml").write_text(PROCEDURAL.format(count=count))
+    for name, text in (extra or {}).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.tar"))}
+
+
+def test_build_writes_shards_manifest_and_contact_sheet(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=10)
+    out = tmp_path / "set"
+    summary = build(BuildConfig(out=out, manifests=manifests, shard_size=4, image_size=64), log=quiet, progress=False)
+    assert summary.samples == 10 and summary.shards == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "pixmix-mixset" and manifest["version"] == 1
+    assert [s["samples"] for s in manifest["shards"]] == [4, 4, 2]
+    assert manifest["sources"] == {"fractals": 10}
+    assert manifest["collections"]["gen"]["status"] == "ok"
+    assert manifest["packages"]["python"]
+    keys = []
+    for entry in manifest["shards"]:
+        for sample in iter_shard(out / entry["name"]):
+            keys.append(sample.key)
+            assert "." not in sample.key and set(sample.fields) == {"jpg", "json"}
+            meta = json.loads(sample.fields["json"])
+            assert meta["source"] == "fractals" and meta["collection"] == "gen" and meta["licence"] == "CC0-1.0"
+            assert meta["origin"]["generator"] == "mixset.procedural" and "params" in meta["origin"]
+            with Image.open(io.BytesIO(sample.fields["jpg"])) as im:
+                assert min(im.size) == 64 and im.mode == "RGB"
+    assert keys == [f"gen-{i:08d}" for i in range(10)]
+    sheet = Image.open(out / "contact-sheet.png")
+    assert sheet.size[0] > 300 and sheet.size[1] > 100
+    assert verify(out) == []
+    assert not list(out.rglob("*.tmp"))
+    # The pixmix side reads it back as a random-access mixing set.
+    pictures = MixingShards(out)
+    assert len(pictures) == 10 and pictures[3].mode == "RGB" and min(pictures[3].size) == 64
+
+
+def test_same_seed_gives_byte_identical_shards_for_any_worker_count(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=9)
+    a = build(BuildConfig(out=tmp_path / "a", manifests=manifests, shard_size=4, image_size=48), log=quiet, progress=False)
+    b = build(BuildConfig(out=tmp_path / "b", manifests=manifests, shard_size=4, image_size=48, workers=2),
+              log=quiet, progress=False)
+    assert a.samples == b.samples == 9
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    c = build(BuildConfig(out=tmp_path / "c", manifests=manifests, shard_size=4, image_size=48, seed=1), log=quiet,
+              progress=False)
+    assert shard_bytes(tmp_path / "c") != shard_bytes(tmp_path / "a")
+
+
+def test_limit_caps_items_per_source(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=50)
+    summary = build(BuildConfig(out=tmp_path / "s", manifests=manifests, limit=6, image_size=32), log=quiet, progress=False)
+    assert summary.samples == 6
+
+
+def test_rerun_with_other_options_is_refused(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=3)
+    build(BuildConfig(out=tmp_path / "s", manifests=manifests, image_size=32), log=quiet, progress=False)
+    with pytest.raises(Exception, match="other options"):
+        build(BuildConfig(out=tmp_path / "s", manifests=manifests, image_size=48), log=quiet, progress=False)
+
+
+def test_verify_detects_tampering(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=6)
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, manifests=manifests, shard_size=3, image_size=32), log=quiet, progress=False)
+    shard = sorted((out / "shards").glob("*.tar"))[1]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = verify(out)
+    assert any("sha256/size differ" in p and shard.name in p for p in problems)
+    result = CliRunner().invoke(mixset_main, ["verify", str(out)])
+    assert result.exit_code == 1 and "problem(s)" in result.output
+    (out / "shards" / "mixset-000000.tar").unlink()
+    assert any("missing" in p for p in verify(out))
+
+
+def test_cli_build_info_and_bad_input(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=5)
+    out = tmp_path / "s"
+    runner = CliRunner()
+    result = runner.invoke(mixset_main, ["build", "--out", str(out), "--manifests", str(manifests), "--image-size", "32",
+                                         "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "built 5 samples in 1 shard(s)" in result.output
+    result = runner.invoke(mixset_main, ["info", str(out)])
+    assert result.exit_code == 0 and "5 samples in 1 shard(s)" in result.output and "fractals/gen" in result.output
+    assert runner.invoke(mixset_main, ["verify", str(out)]).output.strip().endswith("OK")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.toml").write_text('name = "x"\nsource = "fractals"\nkind = "magic"\nlicence = "?"\n')
+    result = runner.invoke(mixset_main, ["build", "--out", str(tmp_path / "o2"), "--manifests", str(bad)])
+    assert result.exit_code == 1 and "x.toml: kind must be one of" in result.output
+    result = runner.invoke(mixset_main, ["info", str(tmp_path)])
+    assert result.exit_code == 1 and "manifest.json not found" in result.output
+
+
+def test_folder_collection_with_bad_files_is_ingested_and_reported(tmp_path) -> None:
+    images = tmp_path / "pics"
+    (images / "sub").mkdir(parents=True)
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(images / "a.png")
+    Image.new("L", (100, 120), 90).save(images / "sub" / "b.jpg")
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(images / "dup.png")  # same pixels as a.png
+    (images / "notes.jpg").write_text("not an image")
+    folder = f'name = "local"\nsource = "fractals"\nkind = "folder"\nlicence = "mine"\npath = "{images}"\n'
+    manifests = write_manifests(tmp_path / "m", count=2, extra={"a-local.toml": folder})
+    out = tmp_path / "s"
+    summary = build(BuildConfig(out=out, manifests=manifests, image_size=64), log=quiet, progress=False)
+    local = summary.reports["local"]
+    assert (local.samples, local.duplicates, local.rejected) == (2, 1, 1)
+    assert summary.samples == 4  # 2 local + 2 generated
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any("notes.jpg" in f for f in manifest["failures"])
+    sizes = sorted(MixingShards(out)[i].size for i in range(4))
+    assert (96, 64) in sizes and (64, 77) in sizes  # shorter side 64, aspect kept
+
+
+def test_killed_build_resumes_without_loss_or_duplicates(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=120)
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "mixset.cli", "build", "--out", str(out), "--manifests", str(manifests),
+            "--image-size", "64", "--shard-size", "10", "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".build" / "shard-000002.json").exists():
+            assert proc.poll() is None, "the build finished before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "manifest.json").exists()
+    done_before = len(list((out / ".build").glob("shard-*.json")))
+    assert 3 <= done_before < 12
+    summary = build(BuildConfig(out=out, manifests=manifests, image_size=64, shard_size=10), log=quiet, progress=False)
+    assert summary.resumed_shards >= 3 and summary.samples == 120 and summary.shards == 12
+    reference = tmp_path / "reference"
+    build(BuildConfig(out=reference, manifests=manifests, image_size=64, shard_size=10), log=quiet, progress=False)
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert verify(out) == []
+    keys = [s.key for p in sorted((out / "shards").glob("*.tar")) for s in iter_shard(p)]
+    assert len(keys) == len(set(keys)) == 120
+
+
+def _tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _png(colour: tuple[int, int, int], size=(80, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+ARCHIVE = """
+name = "{name}"
+source = "fractals"
+kind = "archive"
+licence = "unknown"
+[[artefacts]]
+url = "{url}"
+filename = "set.tar"
+{checksum}
+[filters]
+include = ["fractals/images/*.png"]
+"""
+
+
+def test_remote_archives_are_ingested_and_failures_reported(tmp_path) -> None:
+    import hashlib
+
+    from http_server import Route, serve
+
+    archive = _tar_of({
+        "fractals/images/one.png": _png((250, 0, 0)),
+        "fractals/images/two.png": _png((0, 250, 0)),
+        "fvis/images/skip.png": _png((0, 0, 250)),
+    })
+    good_sum = f'sha256 = "{hashlib.sha256(archive).hexdigest()}"'
+    with serve({"/set.tar": archive, "/copy.tar": archive, "/gone.tar": Route(status=404)}) as base:
+        manifests = write_manifests(tmp_path / "m", count=2, extra={
+            "a-remote.toml": ARCHIVE.format(name="remote", url=base + "/set.tar", checksum=good_sum),
+            "c-gone.toml": ARCHIVE.format(name="gone", url=base + "/gone.tar", checksum=""),
+            "d-badsum.toml": ARCHIVE.format(name="badsum", url=base + "/copy.tar", checksum='sha256 = "' + "0" * 64 + '"'),
+        })
+        out = tmp_path / "s"
+        summary = build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
+        reports = summary.reports
+        assert reports["remote"].status == "ok" and reports["remote"].samples == 2
+        assert reports["gone"].status == "unreachable" and "404" in reports["gone"].error
+        assert reports["badsum"].status == "unreachable" and "sha256" in reports["badsum"].error
+        assert summary.samples == 4
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["collections"]["gone"]["status"] == "unreachable"
+        metas = [json.loads(s.fields["json"]) for p in sorted((out / "shards").glob("*.tar")) for s in iter_shard(p)]
+        remote = [m for m in metas if m["collection"] == "remote"]
+        assert [m["origin"] for m in remote] == [
+            {"url": base + "/set.tar", "member": "fractals/images/one.png"},
+            {"url": base + "/set.tar", "member": "fractals/images/two.png"},
+        ]
+        assert len(base.requests("/set.tar")) == 1
+        # A re-run finds the good collection extracted: no new request; the failed ones are retried.
+        build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
+        assert len(base.requests("/set.tar")) == 1
+        assert len(base.requests("/copy.tar")) == 2
+        result = CliRunner().invoke(mixset_main, ["build", "--out", str(tmp_path / "strict"), "--manifests",
+                                                  str(manifests), "--strict", "--quiet"])
+        assert result.exit_code == 1 and "collection gone is unreachable and --strict is set" in result.output
+
+
+def test_hostile_archive_is_refused_without_writing_outside(tmp_path) -> None:
+    from http_server import serve
+
+    archive = _tar_of({"fractals/images/ok.png": _png((1, 2, 3)), "../../escape.png": _png((4, 5, 6))})
+    with serve({"/evil.tar": archive}) as base:
+        manifests = write_manifests(tmp_path / "m", count=1, extra={
+            "a-evil.toml": ARCHIVE.format(name="evil", url=base + "/evil.tar", checksum=""),
+        })
+        out = tmp_path / "work" / "s"
+        summary = build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
+    assert summary.reports["evil"].status == "unreachable" and "escape.png" in summary.reports["evil"].error
+    assert not list(tmp_path.rglob("escape.png"))
+    assert summary.samples == 1
