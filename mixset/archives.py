@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import math
 import os
 import shutil
 import stat
@@ -319,6 +320,25 @@ def check_image(
 ) -> tuple[int, int, str]:
     """``(width, height, format)`` of an image file or its bytes, or :class:`ImageError` (one line).
 
+    See :func:`open_image`, which does the checking and also hands back the decoded image.
+    """
+    with open_image(path_or_bytes, max_pixels=max_pixels, formats=formats, name=name) as im:
+        return im.width, im.height, im.format or "unknown"
+
+
+def open_image(
+    path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
+    *,
+    max_pixels: int = 64_000_000,
+    formats: Iterable[str] | None = DEFAULT_IMAGE_FORMATS,
+    name: str | None = None,
+    min_side: int | None = None,
+) -> Image.Image:
+    """The decoded image of a file or its bytes (close it when done), or :class:`ImageError` (one line).
+
+    ``min_side``: the caller will shrink the image to this shorter side, so a JPEG may be decoded at
+    a reduced DCT scale (Pillow's draft mode) that keeps the shorter side at least that large.
+
     The header is read first and width x height is compared with ``max_pixels`` before any pixel is
     decoded; Pillow's own ``DecompressionBombError`` (raised while parsing headers above twice
     ``Image.MAX_IMAGE_PIXELS``) is reported the same way, and its ``DecompressionBombWarning`` is
@@ -356,13 +376,16 @@ def check_image(
             raise ImageError(f"{label} is not an image in an accepted format ({allowed_txt})") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(f"image {label} has an unreadable header ({type(exc).__name__}: {exc})") from None
-        with im:
+        try:
             width, height = im.size
             fmt = im.format or "unknown"
             if width <= 0 or height <= 0:
                 raise ImageError(f"image {label} has an invalid size {width}x{height}")
             if width * height > max_pixels:
                 raise bomb(width, height)
+            if min_side is not None and fmt == "JPEG" and min(width, height) >= 2 * min_side:
+                scale = min_side / min(width, height)
+                im.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
             try:
                 im.load()
             except Image.DecompressionBombError:
@@ -371,4 +394,7 @@ def check_image(
                 raise ImageError(
                     f"image {label} ({fmt} {width}x{height}) is corrupt or truncated ({type(exc).__name__}: {exc})"
                 ) from None
-    return width, height, fmt
+        except BaseException:
+            im.close()
+            raise
+    return im

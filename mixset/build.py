@@ -142,11 +142,10 @@ def produce(item: Item, image_size: int, quality: int, photo_format: str) -> Pro
             meta["origin"] = {"generator": "mixset.procedural", "seed": item.seed, "index": item.index,
                               "tries": tries, "params": params.to_json()}
         else:
-            from mixset.archives import check_image
+            from mixset.archives import open_image
 
             assert item.path is not None
-            check_image(Path(item.path))
-            with Image.open(item.path) as im:
+            with open_image(Path(item.path), min_side=image_size) as im:  # refuses non-images and bombs
                 image = _normalise(im, image_size)
             meta["origin"] = dict(item.origin)
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the build; it is reported

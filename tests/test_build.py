@@ -273,3 +273,27 @@ def test_hostile_archive_is_refused_without_writing_outside(tmp_path) -> None:
     assert summary.reports["evil"].status == "unreachable" and "escape.png" in summary.reports["evil"].error
     assert not list(tmp_path.rglob("escape.png"))
     assert summary.samples == 1
+
+
+def test_large_jpegs_are_decoded_reduced_and_keep_their_content(tmp_path) -> None:
+    from mixset.archives import open_image
+
+    big = tmp_path / "big.jpg"
+    image = Image.new("RGB", (1600, 1200), (30, 140, 220))
+    image.paste((250, 250, 0), (0, 0, 800, 1200))  # left half yellow
+    image.save(big, quality=95)
+    with open_image(big, min_side=256) as im:
+        assert min(im.size) >= 256 and im.size[0] < 1600  # decoded at a reduced DCT scale
+        assert im.size == (400, 300)
+    with open_image(big) as im:
+        assert im.size == (1600, 1200)
+    folder = f'name = "big"\nsource = "fractals"\nkind = "folder"\nlicence = "mine"\npath = "{tmp_path}"\n'
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "big.toml").write_text(folder)
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, manifests=manifests, image_size=256), log=quiet, progress=False)
+    stored = MixingShards(out)[0]
+    assert stored.size == (341, 256)
+    left, right = stored.getpixel((40, 128)), stored.getpixel((300, 128))
+    assert left[0] > 230 and left[2] < 30 and right[2] > 200
