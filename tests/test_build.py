@@ -297,3 +297,19 @@ def test_large_jpegs_are_decoded_reduced_and_keep_their_content(tmp_path) -> Non
     assert stored.size == (341, 256)
     left, right = stored.getpixel((40, 128)), stored.getpixel((300, 128))
     assert left[0] > 230 and left[2] < 30 and right[2] > 200
+
+
+def test_a_built_set_feeds_the_pixmix_dataset(tmp_path) -> None:
+    import torch
+
+    from pixmix.dataset import PixMixDataset
+    from pixmix.demo import synthetic_images
+
+    manifests = write_manifests(tmp_path / "m", count=5)
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, manifests=manifests, image_size=48), log=quiet, progress=False)
+    data = [(im, i) for i, im in enumerate(synthetic_images(6, 32, seed=1))]
+    dataset = PixMixDataset(data, MixingShards(out), "cifar", seed=3)
+    x, y = dataset[2]
+    assert x.shape == (3, 32, 32) and y == 2 and torch.isfinite(x).all()
+    assert torch.equal(dataset[2][0], x)
