@@ -15,6 +15,7 @@ import multiprocessing
 import shutil
 import sys
 from collections.abc import Callable, Iterator
+from itertools import groupby
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pixmix.shards import Sample, ShardInfo, file_sha256, to_bytes, write_shard
 
 MANIFEST_FORMAT = "pixmix-mixset"
 MANIFEST_VERSION = 1
-SOURCES = ("fractals",)
+SOURCES = ("fractals", "fvis")
 SHARD_NAME = "shards/mixset-{:06d}.tar"
 
 
@@ -46,6 +47,15 @@ class BuildConfig:
     manifests: Path = DEFAULT_MANIFESTS
     workers: int = 1
     max_download_bytes: int = 4 << 30
+    # Feature visualisations (source "fvis"): models (None: all of mixset.fvis.DEFAULT_LAYERS),
+    # optimisation steps, render size, units per batch, weights and per-model local checkpoints.
+    fvis_models: tuple[str, ...] | None = None
+    fvis_steps: int = 512
+    fvis_size: int = 128
+    fvis_batch: int = 64
+    fvis_weights: str = "default"
+    fvis_checkpoints: tuple[tuple[str, str], ...] = ()
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sources if s not in SOURCES]
@@ -63,13 +73,32 @@ class BuildConfig:
             raise ValueError(f"--format must be jpg or webp, got {self.photo_format!r}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.fvis_steps < 1 or self.fvis_batch < 1 or not 16 <= self.fvis_size <= 1024:
+            raise ValueError(
+                f"--fvis-steps and --fvis-batch must be >= 1 and --fvis-size in [16, 1024], "
+                f"got {self.fvis_steps}, {self.fvis_batch}, {self.fvis_size}"
+            )
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
 
     def identity(self) -> dict[str, Any]:
         """The options that decide the bytes of the shards (workers and strictness do not)."""
-        return {
+        identity: dict[str, Any] = {
             "sources": list(self.sources), "seed": self.seed, "limit": self.limit, "image_size": self.image_size,
             "shard_size": self.shard_size, "quality": self.quality, "photo_format": self.photo_format,
         }
+        if "fvis" in self.sources:
+            identity["fvis"] = {"models": list(self.fvis_models) if self.fvis_models else None,
+                                "steps": self.fvis_steps, "size": self.fvis_size, "weights": self.fvis_weights,
+                                "checkpoints": dict(self.fvis_checkpoints)}
+        return identity
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -219,11 +248,35 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+FVIS_LICENCE = "CC0-1.0 (rendered by pixmix-data; see origin for the model and its weights)"
+
+
+def plan_fvis(config: BuildConfig) -> list[Item]:
+    """Every (model, layer, channel) to render, evenly thinned to ``--limit`` across models and layers."""
+    from mixset.fvis import plan_units
+
+    units = plan_units(config.fvis_models)
+    if config.limit is not None and config.limit < len(units):
+        units = [units[i * len(units) // config.limit] for i in range(config.limit)]
+    items = []
+    for index, (spec, channel) in enumerate(units):
+        c = Collection(name=f"fvis-{spec.model}", source="fvis", kind="fvis", licence=FVIS_LICENCE)
+        items.append(Item(c, index, None, config.seed, (("model", spec.model), ("layer", spec.layer), ("channel", str(channel)))))
+    return items
+
+
 def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], dict[str, CollectionReport]]:
-    collections = load_collections(config.manifests, config.sources)
+    collections = load_collections(config.manifests, tuple(s for s in config.sources if s != "fvis"))
     reports: dict[str, CollectionReport] = {}
     items: list[Item] = []
     for source in config.sources:
+        if source == "fvis":
+            for item in plan_fvis(config):
+                c = item.collection
+                report = reports.setdefault(c.name, CollectionReport(c.name, c.source, c.kind, c.licence))
+                report.planned += 1
+                items.append(item)
+            continue
         budget = config.limit
         for c in (c for c in collections if c.source == source):
             report = reports[c.name] = CollectionReport(c.name, c.source, c.kind, c.licence)
@@ -311,13 +364,39 @@ class BuildSummary:
 
 
 def _produced(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
-    args = ((item, config.image_size, config.quality, config.photo_format) for item in items)
-    if config.workers == 1:
-        yield from map(_produce_star, args)
-        return
-    ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
-    with ctx.Pool(config.workers) as pool:
-        yield from pool.imap(_produce_star, args, chunksize=4)
+    """Produce items in order: FVis in batches on the chosen device, the rest in worker processes."""
+    for is_fvis, group in groupby(items, key=lambda item: item.collection.kind == "fvis"):
+        group_items = list(group)
+        if is_fvis:
+            yield from _produce_fvis(group_items, config)
+            continue
+        args = ((item, config.image_size, config.quality, config.photo_format) for item in group_items)
+        if config.workers == 1:
+            yield from map(_produce_star, args)
+            continue
+        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+        with ctx.Pool(config.workers) as pool:
+            yield from pool.imap(_produce_star, args, chunksize=4)
+
+
+def _produce_fvis(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
+    from mixset.fvis import DEFAULT_LAYERS, fvis_images
+
+    specs = {(spec.model, spec.layer): spec for layers in DEFAULT_LAYERS.values() for spec in layers}
+    entries = [(specs[(o["model"], o["layer"])], int(o["channel"])) for o in (dict(i.origin) for i in items)]
+    checkpoints = {model: Path(path) for model, path in config.fvis_checkpoints}
+    rendered = fvis_images(plan=entries, size=config.fvis_size, steps=config.fvis_steps, seed=config.seed,
+                           device=config.resolved_device(), batch=config.fvis_batch, weights=config.fvis_weights,
+                           checkpoints=checkpoints)
+    for item, (image, render_meta) in zip(items, rendered):
+        c = item.collection
+        image = _normalise(image, config.image_size)
+        data = to_bytes(image, "png")
+        meta = {"source": c.source, "collection": c.name, "licence": c.licence, "index": item.index,
+                "origin": render_meta, "width": image.width, "height": image.height, "format": "png",
+                "sha256": hashlib.sha256(data).hexdigest()}
+        content = hashlib.sha256(image.tobytes() + f"{image.size}".encode()).hexdigest()
+        yield Produced(f"{c.name}-{item.index:08d}", data, "png", meta, content)
 
 
 def build(config: BuildConfig, log: Callable[[str], None] = print, progress: bool = True) -> BuildSummary:
@@ -361,6 +440,11 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
     for position, result in enumerate(_produced(items[cursor:], config), start=cursor):
         bar.update(1)
         name = items[position].collection.name
+        weights = result.meta.get("origin", {}).get("weights", "") if result.meta.get("source") == "fvis" else ""
+        if weights.startswith("random-init fallback") and reports[name].status == "ok":
+            reports[name].status = "ok, fallback weights"
+            reports[name].error = weights
+            log(f"WARNING: {name}: no pretrained weights could be loaded; rendering {weights}")
         tally = counts.setdefault(name, [0, 0, 0])
         if result.error:
             tally[2] += 1

@@ -19,7 +19,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--source", "sources", multiple=True, type=click.Choice(["fractals"]), default=("fractals",),
+@click.option("--source", "sources", multiple=True, type=click.Choice(["fractals", "fvis"]), default=("fractals",),
               show_default=True, help="Mixing-set source to include (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (shards/, manifest.json, contact-sheet.png). Re-running resumes.")
@@ -35,17 +35,37 @@ def main() -> None:
 @click.option("--manifests", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of collection manifests (default: the project's manifests/).")
 @click.option("--strict", is_flag=True, help="Fail when a collection is unreachable instead of reporting it.")
+@click.option("--device", default="auto", show_default=True, help="Where FVis render: auto (cuda when available), cpu, cuda[:N].")
+@click.option("--fvis-models", default=None, help="Comma-separated models for FVis (default: all known early-layer models).")
+@click.option("--fvis-steps", type=click.IntRange(1), default=512, show_default=True, help="Optimisation steps per FVis.")
+@click.option("--fvis-size", type=click.IntRange(16, 1024), default=128, show_default=True, help="FVis render size (px).")
+@click.option("--fvis-batch", type=click.IntRange(1), default=64, show_default=True, help="Units rendered together.")
+@click.option("--fvis-weights", type=click.Choice(["default", "random"]), default="default", show_default=True,
+              help="torchvision's pretrained weights (random-init fallback when unavailable), or random init.")
+@click.option("--fvis-checkpoint", "fvis_checkpoints", multiple=True, metavar="MODEL=PATH",
+              help="A local state_dict for MODEL (loaded with weights_only=True); repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, image_size: int, shard_size: int,
-          photo_format: str, quality: int, workers: int, manifests: Path | None, strict: bool, quiet: bool) -> None:
+          photo_format: str, quality: int, workers: int, manifests: Path | None, strict: bool, device: str,
+          fvis_models: str | None, fvis_steps: int, fvis_size: int, fvis_batch: int, fvis_weights: str,
+          fvis_checkpoints: tuple[str, ...], quiet: bool) -> None:
     """Assemble a PixMix mixing set as WebDataset shards with a manifest and a contact sheet."""
     from mixset.build import BuildConfig, BuildError, build as run_build
     from mixset.collections import DEFAULT_MANIFESTS
 
     try:
+        checkpoints = []
+        for spec in fvis_checkpoints:
+            model, sep, path = spec.partition("=")
+            if not sep or not model or not path:
+                raise click.BadParameter(f"expected MODEL=PATH, got {spec!r}", param_hint="--fvis-checkpoint")
+            checkpoints.append((model, path))
         config = BuildConfig(out=out, sources=sources, seed=seed, limit=limit, image_size=image_size,
                              shard_size=shard_size, quality=quality, photo_format=photo_format, strict=strict,
-                             manifests=manifests or DEFAULT_MANIFESTS, workers=workers)
+                             manifests=manifests or DEFAULT_MANIFESTS, workers=workers, device=device,
+                             fvis_models=tuple(fvis_models.split(",")) if fvis_models else None,
+                             fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
+                             fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints))
         summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
     except (BuildError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -313,3 +313,22 @@ def test_a_built_set_feeds_the_pixmix_dataset(tmp_path) -> None:
     x, y = dataset[2]
     assert x.shape == (3, 32, 32) and y == 2 and torch.isfinite(x).all()
     assert torch.equal(dataset[2][0], x)
+
+
+def test_fvis_source_renders_units_with_their_provenance(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=1)
+    out = tmp_path / "s"
+    config = BuildConfig(out=out, manifests=manifests, sources=("fvis",), limit=3, image_size=32, fvis_models=("alexnet",),
+                         fvis_steps=2, fvis_size=16, fvis_weights="random", device="cpu")
+    summary = build(config, log=quiet, progress=False)
+    assert summary.samples == 3 and summary.reports["fvis-alexnet"].status == "ok"
+    samples = [s for p in sorted((out / "shards").glob("*.tar")) for s in iter_shard(p)]
+    assert [s.key for s in samples] == ["fvis-alexnet-00000000", "fvis-alexnet-00000001", "fvis-alexnet-00000002"]
+    metas = [json.loads(s.fields["json"]) for s in samples]
+    assert all(set(s.fields) == {"png", "json"} for s in samples)
+    assert all(m["source"] == "fvis" and m["origin"]["model"] == "alexnet" and m["origin"]["steps"] == 2 for m in metas)
+    assert all(m["origin"]["weights"].startswith("random") for m in metas)
+    # --limit thins the plan evenly over layers and channels rather than taking the first channels.
+    assert len({(m["origin"]["layer"], m["origin"]["channel"]) for m in metas}) == 3
+    assert len({m["origin"]["layer"] for m in metas}) >= 2
+    assert verify(out) == []
