@@ -286,7 +286,7 @@ def load_model(name: str, weights: str = "default", checkpoint: Path | None = No
 # --- truncation ------------------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
+class _StopForward(BaseException):  # BaseException: not swallowed by a model's `except Exception`
     def __init__(self, output: Any) -> None:
         super().__init__("forward stopped at the target layer")
         self.output = output
@@ -335,7 +335,8 @@ def truncated_trunk(model: nn.Module, layer: str) -> nn.Module:
     a temporary forward hook on ``layer`` as soon as it has run. Either way later layers never run,
     including an in-place ReLU right after a conv: the output is the *pre-ReLU* conv output (see the
     module docstring). A module called several times in one forward pass yields its first call.
-    Parameters are shared with ``model`` (moving the trunk moves them). Returned in ``eval()``.
+    Modules and parameters are shared with ``model`` (moving the trunk moves them; the trunk is
+    returned in ``eval()``, which puts the shared modules in ``eval()`` too).
     """
     names = {n for n, _ in model.named_modules()}
     if layer not in names or layer == "":
