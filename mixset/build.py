@@ -193,7 +193,7 @@ def _produce_star(args: tuple[Item, int, int, str]) -> Produced:
 # --- collections -> items ----------------------------------------------------------------------------
 
 
-def prepare_collection(c: Collection, config: BuildConfig, report: CollectionReport, log: Callable[[str], None]) -> list[Item]:
+def prepare_collection(c: Collection, config: BuildConfig, log: Callable[[str], None]) -> list[Item]:
     """The ordered items of one collection; downloads and extracts remote ones into the build cache."""
     seed = _collection_seed(config.seed, c.name)
     if c.kind == "procedural":
@@ -284,7 +284,7 @@ def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], d
                 report.status = "skipped (limit reached)"
                 continue
             try:
-                found = prepare_collection(c, config, report, log)
+                found = prepare_collection(c, config, log)
             except Exception as exc:  # noqa: BLE001 - unreachable remote collections are reported
                 report.status = "unreachable" if c.kind == "archive" else "failed"
                 report.error = " ".join(str(exc).split())
@@ -409,6 +409,16 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
 
     items, reports = plan(config, log)
     done = load_journal(out)
+    # A resumed build must continue the same sequence: the planned items per collection must not
+    # have changed (say, a remote collection that was unreachable and now is not).
+    planned = {name: r.planned for name, r in reports.items()}
+    plan_file = out / ".build" / "plan.json"
+    if done and plan_file.exists() and json.loads(plan_file.read_text()) != planned:
+        raise BuildError(
+            f"{out}: the collections changed since the interrupted build ({plan_file} differs from "
+            f"{planned}); finish it with the same collections reachable, or use a new --out folder"
+        )
+    _write_json(plan_file, planned)
     seen: set[str] = {h for e in done for h in e.hashes}
     for e in done:
         for name, (s, d, r) in e.counts.items():

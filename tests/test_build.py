@@ -332,3 +332,18 @@ def test_fvis_source_renders_units_with_their_provenance(tmp_path) -> None:
     assert len({(m["origin"]["layer"], m["origin"]["channel"]) for m in metas}) == 3
     assert len({m["origin"]["layer"] for m in metas}) >= 2
     assert verify(out) == []
+
+
+def test_resume_refuses_a_changed_plan(tmp_path) -> None:
+    manifests = write_manifests(tmp_path / "m", count=8)
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, manifests=manifests, image_size=32, shard_size=3), log=quiet, progress=False)
+    # Simulate an interruption after two shards, then a collection that grew meanwhile.
+    (out / "manifest.json").unlink()
+    (out / ".build" / "shard-000002.json").unlink()
+    (manifests / "b-gen.toml").write_text(PROCEDURAL.format(count=9))
+    with pytest.raises(Exception, match="collections changed since the interrupted build"):
+        build(BuildConfig(out=out, manifests=manifests, image_size=32, shard_size=3), log=quiet, progress=False)
+    (manifests / "b-gen.toml").write_text(PROCEDURAL.format(count=8))
+    summary = build(BuildConfig(out=out, manifests=manifests, image_size=32, shard_size=3), log=quiet, progress=False)
+    assert summary.resumed_shards == 2 and summary.samples == 8 and verify(out) == []
