@@ -347,3 +347,28 @@ def test_resume_refuses_a_changed_plan(tmp_path) -> None:
     (manifests / "b-gen.toml").write_text(PROCEDURAL.format(count=8))
     summary = build(BuildConfig(out=out, manifests=manifests, image_size=32, shard_size=3), log=quiet, progress=False)
     assert summary.resumed_shards == 2 and summary.samples == 8 and verify(out) == []
+
+
+def test_served_archive_with_a_bomb_and_a_non_image_keeps_the_good_images(tmp_path) -> None:
+    from http_server import serve
+
+    bomb = io.BytesIO()
+    Image.new("1", (8500, 8500)).save(bomb, format="PNG")  # 72 Mpixel in a few KB
+    archive = _tar_of({
+        "fractals/images/a.png": _png((10, 200, 10)),
+        "fractals/images/bomb.png": bomb.getvalue(),
+        "fractals/images/readme.png": b"this is not an image",
+        "fractals/images/z.png": _png((200, 10, 200)),
+    })
+    with serve({"/set.tar": archive}) as base:
+        manifests = write_manifests(tmp_path / "m", count=1, extra={
+            "a-remote.toml": ARCHIVE.format(name="remote", url=base + "/set.tar", checksum=""),
+        })
+        out = tmp_path / "s"
+        summary = build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
+    report = summary.reports["remote"]
+    assert (report.status, report.samples, report.rejected) == ("ok", 2, 2)
+    failures = json.loads((out / "manifest.json").read_text())["failures"]
+    assert any("bomb.png" in f and "decompression bomb" in f for f in failures)
+    assert any("readme.png" in f and "not an image" in f for f in failures)
+    assert verify(out) == []
