@@ -312,6 +312,7 @@ class ShardEntry:
     hashes: list[str]
     counts: dict[str, list[int]] = field(default_factory=dict)  # collection -> [samples, duplicates, rejected]
     failures: list[str] = field(default_factory=list)
+    statuses: dict[str, list[str]] = field(default_factory=dict)  # collection -> [status, error] found while producing
 
 
 def _journal_path(out: Path, index: int) -> Path:
@@ -328,7 +329,8 @@ def load_journal(out: Path) -> list[ShardEntry]:
         path = out / info.name
         if not path.exists() or file_sha256(path) != (info.sha256, info.bytes):
             break
-        entries.append(ShardEntry(info, raw["plan_end"], raw["hashes"], raw["counts"], raw["failures"]))
+        entries.append(ShardEntry(info, raw["plan_end"], raw["hashes"], raw["counts"], raw["failures"],
+                                  raw.get("statuses", {})))
         index += 1
     # Whatever follows the last verified shard is stale: drop it so it is rewritten.
     for stale in sorted((out / ".build").glob("shard-*.json")):
@@ -425,6 +427,8 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
             reports[name].samples += s
             reports[name].duplicates += d
             reports[name].rejected += r
+        for name, (status, error) in e.statuses.items():
+            reports[name].status, reports[name].error = status, error
     failures = [f for e in done for f in e.failures]
     cursor = done[-1].plan_end if done else 0
     shards = [e.shard for e in done]
@@ -442,8 +446,9 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
     def flush(plan_end: int) -> None:
         index = len(shards)
         info = write_shard(out / SHARD_NAME.format(index), pending, root=out)
+        statuses = {n: [r.status, r.error] for n, r in reports.items() if r.kind == "fvis" and r.status != "ok"}
         _write_json(_journal_path(out, index), {"shard": asdict(info), "plan_end": plan_end, "hashes": hashes,
-                                                "counts": counts, "failures": shard_failures})
+                                                "counts": counts, "failures": shard_failures, "statuses": statuses})
         shards.append(info)
         pending.clear(), hashes.clear(), counts.clear(), shard_failures.clear()
 

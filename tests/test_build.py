@@ -372,3 +372,29 @@ def test_served_archive_with_a_bomb_and_a_non_image_keeps_the_good_images(tmp_pa
     assert any("bomb.png" in f and "decompression bomb" in f for f in failures)
     assert any("readme.png" in f and "not an image" in f for f in failures)
     assert verify(out) == []
+
+
+def test_fvis_fallback_weights_are_reported_also_after_a_resume(tmp_path, monkeypatch) -> None:
+    import mixset.fvis as fvis
+
+    real = fvis.load_model
+
+    def offline(name, weights="default", checkpoint=None):
+        model, _ = real(name, weights="random", checkpoint=checkpoint)
+        return model, "random-init fallback: weights unavailable (test)"
+
+    monkeypatch.setattr(fvis, "load_model", offline)
+    manifests = write_manifests(tmp_path / "m", count=1)
+    out = tmp_path / "s"
+    config = BuildConfig(out=out, manifests=manifests, sources=("fvis",), limit=2, image_size=32, shard_size=1,
+                         fvis_models=("alexnet",), fvis_steps=1, fvis_size=16, device="cpu")
+    logged: list[str] = []
+    summary = build(config, log=logged.append, progress=False)
+    report = summary.reports["fvis-alexnet"]
+    assert report.status == "ok, fallback weights" and "weights unavailable (test)" in report.error
+    assert any(line.startswith("WARNING: fvis-alexnet: no pretrained weights") for line in logged)
+    # Re-running the finished build renders nothing (every shard resumes) and still reports the fallback.
+    summary = build(config, log=quiet, progress=False)
+    assert summary.resumed_shards == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["collections"]["fvis-alexnet"]["status"] == "ok, fallback weights"
