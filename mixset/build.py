@@ -376,7 +376,8 @@ def _produced(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
         if config.workers == 1:
             yield from map(_produce_star, args)
             continue
-        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+        # Not fork: torch (FVis) may already run threads in this process, which a fork can deadlock.
+        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "forkserver")
         with ctx.Pool(config.workers) as pool:
             yield from pool.imap(_produce_star, args, chunksize=4)
 
