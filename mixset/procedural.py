@@ -425,7 +425,6 @@ def _choice_table(weights: np.ndarray) -> np.ndarray:
 
 def _render_ifs(p: IFSParams, size: int) -> np.ndarray:
     coef = np.array(p.maps, dtype=np.float64)  # [n, 6]
-    n = coef.shape[0]
     det = np.abs(coef[:, 0] * coef[:, 3] - coef[:, 1] * coef[:, 2])
     table = _choice_table(det)
     rng = np.random.default_rng(p.walk_seed)

@@ -86,7 +86,7 @@ def test_same_seed_gives_byte_identical_shards_for_any_worker_count(tmp_path) ->
               log=quiet, progress=False)
     assert a.samples == b.samples == 9
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
-    c = build(BuildConfig(out=tmp_path / "c", manifests=manifests, shard_size=4, image_size=48, seed=1), log=quiet,
+    build(BuildConfig(out=tmp_path / "c", manifests=manifests, shard_size=4, image_size=48, seed=1), log=quiet,
               progress=False)
     assert shard_bytes(tmp_path / "c") != shard_bytes(tmp_path / "a")
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import urllib.error
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
