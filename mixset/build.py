@@ -15,18 +15,17 @@ import multiprocessing
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from itertools import groupby
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from mixset.collections import DEFAULT_MANIFESTS, Collection, load_collections
+from pixmix.mixset_reader import MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.shards import Sample, ShardInfo, file_sha256, to_bytes, write_shard
 
-MANIFEST_FORMAT = "pixmix-mixset"
-MANIFEST_VERSION = 1
 SOURCES = ("fractals", "fvis")
 SHARD_NAME = "shards/mixset-{:06d}.tar"
 
@@ -160,8 +159,8 @@ def _normalise(image: Image.Image, size: int) -> Image.Image:
 def produce(item: Item, image_size: int, quality: int, photo_format: str) -> Produced:
     """Make one sample (in a worker process). Bad input becomes an error string, not an exception."""
     c = item.collection
-    key = f"{c.name}-{item.index:08d}"
-    meta: dict[str, Any] = {"source": c.source, "collection": c.name, "licence": c.licence, "index": item.index}
+    key = _key(item)
+    meta = _base_meta(item)
     try:
         if c.kind == "procedural":
             from mixset.procedural import generate_fractal
@@ -179,11 +178,24 @@ def produce(item: Item, image_size: int, quality: int, photo_format: str) -> Pro
             meta["origin"] = dict(item.origin)
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the build; it is reported
         return Produced(key, None, "", meta, "", error=f"{key}: {exc}")
-    data = to_bytes(image, photo_format, quality)
-    meta.update(width=image.width, height=image.height, format=photo_format,
-                sha256=hashlib.sha256(data).hexdigest())
+    return _encoded(key, image, photo_format, quality, meta)
+
+
+def _key(item: Item) -> str:
+    return f"{item.collection.name}-{item.index:08d}"
+
+
+def _base_meta(item: Item) -> dict[str, Any]:
+    c = item.collection
+    return {"source": c.source, "collection": c.name, "licence": c.licence, "index": item.index}
+
+
+def _encoded(key: str, image: Image.Image, fmt: str, quality: int, meta: dict[str, Any]) -> Produced:
+    """Encode once; record size, format and sha256 in ``meta``; hash the pixels for de-duplication."""
+    data = to_bytes(image, fmt, quality)
+    meta.update(width=image.width, height=image.height, format=fmt, sha256=hashlib.sha256(data).hexdigest())
     content = hashlib.sha256(image.tobytes() + f"{image.size}".encode()).hexdigest()
-    return Produced(key, data, photo_format, meta, content)
+    return Produced(key, data, fmt, meta, content)
 
 
 def _produce_star(args: tuple[Item, int, int, str]) -> Produced:
@@ -392,14 +404,8 @@ def _produce_fvis(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
                            device=config.resolved_device(), batch=config.fvis_batch, weights=config.fvis_weights,
                            checkpoints=checkpoints)
     for item, (image, render_meta) in zip(items, rendered):
-        c = item.collection
-        image = _normalise(image, config.image_size)
-        data = to_bytes(image, "png")
-        meta = {"source": c.source, "collection": c.name, "licence": c.licence, "index": item.index,
-                "origin": render_meta, "width": image.width, "height": image.height, "format": "png",
-                "sha256": hashlib.sha256(data).hexdigest()}
-        content = hashlib.sha256(image.tobytes() + f"{image.size}".encode()).hexdigest()
-        yield Produced(f"{c.name}-{item.index:08d}", data, "png", meta, content)
+        meta = dict(_base_meta(item), origin=render_meta)
+        yield _encoded(_key(item), _normalise(image, config.image_size), "png", config.quality, meta)
 
 
 def build(config: BuildConfig, log: Callable[[str], None] = print, progress: bool = True) -> BuildSummary:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mixset.build import MANIFEST_FORMAT, MANIFEST_VERSION
+from pixmix.mixset_reader import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.shards import file_sha256, iter_shard
 
 
@@ -52,7 +52,7 @@ def verify(folder: Path, decode: bool = True) -> list[str]:
                     problems.append(f"{path}: sample {sample.key} has no json field")
                     continue
                 meta = json.loads(sample.fields["json"])
-                images = [f for f in sample.fields if f in ("jpg", "png", "webp")]
+                images = [f for f in sample.fields if f in IMAGE_FIELDS]
                 if len(images) != 1:
                     problems.append(f"{path}: sample {sample.key} has {len(images)} image fields")
                     continue

@@ -20,15 +20,12 @@ import numpy as np
 from PIL import Image
 
 from pixmix.dataset import IMAGE_SUFFIXES, load_rgb
+from pixmix.metrics import CORRUPTIONS
 
 CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
 }
-CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)
 CORRUPTED_LAYOUT = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C"}
 PER_SEVERITY = 10_000
 

@@ -17,7 +17,8 @@ from PIL import Image
 from pixmix.shards import MemberRef, index_shard, read_member
 
 IMAGE_FIELDS = ("png", "jpg", "webp")
-MANIFEST_FORMAT = "pixmix-mixset"
+MANIFEST_FORMAT = "pixmix-mixset"  # what mixset build writes; the reader checks it
+MANIFEST_VERSION = 1
 
 
 class MixingShards(Sequence[Image.Image]):
