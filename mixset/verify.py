@@ -9,6 +9,10 @@ from typing import Any
 
 from pixmix.mixset_reader import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.shards import file_sha256, iter_shard
+from pixmix.shardset import SHARDS_FORMAT, SHARDS_VERSION
+
+# What `mixset build` (mixing sets) and `mixset shard` (datasets) write; verify and info read both.
+KNOWN = {MANIFEST_FORMAT: MANIFEST_VERSION, SHARDS_FORMAT: SHARDS_VERSION}
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -19,8 +23,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{path} not found: is {folder} a finished mixset build? (re-run mixset build to finish it)") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable manifest ({exc})") from exc
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} manifest")
+    if KNOWN.get(manifest.get("format")) != manifest.get("version"):
+        raise ValueError(f"{path}: not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} or {SHARDS_FORMAT} v{SHARDS_VERSION} "
+                         f"manifest (format={manifest.get('format')!r}, version={manifest.get('version')!r})")
     return manifest
 
 
@@ -57,6 +62,8 @@ def verify(folder: Path, decode: bool = True) -> list[str]:
                     problems.append(f"{path}: sample {sample.key} has {len(images)} image fields")
                     continue
                 data = sample.fields[images[0]]
+                if manifest["format"] == SHARDS_FORMAT:
+                    problems.extend(_check_labelled(path, sample.key, sample.fields, meta, manifest))
                 if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
                     problems.append(f"{path}: sample {sample.key}: image sha256 differs from its json")
                 if decode:
@@ -75,8 +82,25 @@ def verify(folder: Path, decode: bool = True) -> list[str]:
     return problems
 
 
+def _check_labelled(path: Path, key: str, fields: dict[str, bytes], meta: dict[str, Any],
+                    manifest: dict[str, Any]) -> list[str]:
+    """A dataset sample: the manifest's image field, and a ``cls`` that agrees with its json and the classes."""
+    problems = []
+    if manifest["image_field"] not in fields:
+        problems.append(f"{path}: sample {key} has no {manifest['image_field']} field")
+    try:
+        label = int(fields["cls"])
+    except (KeyError, ValueError):
+        return problems + [f"{path}: sample {key} has no integer cls field"]
+    if label != meta.get("label") or not 0 <= label < len(manifest["classes"]):
+        problems.append(f"{path}: sample {key}: cls {label} disagrees with its json or the {len(manifest['classes'])} classes")
+    return problems
+
+
 def info(folder: Path) -> str:
     m = read_manifest(folder)
+    if m["format"] == SHARDS_FORMAT:
+        return _shard_set_info(folder, m)
     lines = [f"{folder}: {m['samples']} samples in {len(m['shards'])} shard(s), "
              f"{sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB"]
     c = m["config"]
@@ -89,4 +113,19 @@ def info(folder: Path) -> str:
     if m["failures"]:
         lines.append(f"  {len(m['failures'])} item(s) failed, first: {m['failures'][0]}")
     lines.append(f"  contact sheet: {folder / m['contact_sheet']}")
+    return "\n".join(lines)
+
+
+def _shard_set_info(folder: Path, m: dict[str, Any]) -> str:
+    c = m["config"]
+    lines = [f"{folder}: {m['samples']} samples of {m['items']} {c['dataset']} {c['split']} images in "
+             f"{len(m['shards'])} shard(s), {sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB",
+             f"  kind: {m['kind']}, {m['views']} view(s), {len(m['classes'])} classes, field {m['image_field']}, "
+             f"seed {c['seed']}"]
+    if c.get("recipe"):
+        r = c["recipe"]
+        lines.append(f"  PixMix: {r['name']} recipe, crop {r['crop_size']}, k={r['k']} beta={r['beta']} "
+                     f"severity={r['severity']} ops={r['ops']}, mixing set {c['mixset']}")
+    if m["failures"]:
+        lines.append(f"  {len(m['failures'])} image(s) skipped, first: {m['failures'][0]}")
     return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The manifest of a sharded dataset written by ``mixset shard``: what the training reader needs to know.
+
+A shard set is a folder with ``manifest.json`` (written last) and ``shards/*.tar``. Every sample has
+one image field (``jpg`` or ``png``), ``cls`` (the class index as ASCII digits) and ``json``
+(provenance: source file, class name, view, seed, image sha256). Shards of pre-generated PixMix data
+belong to one *view*: view ``v`` holds one PixMix view of every training image, so epoch ``e`` of
+training reads the shards of view ``e % views`` and sees each image once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHARDS_FORMAT = "pixmix-shards"
+SHARDS_VERSION = 1
+KINDS = ("plain", "pixmix", "corrupted")
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One shard as the manifest records it."""
+
+    name: str  # relative to the set's folder
+    samples: int
+    bytes: int
+    sha256: str
+    view: int = 0
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A finished shard set: its shards, classes and how its samples were made."""
+
+    folder: Path
+    kind: str  # "plain" (images for online augmentation), "pixmix" (pre-generated views), "corrupted" (-C sets)
+    views: int
+    classes: tuple[str, ...]
+    image_field: str
+    shards: tuple[ShardRecord, ...]
+    config: dict[str, Any]
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def view_shards(self, view: int) -> list[ShardRecord]:
+        """The shards of one view (plain and corrupted sets have only view 0)."""
+        return [s for s in self.shards if s.view == view % self.views]
+
+    def path(self, shard: ShardRecord) -> Path:
+        return self.folder / shard.name
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ShardSet:
+        """Read and check ``folder/manifest.json``; one-line ValueError if it is not a finished shard set."""
+        folder = Path(folder)
+        path = folder / "manifest.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ValueError(f"{path} not found: is {folder} a finished `mixset shard` output? "
+                             "(re-run the command, or `mixset shard merge`, to finish it)") from exc
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable manifest ({exc})") from exc
+        if raw.get("format") != SHARDS_FORMAT or raw.get("version") != SHARDS_VERSION:
+            raise ValueError(f"{path}: not a {SHARDS_FORMAT} v{SHARDS_VERSION} manifest "
+                             f"(format={raw.get('format')!r}, version={raw.get('version')!r})")
+        try:
+            shards = tuple(ShardRecord(**s) for s in raw["shards"])
+            result = cls(folder=folder, kind=raw["kind"], views=int(raw["views"]), classes=tuple(raw["classes"]),
+                         image_field=raw["image_field"], shards=shards, config=dict(raw["config"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: malformed manifest ({exc!r})") from exc
+        if result.kind not in KINDS or result.views < 1 or not result.shards:
+            raise ValueError(f"{path}: malformed manifest (kind={result.kind!r}, views={result.views}, "
+                             f"{len(result.shards)} shards)")
+        return result
+
+
+__all__ = ["KINDS", "SHARDS_FORMAT", "SHARDS_VERSION", "ShardRecord", "ShardSet"]
