@@ -7,6 +7,7 @@ whichever path (or device) applies it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -52,6 +53,16 @@ class PixMixParams:
     def slice(self, start: int, stop: int) -> PixMixParams:
         """The params of samples ``start`` to ``stop - 1``."""
         return PixMixParams(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+
+    @classmethod
+    def cat(cls, parts: Sequence[PixMixParams]) -> PixMixParams:
+        """The params of several batches as one batch, in order (e.g. per-sample params collated)."""
+        if not parts:
+            raise ValueError("PixMixParams.cat needs at least one PixMixParams")
+        ks = {p.k for p in parts}
+        if len(ks) != 1:
+            raise ValueError(f"PixMixParams.cat: all parts must have the same k, got {sorted(ks)}")
+        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     def round_active(self) -> torch.Tensor:
         """[B, k] bool: round r is performed for the sample."""
