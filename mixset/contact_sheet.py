@@ -1,10 +1,12 @@
-"""A contact sheet of a built mixing set: a labelled grid of samples per source, as a PNG."""
+"""A contact sheet of a built set: a labelled grid of samples per group (source, view, ...), as a PNG."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -15,16 +17,17 @@ PER_ROW = 8
 ROWS_PER_SOURCE = 2
 
 
-def write_contact_sheet(out: Path, shards: list[ShardInfo], path: Path) -> None:
-    """Up to ``PER_ROW * ROWS_PER_SOURCE`` samples of each source, one band per source."""
+def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
+                        group: Callable[[dict[str, Any]], str] = lambda meta: meta["source"]) -> None:
+    """Up to ``PER_ROW * ROWS_PER_SOURCE`` samples of each group (by default the source), one band per group."""
     wanted = PER_ROW * ROWS_PER_SOURCE
     picks: dict[str, list[Image.Image]] = {}
     for info in shards:
         for sample in iter_shard(out / info.name):
-            source = json.loads(sample.fields["json"])["source"]
+            source = group(json.loads(sample.fields["json"]))
             tiles = picks.setdefault(source, [])
             if len(tiles) < wanted:
-                field = next(f for f in sample.fields if f != "json")
+                field = next(f for f in sample.fields if f in ("jpg", "png", "webp"))
                 with Image.open(io.BytesIO(sample.fields[field])) as im:
                     tiles.append(_tile(im.convert("RGB")))
         if picks and all(len(t) >= wanted for t in picks.values()):

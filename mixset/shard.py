@@ -498,6 +498,12 @@ def merge(out: Path, missing_ok: bool = False) -> Path | None:
         raise ShardError(f"{out}: {len(missing)} of {plan['shards']} shard(s) not written yet (first: "
                          f"{missing[:5]}); run the remaining ranks (or the command again) before merging")
     stored.pop("shard_samples_resolved", None)
+    from mixset.contact_sheet import write_contact_sheet
+
+    sheet = out / "contact-sheet.png"
+    by = "corruption" if stored["kind"] == "corrupted" else "view"
+    write_contact_sheet(out, [ShardInfo(**e["shard"]) for e in entries], sheet,
+                        group=lambda meta: f"{by} {meta[by]}")
     manifest = {
         "format": SHARDS_FORMAT,
         "version": SHARDS_VERSION,
@@ -510,6 +516,7 @@ def merge(out: Path, missing_ok: bool = False) -> Path | None:
         "samples": sum(e["shard"]["samples"] for e in entries),
         "shards": [dict(e["shard"], view=e["view"]) for e in entries],
         "failures": [f for e in entries for f in e["failures"]],
+        "contact_sheet": sheet.name,
         "packages": package_versions(),
     }
     path = out / "manifest.json"

@@ -134,6 +134,8 @@ def test_pixmix_views_are_what_pixmix_transform_makes(imagenet: Path, mixset: Pa
         assert (got.float() - expected * 255).abs().max() <= 0.5 + 1e-3  # the same view, rounded to 8 bits
     assert keys == {0: 6, 1: 6}
     assert verify(out) == []
+    with Image.open(out / "contact-sheet.png") as sheet:  # one band of tiles per view
+        assert sheet.format == "PNG" and sheet.height > 2 * 2 * 96
 
 
 def test_pixmix_shards_do_not_depend_on_workers(tmp_path: Path, mixset: Path) -> None:
@@ -248,3 +250,67 @@ def test_cli_takes_rank_and_world_size_from_torchrun_env(imagenet: Path, tmp_pat
     result = runner.invoke(mixset_main, ["shard", "imagenet", "--data-dir", str(imagenet), "--out",
                                          str(tmp_path / "p"), "--pixmix"])
     assert result.exit_code != 0 and "--pixmix needs --mixset" in result.output
+
+
+def test_threaded_maker_makes_the_same_samples(tmp_path: Path, mixset: Path) -> None:
+    # The GPU strategy: one process, threads decode and encode; on the CPU it must give the same bytes.
+    from mixset.shard import Maker
+    from mixset.shard_sources import open_source
+
+    write_cifar10(tmp_path / "c", per_batch=3)
+    config = ShardConfig(dataset="cifar10", data_dir=tmp_path / "c", out=tmp_path / "o", pixmix=True, mixset=mixset)
+    source = open_source("cifar10", tmp_path / "c", "train")
+    task = plan_shards(len(source), 1, 9, seed=0)[0]
+    serial, _ = Maker(config, source).samples(task)
+    threaded, _ = Maker(config, source, threads=3).samples(task)
+    assert [s.key for s in serial] == [s.key for s in threaded] and len(serial) == 9
+    assert all(a.fields == b.fields for a, b in zip(serial, threaded, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_views_match_cpu_views(tmp_path: Path, mixset: Path, imagenet: Path) -> None:
+    common = dict(dataset="imagenet", data_dir=imagenet, pixmix=True, mixset=mixset, crop_size=64, image_format="png",
+                  shard_samples=8, workers=2)
+    run(out=tmp_path / "cpu", device="cpu", **common)
+    run(out=tmp_path / "gpu", device="cuda", **common)
+    cpu, gpu = samples(tmp_path / "cpu"), samples(tmp_path / "gpu")
+    assert [x.key for _, x in cpu] == [x.key for _, x in gpu]
+    for (_, a), (_, b) in zip(cpu, gpu, strict=True):
+        pa = np.array(Image.open(io.BytesIO(a.fields["png"])), dtype=int)
+        pb = np.array(Image.open(io.BytesIO(b.fields["png"])), dtype=int)
+        assert np.abs(pa - pb).max() <= 1  # float rounding may move a value across a .5 boundary
+
+
+@pytest.mark.slow
+def test_killed_shard_run_resumes_without_loss_or_duplicates(tmp_path: Path, mixset: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_cifar10(tmp_path / "c", per_batch=24)  # 120 training images
+    out = tmp_path / "killed"
+    opts = ["--data-dir", str(tmp_path / "c"), "--pixmix", "--mixset", str(mixset), "--shard-samples", "10"]
+    proc = subprocess.Popen([sys.executable, "-m", "mixset.cli", "shard", "cifar10", "--out", str(out), "--quiet",
+                             *opts], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".shard" / "shard-000002.json").exists():
+            assert proc.poll() is None, "the run finished before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (out / "manifest.json").exists()
+    done_before = len(list((out / ".shard").glob("shard-*.json")))
+    assert 3 <= done_before < 12
+    common = {"dataset": "cifar10", "data_dir": tmp_path / "c", "pixmix": True, "mixset": mixset, "shard_samples": 10}
+    summary = run(out=out, **common)
+    assert summary.shards_resumed == done_before and summary.shards_written == 12 - done_before
+    run(out=tmp_path / "reference", **common)
+    assert tar_bytes(out) == tar_bytes(tmp_path / "reference")
+    keys = [x.key for _, x in samples(out)]
+    assert len(keys) == len(set(keys)) == 120 and verify(out) == []
