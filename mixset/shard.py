@@ -149,12 +149,10 @@ class ShardConfig:
 
 def distributed_defaults(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """``--rank``/``--world-size``, defaulting to torchrun's (RANK/WORLD_SIZE) or SLURM's environment."""
-    env = os.environ
-    if rank is None:
-        rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
-    if world_size is None:
-        world_size = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
-    return rank, world_size
+    from pixmix.stream import default_rank_world
+
+    env_rank, env_world = default_rank_world()
+    return (env_rank if rank is None else rank), (env_world if world_size is None else world_size)
 
 
 # --- the plan ----------------------------------------------------------------------------------------
