@@ -18,8 +18,12 @@ ROWS_PER_SOURCE = 2
 
 
 def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
-                        group: Callable[[dict[str, Any]], str] = lambda meta: meta["source"]) -> None:
-    """Up to ``PER_ROW * ROWS_PER_SOURCE`` samples of each group (by default the source), one band per group."""
+                        group: Callable[[dict[str, Any]], str] = lambda meta: meta["source"],
+                        groups: int | None = None) -> None:
+    """Up to ``PER_ROW * ROWS_PER_SOURCE`` samples of each group (by default the source), one band per group.
+
+    ``groups``: how many groups to expect, so reading stops only once all of them are full.
+    """
     wanted = PER_ROW * ROWS_PER_SOURCE
     picks: dict[str, list[Image.Image]] = {}
     for info in shards:
@@ -30,7 +34,7 @@ def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
                 field = next(f for f in sample.fields if f in ("jpg", "png", "webp"))
                 with Image.open(io.BytesIO(sample.fields[field])) as im:
                     tiles.append(_tile(im.convert("RGB")))
-        if picks and all(len(t) >= wanted for t in picks.values()):
+        if picks and len(picks) >= (groups or 0) and all(len(t) >= wanted for t in picks.values()):
             break
     label_h, pad = 18, 4
     band = label_h + ROWS_PER_SOURCE * (TILE + pad)

@@ -131,8 +131,8 @@ class ShardConfig:
     def identity(self) -> dict[str, Any]:
         """The options that determine the output bytes (not workers, ranks or the output folder)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("out", "workers", "rank", "world_size", "device")}
-        out.update(data_dir=str(self.data_dir), mixset=str(self.mixset) if self.mixset else None,
-                   format=self.format, kind=self.kind)
+        out.update(data_dir=str(Path(self.data_dir).resolve()),
+                   mixset=str(Path(self.mixset).resolve()) if self.mixset else None, format=self.format, kind=self.kind)
         if self.pixmix:
             r = self.recipe()
             out["recipe"] = {"name": r.name, "crop_size": r.image_size, "k": r.k, "beta": r.beta,
@@ -500,8 +500,8 @@ def merge(out: Path, missing_ok: bool = False) -> Path | None:
 
     sheet = out / "contact-sheet.png"
     by = "corruption" if stored["kind"] == "corrupted" else "view"
-    write_contact_sheet(out, [ShardInfo(**e["shard"]) for e in entries], sheet,
-                        group=lambda meta: f"{by} {meta[by]}")
+    write_contact_sheet(out, [ShardInfo(**e["shard"]) for e in entries], sheet, group=lambda meta: f"{by} {meta[by]}",
+                        groups=15 if by == "corruption" else stored["views"])
     manifest = {
         "format": SHARDS_FORMAT,
         "version": SHARDS_VERSION,

@@ -135,7 +135,7 @@ def test_pixmix_views_are_what_pixmix_transform_makes(imagenet: Path, mixset: Pa
     assert keys == {0: 6, 1: 6}
     assert verify(out) == []
     with Image.open(out / "contact-sheet.png") as sheet:  # one band of tiles per view
-        assert sheet.format == "PNG" and sheet.height > 2 * 2 * 96
+        assert sheet.format == "PNG" and sheet.height > 2 * 2 * 96 + 2 * 18
 
 
 def test_pixmix_shards_do_not_depend_on_workers(tmp_path: Path, mixset: Path) -> None:
@@ -150,6 +150,8 @@ def test_pixmix_shards_do_not_depend_on_workers(tmp_path: Path, mixset: Path) ->
     assert len(a) == 6 and tar_bytes(tmp_path / "b") == a == tar_bytes(tmp_path / "r")
     s = ShardSet.load(tmp_path / "a")
     assert s.image_field == "png" and s.config["recipe"]["beta"] == 3.0 and s.samples == 40
+    with Image.open(tmp_path / "a" / "contact-sheet.png") as sheet:  # two full bands: view 0 and view 1
+        assert sheet.height == 4 + 2 * (18 + 2 * (96 + 4))
 
 
 def test_cifar_plain_and_corrupted_are_pixel_exact(tmp_path: Path) -> None:
