@@ -37,6 +37,7 @@ STATE = ".shard"
 _SHUFFLE = 1 << 40
 PROBE_SAMPLES = 16  # samples encoded to estimate bytes per sample when only --shard-bytes is given
 MIX_BATCH = 64  # views mixed together by the batched PixMix path
+CHUNK = 256  # items made at a time: bounds memory (decoded views) whatever the shard size
 
 
 class ShardError(Exception):
@@ -192,14 +193,22 @@ class Maker:
     threads: int = 1
     _mixing: Any = field(default=None, repr=False)
 
-    def samples(self, task: ShardTask) -> tuple[list[Sample], list[str]]:
-        """The samples of ``task`` in order, and one line per item that could not be made."""
+    def samples(self, task: ShardTask, failures: list[str]) -> Iterator[Sample]:
+        """The samples of ``task`` in order, made a chunk at a time (memory stays bounded for
+        shards of any size); a line per item that could not be made is appended to ``failures``."""
         with ThreadPoolExecutor(self.threads) if self.threads > 1 else _Serial() as pool:
-            if not self.config.pixmix:
-                made = list(pool.map(self._plain, task.items))
-            else:
-                made = self._views(task, pool)
-        return [m for m in made if isinstance(m, Sample)], [m for m in made if isinstance(m, str)]
+            for start in range(0, len(task.items), CHUNK):
+                items = task.items[start:start + CHUNK]
+                made = pool.map(self._plain, items) if not self.config.pixmix else self._views(items, task.view, pool)
+                for m in made:
+                    if isinstance(m, str):
+                        failures.append(m)
+                    else:
+                        yield m
+
+    def all_samples(self, task: ShardTask) -> tuple[list[Sample], list[str]]:
+        failures: list[str] = []
+        return list(self.samples(task, failures)), failures
 
     # plain: the image resized (folders) or as it is (CIFAR), encoded once
     def _plain(self, index: int) -> Sample | str:
@@ -213,12 +222,12 @@ class Maker:
         return self._encode(index, 0, image, {})
 
     # views: prepare each view (decode, crop, flip, mixing picture, params), mix in batches, encode
-    def _views(self, task: ShardTask, pool: Any) -> list[Sample | str]:
+    def _views(self, items: Sequence[int], view: int, pool: Any) -> list[Sample | str]:
         import torch
 
         from pixmix.params import PixMixParams
 
-        prepared = list(pool.map(lambda i: self._prepare(i, task.view), task.items))
+        prepared = list(pool.map(lambda i: self._prepare(i, view), items))
         ok = [p for p in prepared if not isinstance(p, str)]
         mixed: list[Any] = []
         recipe = self.config.recipe()
@@ -237,7 +246,7 @@ class Maker:
             pixels, meta = by_index[item]
             from PIL import Image
 
-            return self._encode(item, task.view, Image.fromarray(pixels.permute(1, 2, 0).numpy()), meta)
+            return self._encode(item, view, Image.fromarray(pixels.permute(1, 2, 0).numpy()), meta)
 
         return list(pool.map(encode, [p if isinstance(p, str) else p[0] for p in prepared]))
 
@@ -425,7 +434,7 @@ def _probe_shard_samples(config: ShardConfig, source: Source) -> int:
     Always measured on the CPU in this process, so every rank and every resumed run gets the same number.
     """
     probe = plan_shards(len(source), 1, min(PROBE_SAMPLES, len(source)), config.seed)[0]
-    samples, _ = Maker(config, source, device="cpu").samples(probe)
+    samples, _ = Maker(config, source, device="cpu").all_samples(probe)
     if not samples:
         raise ShardError(f"none of the first {len(probe.items)} items of {config.data_dir} could be read; "
                          "check --data-dir (see the errors above)")
@@ -450,8 +459,9 @@ def _write_task(task: ShardTask, out: Path, split: str) -> dict[str, Any]:
 
 
 def _write_one(maker: Maker, task: ShardTask, out: Path, split: str) -> dict[str, Any]:
-    samples, failures = maker.samples(task)
-    info: ShardInfo = write_shard(out / SHARD_NAME.format(split=split, id=task.id), samples, root=out)
+    failures: list[str] = []
+    info: ShardInfo = write_shard(out / SHARD_NAME.format(split=split, id=task.id), maker.samples(task, failures),
+                                  root=out)
     return {"id": task.id, "view": task.view, "planned": len(task.items), "shard": asdict(info), "failures": failures}
 
 

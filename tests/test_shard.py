@@ -254,7 +254,7 @@ def test_cli_takes_rank_and_world_size_from_torchrun_env(imagenet: Path, tmp_pat
     assert result.exit_code != 0 and "--pixmix needs --mixset" in result.output
 
 
-def test_threaded_maker_makes_the_same_samples(tmp_path: Path, mixset: Path) -> None:
+def test_threaded_and_chunked_makers_make_the_same_samples(tmp_path: Path, mixset: Path, monkeypatch) -> None:
     # The GPU strategy: one process, threads decode and encode; on the CPU it must give the same bytes.
     from mixset.shard import Maker
     from mixset.shard_sources import open_source
@@ -263,10 +263,13 @@ def test_threaded_maker_makes_the_same_samples(tmp_path: Path, mixset: Path) -> 
     config = ShardConfig(dataset="cifar10", data_dir=tmp_path / "c", out=tmp_path / "o", pixmix=True, mixset=mixset)
     source = open_source("cifar10", tmp_path / "c", "train")
     task = plan_shards(len(source), 1, 9, seed=0)[0]
-    serial, _ = Maker(config, source).samples(task)
-    threaded, _ = Maker(config, source, threads=3).samples(task)
+    serial, _ = Maker(config, source).all_samples(task)
+    threaded, _ = Maker(config, source, threads=3).all_samples(task)
     assert [s.key for s in serial] == [s.key for s in threaded] and len(serial) == 9
     assert all(a.fields == b.fields for a, b in zip(serial, threaded, strict=True))
+    monkeypatch.setattr("mixset.shard.CHUNK", 4)  # a shard made in chunks of 4, 4, 1
+    chunked, _ = Maker(config, source, threads=2).all_samples(task)
+    assert [(a.key, a.fields) for a in chunked] == [(a.key, a.fields) for a in serial]
 
 
 @pytest.mark.gpu
