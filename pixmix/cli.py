@@ -43,5 +43,10 @@ def demo(out_dir: Path, recipe: str, rows: int, samples: int, seed: int) -> None
     click.echo(f"summary: {out_dir / 'pixmix-demo.json'}")
 
 
+# Registered here so `pixmix --help` lists them; their modules import torch only inside the commands.
+from pixmix.train_cli import train  # noqa: E402
+
+main.add_command(train)
+
 if __name__ == "__main__":
     main()
