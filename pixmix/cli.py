@@ -44,9 +44,11 @@ def demo(out_dir: Path, recipe: str, rows: int, samples: int, seed: int) -> None
 
 
 # Registered here so `pixmix --help` lists them; their modules import torch only inside the commands.
+from pixmix.eval_cli import eval_command  # noqa: E402
 from pixmix.train_cli import train  # noqa: E402
 
 main.add_command(train)
+main.add_command(eval_command)
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ CORRUPTIONS = (
 ALEXNET_ERRORS = dict(zip(CORRUPTIONS, (
     0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360,
     0.866816, 0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500,
-)))
+), strict=True))
 
 
 def top1_error(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -86,7 +86,7 @@ def rms_calibration_error(confidences: np.ndarray, correct: np.ndarray, bin_size
     conf, corr = conf[order], corr[order]
     n = conf.size
     edges = list(range(0, max(n // bin_size, 1) * bin_size, bin_size)) + [n]
-    bins = list(zip(edges[:-1], edges[1:]))
+    bins = list(zip(edges[:-1], edges[1:], strict=True))
     if drop_last_bin:
         bins = bins[:-1]
     total = sum((hi - lo) / n * (conf[lo:hi].mean() - corr[lo:hi].mean()) ** 2 for lo, hi in bins)
@@ -109,3 +109,86 @@ def anomaly_metrics(in_scores: np.ndarray, out_scores: np.ndarray, recall: float
     fpr_at = float(fpr[np.searchsorted(tpr, recall, side="left")])
     return {"auroc": float(roc_auc_score(labels, scores) * 100), "aupr": float(average_precision_score(labels, scores) * 100),
             "fpr95": fpr_at * 100}
+
+
+# --- CIFAR-10-C-Bar / ImageNet-C-Bar (Mintun et al. 2021, facebookresearch/augmentation-corruption) -----
+# Each C-Bar ``.npy`` stacks 5 severities like -C; the names are the generator's (its csv files), typos included.
+C_BAR_CORRUPTIONS = (
+    "blue_noise_sample", "checkerboard_cutout", "inverse_sparkles", "pinch_and_twirl", "ripple",
+    "brownish_noise", "circular_motion_blur", "lines", "sparkles", "transverse_chromatic_abberation",
+)
+IMAGENET_C_BAR_CORRUPTIONS = (
+    "caustic_refraction", "inverse_sparkles", "sparkles", "perlin_noise", "blue_noise_sample",
+    "plasma_noise", "checkerboard_cutout", "cocentric_sine_waves", "single_frequency_greyscale", "brownish_noise",
+)
+
+# --- CIFAR-10/100-P and ImageNet-P (Hendrycks & Dietterich 2019) ----------------------------------------
+# The ten perturbations the reference evaluation scripts average over (hendrycks/robustness
+# ImageNet-P/cifar-p-eval.py, also used by AugMix and PixMix): spatter is in, snow is not.
+P_PERTURBATIONS = (
+    "gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "spatter",
+    "brightness", "translate", "rotate", "tilt", "scale",
+)
+# Released as the validation perturbations: reported when present, never part of the mean.
+P_EXTRA_PERTURBATIONS = ("speckle_noise", "gaussian_blur", "snow", "shear")
+
+
+def is_noise_perturbation(name: str) -> bool:
+    """Noise sequences are i.i.d. draws around the clean first frame, so frames are compared with it."""
+    return "noise" in name
+
+
+def top5_rankings(logits: np.ndarray) -> np.ndarray:
+    """The 5 top classes of each row of ``logits [..., C]``, best first, as ``int64 [..., min(5, C)]``.
+
+    Ties go to the lower class id, like the reference's ``rankdata(-logits, method="ordinal")``.
+    """
+    x = np.asarray(logits)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"logits must be [..., C] with C > 0, got {list(x.shape)}")
+    return np.argsort(-x, axis=-1, kind="stable")[..., :5].astype(np.int64)
+
+
+def top5_distance(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """ImageNet-P's top-5 distance between two rankings given as top-5 class lists ``[..., k]``.
+
+    With sigma(i) the rank under ``other`` of the class ranked i-th by ``reference``, the distance is
+    sum_{i=1..5} |min(sigma(i), 6) - i|: how far each of the reference's top 5 moved, a class that left
+    the top 5 counting as rank 6. It is 0 for the same top 5 in the same order and 15 for disjoint top 5s.
+    With fewer than 5 classes (k = C) every rank is known and nothing is capped.
+    """
+    a, b = np.asarray(reference), np.asarray(other)
+    if a.shape != b.shape or a.ndim < 1 or not 1 <= a.shape[-1] <= 5:
+        raise ValueError(f"rankings must be [..., k] of one shape with 1 <= k <= 5, got {list(a.shape)}, {list(b.shape)}")
+    k = a.shape[-1]
+    same = a[..., :, None] == b[..., None, :]
+    moved_to = np.where(same.any(axis=-1), same.argmax(axis=-1), 5)  # 0-based rank under `other`, capped
+    return np.abs(moved_to - np.arange(k)).sum(axis=-1)
+
+
+def t5d(rankings: np.ndarray, noise: bool) -> float:
+    """Mean top-5 distance over perturbation sequences ``rankings [N, T, k]`` (from :func:`top5_rankings`).
+
+    Like the flip rate: consecutive frames for temporal perturbations, every frame against the first for
+    noise perturbations. A distance in [0, 15], not a percentage.
+    """
+    r = np.asarray(rankings)
+    if r.ndim != 3 or r.shape[0] == 0 or r.shape[1] < 2:
+        raise ValueError(f"rankings must be [N, T, k] with N >= 1 and T >= 2, got {list(r.shape)}")
+    reference = np.broadcast_to(r[:, :1], r[:, 1:].shape) if noise else r[:, :-1]
+    return float(top5_distance(reference, r[:, 1:]).mean())
+
+
+def consistency(predictions: Mapping[str, np.ndarray],
+                rankings: Mapping[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Per perturbation name, ``{"flip_rate": percent, "t5d": distance}`` (t5d when rankings are given).
+
+    Whether a perturbation is a noise one is read from its name (:func:`is_noise_perturbation`).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, preds in predictions.items():
+        noise = is_noise_perturbation(name)
+        out[name] = {"flip_rate": flip_rate(preds, noise)}
+        if rankings is not None:
+            out[name]["t5d"] = t5d(rankings[name], noise)
+    return out
