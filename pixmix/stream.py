@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import tarfile
+import warnings
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -454,7 +455,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise _Lost(f"class index {label} is outside the manifest's {len(self.shardset.classes)} classes")
         try:
             data = torch.frombuffer(bytearray(sample[field_name]), dtype=torch.uint8)
-            image = decode_image(data, mode=ImageReadMode.RGB)  # greyscale, CMYK, alpha -> RGB
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_image(data, mode=ImageReadMode.RGB)  # greyscale, CMYK, alpha -> RGB
         except (RuntimeError, ValueError) as exc:
             raise _Lost(f"undecodable {field_name} ({_message(exc)})") from exc
         return image, label
