@@ -86,7 +86,7 @@ def _shard_options(fn):
                      help="Output folder (shards/, manifest.json). Re-running resumes."),
         click.option("--pixmix", is_flag=True, help="Store PixMix views instead of the images."),
         click.option("--mixset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-                     help="Mixing set built by `mixset build` (needed by --pixmix)."),
+                     help="Mixing set built by `mixset build` (needed by --pixmix, unless --partners augmented)."),
         click.option("--views", type=click.IntRange(1), default=1, show_default=True,
                      help="PixMix views per image; training epoch e reads view e mod V."),
         click.option("--k", type=click.IntRange(1), default=None, help="PixMix rounds (default: the recipe's, 4)."),
@@ -94,6 +94,9 @@ def _shard_options(fn):
         click.option("--severity", type=float, default=None, help="Op severity (default: ImageNet 1, CIFAR 3)."),
         click.option("--ops", type=click.Choice(["all", "basic"]), default="all", show_default=True,
                      help="PixMix augmentation ops."),
+        click.option("--partners", type=click.Choice(["both", "augmented", "mixing"]), default="both",
+                     show_default=True, help="Mixing partners: both (PixMix), augmented inputs only (no mixing "
+                     "set needed), or the mixing set only (the paper's Table 5)."),
         click.option("--crop-size", type=click.IntRange(8, 1024), default=None,
                      help="Size of PixMix views (default: ImageNet 224, CIFAR 32)."),
         click.option("--image-size", type=click.IntRange(8, 4096), default=None,

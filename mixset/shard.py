@@ -60,6 +60,7 @@ class ShardConfig:
     beta: float | None = None
     severity: float | None = None
     ops: str = "all"
+    partners: str = "both"  # "augmented": mix with augmented inputs only (no mixing set); "mixing": mixing set only
     crop_size: int | None = None  # PixMix views: None = the recipe's (224 / 32)
     image_size: int | None = None  # plain folder datasets: shorter side; None = 256 (CIFAR: native 32 px)
     image_format: str | None = None  # None: jpg for folder datasets, png for CIFAR
@@ -77,8 +78,9 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ShardError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.pixmix and self.mixset is None:
-            raise ShardError("--pixmix needs --mixset DIR (a mixing set built by `mixset build`)")
+        if self.pixmix and self.mixset is None and self.partners != "augmented":
+            raise ShardError("--pixmix needs --mixset DIR (a mixing set built by `mixset build`), "
+                             "unless --partners augmented")
         if self.pixmix and self.corrupted:
             raise ShardError("--pixmix and --corrupted do not go together: -C sets are for evaluation")
         if not self.pixmix and self.views != 1:
@@ -122,9 +124,9 @@ class ShardConfig:
         recipe = replace(base, k=base.k if self.k is None else self.k,
                          beta=base.beta if self.beta is None else self.beta,
                          severity=base.severity if self.severity is None else self.severity, ops=self.ops,
-                         image_size=self.crop_size or base.image_size)
+                         image_size=self.crop_size or base.image_size, partners=self.partners)
         try:
-            make_config(recipe.k, recipe.beta, recipe.severity, recipe.ops)
+            make_config(recipe.k, recipe.beta, recipe.severity, recipe.ops, recipe.partners)
         except ValueError as exc:
             raise ShardError(f"PixMix options: {exc}") from exc
         return recipe
@@ -138,6 +140,8 @@ class ShardConfig:
             r = self.recipe()
             out["recipe"] = {"name": r.name, "crop_size": r.image_size, "k": r.k, "beta": r.beta,
                              "severity": r.severity, "ops": r.ops}
+            if r.partners != "both":  # only when set, so existing shard sets keep their identity
+                out["recipe"]["partners"] = r.partners
         return out
 
     def resolved_device(self) -> str:
@@ -264,9 +268,12 @@ class Maker:
             image = self.source.load(index)
             # Same draws, in the same order, as pixmix.dataset.PixMixTransform with this generator.
             image = recipe.train_transform()(image, gen)
-            mixing = self.mixing_set()
-            picture_index = int(torch.randint(len(mixing), (1,), generator=gen))
-            picture = recipe.mixing_transform()(mixing[picture_index], gen)
+            if recipe.partners == "augmented":  # no mixing set: the partner is always an augmented input
+                picture_index, picture = None, image
+            else:
+                mixing = self.mixing_set()
+                picture_index = int(torch.randint(len(mixing), (1,), generator=gen))
+                picture = recipe.mixing_transform()(mixing[picture_index], gen)
             params = sample_params(recipe.pixmix().config, 1, gen)
         except Exception as exc:  # noqa: BLE001
             return f"{self._origin(index)}: {exc}"

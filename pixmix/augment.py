@@ -36,8 +36,9 @@ class PixMix:
         severity: float = 3.0,
         ops: str | Sequence[str] = "all",
         image_size: int | None = None,
+        partners: str = "both",
     ) -> None:
-        self.config: PixMixConfig = make_config(k, beta, severity, ops)
+        self.config: PixMixConfig = make_config(k, beta, severity, ops, partners)
         if image_size is not None and (
             isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
         ):
@@ -62,7 +63,7 @@ class PixMix:
         c = self.config
         return (
             f"PixMix(k={c.k}, beta={c.beta}, severity={c.severity}, ops={list(c.op_names)}, "
-            f"image_size={self.image_size})"
+            f"image_size={self.image_size}" + (f", partners={c.partners!r})" if c.partners != "both" else ")")
         )
 
     def __call__(
@@ -122,6 +123,7 @@ def pixmix_batch(
     ops: str | Sequence[str] = "all",
     generator: torch.Generator | None = None,
     compile: bool | None = None,
+    partners: str = "both",
 ) -> Tensor:
     """PixMix a batch: uint8 ``images`` and ``mixing`` ``[B, 3, H, W]`` (CPU or CUDA) -> float in [0, 1].
 
@@ -129,7 +131,7 @@ def pixmix_batch(
     ``generator`` (a CPU generator reproduces the same batch on CPU and GPU). ``compile``: see
     :func:`apply_batch`.
     """
-    config = make_config(k, beta, severity, ops)
+    config = make_config(k, beta, severity, ops, partners)
     check_batch(images, mixing)
     return apply_batch(images, mixing, sample_params(config, images.shape[0], generator), config, compile=compile)
 

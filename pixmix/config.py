@@ -9,14 +9,21 @@ from dataclasses import dataclass
 from pixmix.ops import MAX_SEVERITY, MIN_LEVEL, resolve_ops
 
 
+# What a mixing round's partner may be (the paper's Table 5 strategies): "both" is PixMix (the
+# augmented image or the mixing picture, each with probability 1/2); "augmented" mixes with augmented
+# inputs only (no mixing set); "mixing" mixes with the mixing picture only.
+PARTNERS = ("both", "augmented", "mixing")
+
+
 @dataclass(frozen=True)
 class PixMixConfig:
-    """k mixing rounds at most, Beta parameter, op severity and op list (spec sections 1-3)."""
+    """k mixing rounds at most, Beta parameter, op severity, op list (spec sections 1-3) and partners."""
 
     k: int = 4
     beta: float = 3.0
     severity: float = 3.0
     ops: tuple[str, ...] | str = "all"
+    partners: str = "both"
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
@@ -27,6 +34,8 @@ class PixMixConfig:
             raise ValueError(
                 f"severity must be a number in [{MIN_LEVEL}, {MAX_SEVERITY:g}], got {self.severity!r}"
             )
+        if self.partners not in PARTNERS:
+            raise ValueError(f"partners must be one of {PARTNERS}, got {self.partners!r}")
         object.__setattr__(self, "ops", resolve_ops(self.ops))
 
     @property
@@ -39,5 +48,6 @@ def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def make_config(k: int, beta: float, severity: float, ops: str | Sequence[str]) -> PixMixConfig:
-    return PixMixConfig(k=k, beta=beta, severity=severity, ops=ops if isinstance(ops, str) else tuple(ops))
+def make_config(k: int, beta: float, severity: float, ops: str | Sequence[str], partners: str = "both") -> PixMixConfig:
+    return PixMixConfig(k=k, beta=beta, severity=severity, ops=ops if isinstance(ops, str) else tuple(ops),
+                        partners=partners)

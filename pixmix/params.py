@@ -100,6 +100,8 @@ def sample_params(
     start_augmented = uniform((batch_size,)) < 0.5
     rounds = torch.randint(0, k + 1, (batch_size,), generator=gen, device=dev)
     partner_augmented = uniform(pairs) < 0.5
+    if config.partners != "both":  # drawn all the same, so the other choices match PixMix's draw for draw
+        partner_augmented = torch.full_like(partner_augmented, config.partners == "augmented")
     multiplicative = uniform(pairs) < 0.5
     extrapolate = uniform(pairs) < 0.5
     # Inverse CDFs: Beta(beta, 1) = U^(1/beta) and Beta(1, beta) = 1 - U^(1/beta), U = 1 - rand in (0, 1].

@@ -35,11 +35,13 @@ class Recipe:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     ops: str = "all"
+    partners: str = "both"  # see pixmix.config.PARTNERS (the paper's Table 5 strategies)
 
     def pixmix(self):  # -> PixMix (imported lazily: augment imports this module)
         from pixmix.augment import PixMix
 
-        return PixMix(k=self.k, beta=self.beta, severity=self.severity, ops=self.ops, image_size=self.image_size)
+        return PixMix(k=self.k, beta=self.beta, severity=self.severity, ops=self.ops, image_size=self.image_size,
+                      partners=self.partners)
 
     def train_transform(self) -> SeededCompose:
         """The base train transform, applied first, to the training image."""
