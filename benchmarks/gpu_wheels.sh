@@ -11,7 +11,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl torch-lucent==0.1.8 kornia==0.4.1 webdataset braceexpand \
   ipython ipython-pygments-lexers jedi parso prompt_toolkit wcwidth traitlets decorator pexpect ptyprocess \
-  stack_data executing asttokens pure_eval matplotlib-inline future
+  stack_data executing asttokens pure_eval matplotlib-inline future tqdm click
 # future ships only as a source distribution: build its wheel here.
 ls .whl | grep -q '^future-' || python3 -m pip wheel -q --no-deps -w .whl future
 du -sh .whl
