@@ -125,7 +125,8 @@ def _shard_set_info(folder: Path, m: dict[str, Any]) -> str:
     if c.get("recipe"):
         r = c["recipe"]
         lines.append(f"  PixMix: {r['name']} recipe, crop {r['crop_size']}, k={r['k']} beta={r['beta']} "
-                     f"severity={r['severity']} ops={r['ops']}, mixing set {c['mixset']}")
+                     f"severity={r['severity']} ops={r['ops']} partners={r.get('partners', 'both')}, "
+                     f"mixing set {c['mixset']}")
     if m["failures"]:
         lines.append(f"  {len(m['failures'])} image(s) skipped, first: {m['failures'][0]}")
     return "\n".join(lines)
