@@ -19,8 +19,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--source", "sources", multiple=True, type=click.Choice(["fractals", "fvis"]), default=("fractals",),
-              show_default=True, help="Mixing-set source to include (repeatable).")
+@click.option("--source", "sources", multiple=True,
+              type=click.Choice(["fractals", "fvis", "deadleaves", "spectrum", "stylegan", "fractaldb"]),
+              default=("fractals",), show_default=True, help="Mixing-set source to include (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (shards/, manifest.json, contact-sheet.png). Re-running resumes.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N items per source (quick runs).")
