@@ -20,7 +20,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--source", "sources", multiple=True,
-              type=click.Choice(["fractals", "fvis", "deadleaves", "spectrum", "stylegan", "fractaldb"]),
+              type=click.Choice(["fractals", "fvis", "deadleaves", "spectrum", "stylegan", "fractaldb", "natural"]),
               default=("fractals",), show_default=True, help="Mixing-set source to include (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (shards/, manifest.json, contact-sheet.png). Re-running resumes.")
@@ -228,6 +228,11 @@ def info(folder: Path) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
+
+# Registered last: its module imports only click; the pipeline machinery loads inside the command.
+from mixset.run_cli import run as run_command  # noqa: E402
+
+main.add_command(run_command)
 
 if __name__ == "__main__":
     main()

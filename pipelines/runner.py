@@ -1,0 +1,540 @@
+"""Plan and run a pipeline: a small DAG of content-addressed stages.
+
+Stages (per variant; shared wherever two variants need the same thing)::
+
+    data ─┬──────────────────────────── shard ── train ── eval ──┐
+          │   natural ── build (mixing set) ─┘                    ├── report
+          └───────────────────────────────────────────── eval ───┘
+
+Every stage has a *hash*: sha256 of its kind, a version of its executor, its config (the options
+that decide its output, never paths of other stages, workers or devices) and the hashes of its
+inputs. So the whole DAG's hashes are known before anything runs, and a changed option changes the
+hash of its stage and of everything downstream of it only. A stage writes into
+``<cache>/<kind>/<name>-<hash12>/`` and, last, ``stage.json`` (hash, config, inputs, seconds,
+outputs). A stage whose ``stage.json`` holds its hash is *up to date* and skipped; one without
+(never run, failed, interrupted) runs again, and the library resumes what it can. Nothing is written
+when everything is up to date; the report is copied to ``<work>/results.*`` only when it differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.spec import (
+    NATURAL,
+    Pipeline,
+    PipelineError,
+    Variant,
+    load,
+    parse_overrides,
+)
+from pipelines.stages import NATURAL_PLACEHOLDER, Context, Launch
+
+# Bump a kind's version when its executor starts writing something different for the same config.
+STAGE_VERSIONS = {"data": 1, "natural": 1, "build": 1, "shard": 1, "train": 1, "eval": 1, "report": 1}
+STAMP = "stage.json"
+HOW = ("workers", "device", "launcher")  # options that never change a stage's output: not hashed
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+DATA_LAYOUT = {
+    "cifar100": ("cifar-100-python", ("train", "test"), "CIFAR-100-C", ("CIFAR-100-C-Bar", "CIFAR-100-P", "ood")),
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",), "CIFAR-10-C",
+                ("CIFAR-10-C-Bar", "CIFAR-10-P", "ood")),
+}
+
+
+@dataclass(eq=False)
+class Stage:
+    kind: str
+    name: str
+    config: dict[str, Any]
+    inputs: dict[str, Stage]
+    options: dict[str, Any]  # how it runs (workers, device, launcher): not part of the hash
+    hash: str = ""
+    folder: Path = Path()
+    external: bool = False  # the user's own data: never written, never stamped
+    variants: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}/{self.folder.name}" if not self.external else f"{self.kind}/{self.name} (external)"
+
+    @property
+    def stamp(self) -> Path:
+        return self.folder / STAMP
+
+    def read_stamp(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.stamp.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def up_to_date(self) -> bool:
+        if self.external:
+            return True
+        stamp = self.read_stamp()
+        return stamp is not None and stamp.get("hash") == self.hash
+
+
+def stage_hash(kind: str, config: dict[str, Any], inputs: dict[str, Stage]) -> str:
+    payload = {"kind": kind, "version": STAGE_VERSIONS[kind], "config": config,
+               "inputs": {role: s.hash for role, s in sorted(inputs.items())}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class VariantPlan:
+    variant: Variant
+    stages: dict[str, Stage] = field(default_factory=dict)
+    skipped: str | None = None  # why the variant cannot run here
+
+
+@dataclass
+class Plan:
+    pipeline: Pipeline
+    work: Path
+    cache: Path
+    stages: list[Stage]  # in an order that runs inputs first
+    variants: dict[str, VariantPlan]
+    report: Stage | None
+    launch: Launch
+
+
+# --- planning --------------------------------------------------------------------------------------------
+
+
+def fingerprint(root: Path, subfolders: Sequence[str] | None = None) -> str:
+    """sha256 of (relative path, size, mtime) of every file: cheap, and changes whenever a file does."""
+    h = hashlib.sha256()
+    tops = [root / s for s in subfolders] if subfolders is not None else [root]
+    for top in tops:
+        if not top.exists():
+            continue
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def check_data(path: Path, dataset: str) -> None:
+    """The datasets ``--data`` must hold for training and evaluation; one line naming what is missing."""
+    if dataset not in DATA_LAYOUT:
+        raise PipelineError(f"option dataset must be one of {', '.join(DATA_LAYOUT)}, got {dataset!r}")
+    folder, files, corrupted, optional = DATA_LAYOUT[dataset]
+    need = [path / folder / f for f in files] + [path / corrupted / "labels.npy"]
+    from pixmix.metrics import CORRUPTIONS
+
+    need += [path / corrupted / f"{c}.npy" for c in CORRUPTIONS]
+    missing = [p for p in need if not p.is_file()]
+    if missing:
+        raise PipelineError(f"--data {path}: {missing[0]} not found (of {len(missing)} missing); --data must hold "
+                            f"{folder}/, {corrupted}/ (all 15 corruptions + labels.npy) and optionally "
+                            f"{', '.join(o + '/' for o in optional)}")
+
+
+def _manifest_files(spec: str) -> tuple[Path, bool]:
+    from mixset.collections import DEFAULT_MANIFESTS
+
+    if spec == "default":
+        return DEFAULT_MANIFESTS, False
+    if spec == "offline":
+        return DEFAULT_MANIFESTS, True
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise PipelineError(f"option manifests: {folder} is not a folder of collection manifests")
+    return folder, False
+
+
+def _natural_manifest(label: str) -> str:
+    return "\n".join([
+        "# Written by the pipeline runner: the paper's \"300K Random Images\" role, any folder of natural images.",
+        'name = "natural-images"', f'source = "{label}"', 'kind = "folder"',
+        'licence = "as the images of the folder: see their origin"',
+        'description = "A folder of natural images standing in for the 300K Random Images set."',
+        f'path = "{NATURAL_PLACEHOLDER}"', "", "[filters]",
+        "include = [" + ", ".join(f'"*{s}", "*{s.upper()}"' for s in IMAGE_SUFFIXES) + "]", ""])
+
+
+def select_manifests(sources: Sequence[str], manifests: str) -> tuple[list[str], dict[str, str], str | None]:
+    """(library sources, {file name: manifest text}, why not) for a mixing set of ``sources``."""
+    from mixset.build import SOURCES
+    from mixset.collections import KINDS
+
+    unknown = [s for s in sources if s != NATURAL and s not in SOURCES]
+    if unknown:
+        return [], {}, (f"source {', '.join(unknown)} is not known to this mixset build (mixset.build.SOURCES: "
+                        f"{', '.join(SOURCES)})")
+    folder, offline = _manifest_files(manifests)
+    texts: dict[str, str] = {}
+    for s in sources:
+        if s in ("fvis", NATURAL):
+            continue
+        found = []
+        for path in sorted(folder.glob("*.toml")):
+            text = path.read_text(encoding="utf-8")
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise PipelineError(f"{path}: not a readable TOML manifest ({exc})") from exc
+            if data.get("source") != s or (offline and data.get("kind") == "archive"):
+                continue
+            if data.get("kind") not in KINDS:
+                return [], {}, f"manifest {path.name} is of kind {data.get('kind')!r}, unknown to this mixset build"
+            found.append(path.name)
+            texts[path.name] = text
+        if not found:
+            return [], {}, f"no manifest in {folder} declares source {s!r}" + (" (remote archives left out)" if offline else "")
+    library = []
+    for s in sources:
+        label = s if s != NATURAL else (NATURAL if NATURAL in SOURCES else "fractals")
+        if s == NATURAL:
+            texts["zz-natural-images.toml"] = _natural_manifest(label)
+        if label not in library:
+            library.append(label)
+    return library, texts, None
+
+
+class _Planner:
+    def __init__(self, pipeline: Pipeline, cache: Path, data: Path | None, natural: Path | None,
+                 launch: Launch) -> None:
+        self.pipeline, self.cache, self.data_arg, self.natural_arg = pipeline, cache, data, natural
+        self.launch = launch
+        self.stages: dict[tuple[str, str], Stage] = {}
+        self.order: list[Stage] = []
+        self._checked: set[tuple[Path, str]] = set()
+
+    def add(self, kind: str, name: str, config: dict[str, Any], inputs: dict[str, Stage], options: dict[str, Any],
+            variant: str, external: Path | None = None) -> Stage:
+        h = stage_hash(kind, config, inputs)
+        stage = self.stages.get((kind, h))
+        if stage is None:
+            folder = external if external is not None else self.cache / kind / f"{name}-{h[:12]}"
+            stage = Stage(kind, name, config, inputs, {k: options[k] for k in HOW}, h, folder, external is not None)
+            self.stages[(kind, h)] = stage
+            self.order.append(stage)
+        if variant not in stage.variants:
+            stage.variants.append(variant)
+        return stage
+
+    def data_source(self, v: Variant) -> Path | None:
+        """The user's data folder (checked), or None when the data is generated."""
+        o = v.options
+        source = self.data_arg if self.data_arg is not None else (
+            None if o["data"] in ("generate", "required") else Path(o["data"]))
+        if source is None and o["data"] == "required":
+            folder, _, corrupted, optional = DATA_LAYOUT[o["dataset"]]
+            raise PipelineError(f"profile {self.pipeline.profile} needs --data DIR holding {folder}/ and {corrupted}/ "
+                                f"(optionally {', '.join(x + '/' for x in optional)})")
+        if source is None:
+            return None
+        source = source.resolve()
+        if (source, o["dataset"]) not in self._checked:
+            check_data(source, o["dataset"])
+            self._checked.add((source, o["dataset"]))
+        return source
+
+    def data(self, v: Variant, source: Path | None) -> Stage:
+        o = v.options
+        if source is None:
+            config = {"dataset": o["dataset"], "train_images": o["train_images"], "test_images": o["test_images"],
+                      "c_per_severity": o["c_per_severity"], "p_sequences": o["p_sequences"],
+                      "p_frames": o["p_frames"], "ood_images": o["ood_images"], "seed": o["seed"]}
+            return self.add("data", o["dataset"], config, {}, o, v.name)
+        folder, _, corrupted, optional = DATA_LAYOUT[o["dataset"]]
+        config = {"dataset": o["dataset"], "path": str(source),
+                  "fingerprint": fingerprint(source, [folder, corrupted, *optional])}
+        return self.add("data", o["dataset"], config, {}, o, v.name, external=source)
+
+    def natural_source(self, v: Variant, generated_data: bool) -> Path | str | None:
+        """None: generate the stand-in; a folder (checked); or why the variant cannot run."""
+        spec = str(self.natural_arg) if self.natural_arg is not None else v.options["natural"]
+        if spec == "generate" or (not spec and generated_data):
+            return None
+        if not spec:
+            return ("the 'natural' source needs a folder of natural images (the 300K Random Images role): "
+                    "pass --natural DIR")
+        folder = Path(spec).resolve()
+        if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
+            raise PipelineError(f"--natural {folder}: not a folder holding images ({', '.join(IMAGE_SUFFIXES)})")
+        return folder
+
+    def natural(self, v: Variant, source: Path | None) -> Stage:
+        o = v.options
+        if source is None:
+            return self.add("natural", "natural-images", {"count": o["natural_images"], "seed": o["seed"]}, {}, o,
+                            v.name)
+        return self.add("natural", "natural-images", {"path": str(source), "fingerprint": fingerprint(source)}, {}, o,
+                        v.name, external=source)
+
+    def variant(self, v: Variant) -> VariantPlan:
+        from pipelines.stages import shard_supports_partners, train_config
+        from pixmix.train import PRESETS
+
+        o, vp, kinds = v.options, VariantPlan(v), self.pipeline.stages
+        if o["dataset"] not in DATA_LAYOUT:
+            raise PipelineError(f"{v.name}: option dataset must be one of {', '.join(DATA_LAYOUT)}, got {o['dataset']!r}")
+        data_source = self.data_source(v)
+        # First whether the variant can run here at all (nothing is added to the plan for one that cannot).
+        build = v.needs_mixset and "build" in kinds
+        library, texts, reason = select_manifests(v.sources, o["manifests"]) if build else ([], {}, None)
+        natural_source: Path | str | None = None
+        if reason is None and build and NATURAL in v.sources:
+            natural_source = self.natural_source(v, data_source is None)
+            if isinstance(natural_source, str):
+                reason = natural_source
+        if reason is None and "shard" in kinds and v.partners != "both" and not v.baseline \
+                and not shard_supports_partners():
+            reason = f"partners {v.partners!r} needs a mixset shard with --partners (ShardConfig.partners)"
+        if reason is not None:
+            vp.skipped = reason
+            return vp
+        preset = o["baseline_preset"] if v.baseline else o["preset"]
+        if "train" in kinds and (preset not in PRESETS or PRESETS[preset].pixmix == v.baseline):
+            want = "a *-baseline preset" if v.baseline else "a PixMix preset (not *-baseline)"
+            raise PipelineError(f"{v.name}: needs {want}, got {preset!r} (presets: {', '.join(PRESETS)})")
+
+        vp.stages["data"] = data = self.data(v, data_source)
+        mixset = None
+        if build:
+            inputs: dict[str, Stage] = {}
+            if NATURAL in v.sources:
+                assert not isinstance(natural_source, str)
+                inputs["natural"] = vp.stages["natural"] = self.natural(v, natural_source)
+            config: dict[str, Any] = {"sources": list(v.sources), "library_sources": library, "limit": o["limit"],
+                                      "image_size": o["image_size"], "shard_size": o["shard_size"], "seed": o["seed"],
+                                      "manifests": texts}
+            if "fvis" in v.sources:
+                config["fvis"] = {"models": o["fvis_models"], "steps": o["fvis_steps"], "size": o["fvis_size"],
+                                  "batch": o["fvis_batch"], "weights": o["fvis_weights"]}
+            vp.stages["build"] = mixset = self.add("build", "+".join(v.sources), config, inputs, o, v.name)
+        if "shard" not in kinds:
+            return vp
+        pixmix = not v.baseline
+        config = {"dataset": o["dataset"], "pixmix": pixmix, "views": o["views"] if pixmix else 1,
+                  "partners": v.partners if pixmix else None, "k": o["k"] if pixmix else None,
+                  "beta": o["beta"] if pixmix else None, "severity": o["severity"] if pixmix else None,
+                  "shard_samples": o["shard_samples"], "limit": o["train_limit"], "seed": o["seed"]}
+        inputs = {"data": data} | ({"mixset": mixset} if mixset is not None else {})
+        vp.stages["shard"] = shard = self.add("shard", v.name, config, inputs, o, v.name)
+        if "train" not in kinds:
+            return vp
+        self.launch.uses_torchrun(o["launcher"])  # an impossible launcher fails now, not after hours of stages
+        config = {"preset": preset, "epochs": o["epochs"], "batch_size": o["batch_size"], "lr": o["lr"],
+                  "seed": o["seed"]}
+        resolved = train_config(config, o).to_json()
+        config["resolved"] = {k: val for k, val in resolved.items() if k not in ("workers", "device", "keep_every")}
+        vp.stages["train"] = train = self.add("train", v.name, config, {"shard": shard}, o, v.name)
+        if "eval" not in kinds:
+            return vp
+        config = {"suite": o["dataset"], "limit": o["eval_limit"], "pgd_samples": o["pgd_samples"],
+                  "ood_samples": o["ood_samples"], "batch_size": o["eval_batch_size"], "seed": o["seed"],
+                  "drop_last_bin": o["reference_calibration"]}
+        vp.stages["eval"] = self.add("eval", v.name, config, {"train": train, "data": data}, o, v.name)
+        return vp
+
+
+def make_plan(pipeline: Pipeline, work: str | Path, *, data: str | Path | None = None,
+              natural: str | Path | None = None, only: Sequence[str] = (), cache: str | Path | None = None,
+              strict: bool = False, launch: Launch | None = None) -> Plan:
+    """Every stage of ``pipeline`` with its hash and folder (nothing is read from or written to them)."""
+    work = Path(work)
+    cache_dir = Path(cache) if cache is not None else work / "stages"
+    for name in only:
+        pipeline.variant(name)  # unknown names fail here
+    chosen = [v for v in pipeline.variants if not only or v.name in only]
+    launch = launch or Launch()
+    planner = _Planner(pipeline, cache_dir.resolve(), Path(data) if data is not None else None,
+                       Path(natural) if natural is not None else None, launch)
+    variants = {}
+    for v in chosen:
+        vp = planner.variant(v)
+        if vp.skipped is not None and strict:
+            raise PipelineError(f"variant {v.name}: {vp.skipped}")
+        variants[v.name] = vp
+    report = None
+    if "report" in pipeline.stages:
+        rows = []
+        for name, vp in variants.items():
+            v = vp.variant
+            rows.append({"name": name, "row": v.row, "paper_row": v.paper_row, "sources": list(v.sources),
+                         "baseline": v.baseline, "partners": v.partners, "description": v.description,
+                         "status": "ok" if vp.skipped is None else "not run", "reason": vp.skipped,
+                         "stages": {k: str(s.folder) for k, s in vp.stages.items()} if vp.skipped is None else {}})
+        suites = {vp.variant.options["dataset"] for vp in variants.values()}
+        config = {"pipeline": pipeline.name, "title": pipeline.title, "column": pipeline.column,
+                  "profile": pipeline.profile, "file": str(pipeline.path), "suite": ", ".join(sorted(suites)),
+                  "variants": rows, "notes": list(pipeline.notes)}
+        inputs = {f"eval.{name}": vp.stages["eval"] for name, vp in variants.items() if vp.skipped is None}
+        first = next(iter(variants.values())).variant.options
+        report = planner.add("report", pipeline.name, config, inputs, first, "*")
+    return Plan(pipeline, work, cache_dir, planner.order, variants, report, launch)
+
+
+# --- running ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    ran: list[str]
+    up_to_date: list[str]
+    results: dict[str, Any] | None
+    paths: dict[str, Path]
+
+
+def _write_stamp(stage: Stage, seconds: float, outputs: dict[str, Any]) -> None:
+    stamp = {"kind": stage.kind, "name": stage.name, "hash": stage.hash, "version": STAGE_VERSIONS[stage.kind],
+             "config": stage.config, "options": stage.options,
+             "inputs": {role: {"hash": s.hash, "folder": str(s.folder)} for role, s in stage.inputs.items()},
+             "variants": stage.variants, "seconds": round(seconds, 3), "outputs": outputs,
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = stage.stamp.with_name(STAMP + ".tmp")
+    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(stage.stamp)
+
+
+def _where(plan: Plan, stage: Stage) -> str:
+    try:
+        return str(stage.folder.relative_to(plan.work.resolve()))
+    except ValueError:
+        return str(stage.folder)
+
+
+def describe(plan: Plan) -> list[str]:
+    """The plan, one line per stage: what would run and what is up to date (reads the stamps only)."""
+    p = plan.pipeline
+    lines = [(f"pipeline {p.name} ({p.path}), profile {p.profile}: {len(plan.variants)} variant(s), "
+              f"{len(plan.stages)} stage(s); work {plan.work}")]
+    for i, stage in enumerate(plan.stages, 1):
+        state = "external" if stage.external else "up to date" if stage.up_to_date() else "would run"
+        lines.append(f"[{i:>3}/{len(plan.stages)}] {stage.kind:<7} {stage.name:<22} {state:<10}  {_where(plan, stage)}")
+    for name, vp in plan.variants.items():
+        if vp.skipped:
+            lines.append(f"skipped variant {name}: {vp.skipped}")
+    return lines
+
+
+def _wait_for(stage: Stage, log: Callable[[str], None], poll: float = 10.0) -> None:
+    log(f"  waiting for node 0 to finish {stage.id}")
+    while not stage.up_to_date():
+        time.sleep(poll)
+
+
+def _publish(source: Path, target: Path) -> bool:
+    """Copy ``source`` to ``target`` unless it already holds the same bytes (nothing is touched then)."""
+    data = source.read_bytes()
+    if target.is_file() and target.read_bytes() == data:
+        return False
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return True
+
+
+def execute(plan: Plan, ctx: Context) -> RunResult:
+    """Run every stage that is not up to date, in order; stop at the first failure (one line, its run.log)."""
+    from pipelines.report import run_report, summary_text
+    from pipelines.stages import EXECUTORS
+
+    log, launch = ctx.log, plan.launch
+    ctx.launch = launch
+    total = len(plan.stages)
+    todo = sum(1 for s in plan.stages if not s.up_to_date())
+    p = plan.pipeline
+    log(f"pipeline {p.name}, profile {p.profile}: {len(plan.variants)} variant(s), {total} stage(s), {todo} to run; "
+        f"work {plan.work}" + (f" (node {launch.node_rank} of {launch.nodes})" if launch.nodes > 1 else ""))
+    for name, vp in plan.variants.items():
+        if vp.skipped:
+            log(f"skipped variant {name}: {vp.skipped}")
+    ran: list[str] = []
+    fresh: list[str] = []
+    started = time.perf_counter()
+    for i, stage in enumerate(plan.stages, 1):
+        head = f"[{i:>3}/{total}] {stage.kind:<7} {stage.name:<22}"
+        if stage.up_to_date():
+            fresh.append(stage.id)
+            log(f"{head} {'external' if stage.external else 'up to date':<10}  {_where(plan, stage)}")
+            continue
+        if launch.node_rank > 0:  # only training is shared; node 0 runs and stamps everything
+            if stage.kind == "train":
+                stage.folder.mkdir(parents=True, exist_ok=True)
+                EXECUTORS["train"](stage, ctx)
+                log(f"{head} trained (node {launch.node_rank})")
+            elif stage.kind in ("eval", "report"):
+                log(f"{head} left to node 0")
+            else:
+                _wait_for(stage, log)
+            continue
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        tick = time.perf_counter()
+        try:
+            outputs = run_report(stage, ctx) if stage.kind == "report" else EXECUTORS[stage.kind](stage, ctx)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise PipelineError(f"stage {stage.id} failed: {message[:300]} (log: {stage.folder / 'run.log'})") from exc
+        seconds = time.perf_counter() - tick
+        _write_stamp(stage, seconds, outputs)
+        ran.append(stage.id)
+        log(f"{head} {'ran':<10}  {_where(plan, stage)} ({seconds:.1f}s)")
+    results, paths = None, {}
+    if plan.report is not None and plan.report.up_to_date():
+        plan.work.mkdir(parents=True, exist_ok=True)
+        for key in ("json", "md", "png"):
+            target = plan.work / f"results.{key}"
+            _publish(plan.report.folder / f"results.{key}", target)
+            paths[key] = target
+        results = json.loads(paths["json"].read_text())
+        log(summary_text(results))
+        log(f"{len(ran)} stage(s) ran, {len(fresh)} up to date, in {time.perf_counter() - started:.1f}s; "
+            f"results: {paths['md']}, {paths['json']}, {paths['png']}")
+    return RunResult(plan, ran, fresh, results, paths)
+
+
+def default_work(pipeline: Pipeline) -> Path:
+    return Path("pipeline-work") / f"{pipeline.name}-{pipeline.profile}"
+
+
+def run_pipeline(pipeline: str | Path, profile: str = "smoke", work: str | Path | None = None, *,
+                 data: str | Path | None = None, natural: str | Path | None = None, only: Sequence[str] = (),
+                 overrides: Sequence[str] | dict[str | None, dict[str, Any]] = (), cache: str | Path | None = None,
+                 strict: bool = False, launch: Launch | None = None, dry_run: bool = False,
+                 log: Callable[[str], None] = print, progress: bool = False, verbose: bool = False) -> RunResult:
+    """Load, plan and run a pipeline (``dry_run``: print the plan only). Errors: :class:`PipelineError`."""
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(list(overrides))
+    spec = load(pipeline, profile, overrides)
+    plan = make_plan(spec, work if work is not None else default_work(spec), data=data, natural=natural, only=only,
+                     cache=cache, strict=strict, launch=launch)
+    if dry_run:
+        for line in describe(plan):
+            log(line)
+        return RunResult(plan, [], [s.id for s in plan.stages if s.up_to_date()], None, {})
+    return execute(plan, Context(log=log, progress=progress, verbose=verbose, launch=plan.launch))
+
+
+__all__ = [
+    "STAGE_VERSIONS",
+    "Launch",
+    "Plan",
+    "RunResult",
+    "Stage",
+    "VariantPlan",
+    "check_data",
+    "default_work",
+    "describe",
+    "execute",
+    "fingerprint",
+    "make_plan",
+    "run_pipeline",
+    "select_manifests",
+    "stage_hash",
+]
