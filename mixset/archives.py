@@ -21,28 +21,25 @@ behaviour does not matter):
 * Files get mode 0o644 (folders the default mode); owners, permissions and times from the archive are
   ignored.
 
-:func:`check_image` reads an image's header, refuses it when width x height exceeds ``max_pixels``
-*before* decoding a single pixel, then decodes it fully to catch truncated or corrupt files.
+Untrusted images are checked by :mod:`pixmix.images` (``open_image``, ``check_image``: header first,
+decompression bombs refused before decoding, then a full decode); they are re-exported here.
 """
 
 from __future__ import annotations
 
-import io
 import lzma
-import math
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
-import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
+from pixmix.images import DEFAULT_IMAGE_FORMATS, ImageError, check_image  # re-exported
 
 __all__ = [
     "DEFAULT_IMAGE_FORMATS",
@@ -58,9 +55,6 @@ __all__ = [
 DEFAULT_MAX_MEMBER_BYTES = 2 * 2**30
 #: Default cap on the uncompressed size of everything extracted from one archive.
 DEFAULT_MAX_TOTAL_BYTES = 64 * 2**30
-#: Formats :func:`check_image` accepts by default: plain raster formats whose decoders run in-process
-#: (no EPS/PostScript, which would hand untrusted input to Ghostscript).
-DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 _CHUNK = 1 << 20
 
@@ -70,10 +64,6 @@ class ArchiveError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
-
-
-class ImageError(ArchiveError, ValueError):
-    """:func:`check_image` refused a file (not an image, corrupt, unsupported format or too many pixels)."""
 
 
 @dataclass(frozen=True)
@@ -309,92 +299,3 @@ def _extract(members, tmp: Path, archive: Path, include, max_total_bytes, max_me
             total += _copy(src, target, limit, m.name, archive, what)
         written.append(m.name)
     return written
-
-
-def check_image(
-    path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
-    *,
-    max_pixels: int = 64_000_000,
-    formats: Iterable[str] | None = DEFAULT_IMAGE_FORMATS,
-    name: str | None = None,
-) -> tuple[int, int, str]:
-    """``(width, height, format)`` of an image file or its bytes, or :class:`ImageError` (one line).
-
-    See :func:`open_image`, which does the checking and also hands back the decoded image.
-    """
-    with open_image(path_or_bytes, max_pixels=max_pixels, formats=formats, name=name) as im:
-        return im.width, im.height, im.format or "unknown"
-
-
-def open_image(
-    path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview,
-    *,
-    max_pixels: int = 64_000_000,
-    formats: Iterable[str] | None = DEFAULT_IMAGE_FORMATS,
-    name: str | None = None,
-    min_side: int | None = None,
-) -> Image.Image:
-    """The decoded image of a file or its bytes (close it when done), or :class:`ImageError` (one line).
-
-    ``min_side``: the caller will shrink the image to this shorter side, so a JPEG may be decoded at
-    a reduced DCT scale (Pillow's draft mode) that keeps the shorter side at least that large.
-
-    The header is read first and width x height is compared with ``max_pixels`` before any pixel is
-    decoded; Pillow's own ``DecompressionBombError`` (raised while parsing headers above twice
-    ``Image.MAX_IMAGE_PIXELS``) is reported the same way, and its ``DecompressionBombWarning`` is
-    swallowed in favour of the ``max_pixels`` check. Then the image is decoded fully, so truncated and
-    corrupt files are refused too. ``formats`` limits which Pillow plugins may open it (None: all);
-    ``name`` labels bytes input in messages.
-    """
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        label = name or f"<{len(path_or_bytes)} bytes>"
-        source = io.BytesIO(bytes(path_or_bytes))
-    else:
-        label = name or str(path_or_bytes)
-        source = Path(path_or_bytes)
-    allowed = None if formats is None else [f.upper() for f in formats]
-
-    def bomb(w: int | None = None, h: int | None = None, detail: str = "") -> ImageError:
-        dims = f"{w}x{h} = {w * h} pixels" if w is not None and h is not None else f"too many pixels ({detail})"
-        return ImageError(
-            f"image {label} refused as a possible decompression bomb: {dims}, over the limit of "
-            f"{max_pixels} (checked from the header, nothing decoded)"
-        )
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(source, formats=allowed)
-        except Image.DecompressionBombError as exc:
-            raise bomb(detail=f"Pillow: {exc}") from None
-        except FileNotFoundError:
-            raise ImageError(f"image {label} does not exist") from None
-        except IsADirectoryError:
-            raise ImageError(f"image {label} is a folder, not a file") from None
-        except Image.UnidentifiedImageError:
-            allowed_txt = ", ".join(allowed) if allowed else "any Pillow format"
-            raise ImageError(f"{label} is not an image in an accepted format ({allowed_txt})") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(f"image {label} has an unreadable header ({type(exc).__name__}: {exc})") from None
-        try:
-            width, height = im.size
-            fmt = im.format or "unknown"
-            if width <= 0 or height <= 0:
-                raise ImageError(f"image {label} has an invalid size {width}x{height}")
-            if width * height > max_pixels:
-                raise bomb(width, height)
-            if min_side is not None and fmt == "JPEG" and min(width, height) >= 2 * min_side:
-                scale = min_side / min(width, height)
-                im.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-            try:
-                im.load()
-            except Image.DecompressionBombError:
-                raise bomb(width, height) from None
-            except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-                raise ImageError(
-                    f"image {label} ({fmt} {width}x{height}) is corrupt or truncated ({type(exc).__name__}: {exc})"
-                ) from None
-        except BaseException:
-            im.close()
-            raise
-    return im

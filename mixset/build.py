@@ -181,7 +181,7 @@ def produce(item: Item, image_size: int, quality: int, photo_format: str) -> Pro
             meta["origin"] = {"generator": c.generator, "seed": item.seed, "index": item.index, "tries": tries,
                               "params": gen_params}
         else:
-            from mixset.archives import open_image
+            from pixmix.images import open_image
 
             assert item.path is not None
             with open_image(Path(item.path), min_side=image_size) as im:  # refuses non-images and bombs

@@ -66,9 +66,9 @@ class Source:
         return out
 
     def load(self, index: int, min_side: int | None = None) -> Image.Image:
-        """The RGB image of item ``index`` (files are checked as untrusted: see mixset.archives.open_image)."""
+        """The RGB image of item ``index`` (files are checked as untrusted: see pixmix.images.open_image)."""
         if self.is_folder:
-            from mixset.archives import open_image
+            from pixmix.images import open_image
 
             assert self.root is not None
             with open_image(self.root / self.paths[index], min_side=min_side) as im:

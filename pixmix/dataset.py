@@ -15,13 +15,11 @@ import torch
 from PIL import Image
 
 from pixmix.augment import PixMix
+from pixmix.images import MAX_PIXELS, load_rgb
 from pixmix.recipes import Recipe, get_recipe
 from pixmix.seeding import derive_seed, generator_for
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-# Mixing pictures are resized to a few hundred pixels; anything this large is refused as a likely
-# decompression bomb before its pixels are decoded.
-MAX_PIXELS = 64_000_000
 
 
 def _picture(item: Any) -> Image.Image:
@@ -131,21 +129,6 @@ class MixingFolder(Sequence[Image.Image]):
 
     def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
         return load_rgb(self.files[index], self.max_pixels)
-
-
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open an image file as RGB, refusing files that are not images or have too many pixels."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ValueError(
-                    f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
-                    "(possible decompression bomb); remove the file or raise max_pixels"
-                )
-            return im.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc}); remove or replace the file") from exc
 
 
 __all__ = ["PixMixTransform", "PixMixDataset", "MixingFolder", "load_rgb", "derive_seed"]

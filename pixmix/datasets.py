@@ -5,7 +5,7 @@ All are random-access sequences of ``(PIL RGB image, label)``; the CIFAR ones al
 ``uint8 [N, 32, 32, 3]`` array. Input is treated as untrusted: the CIFAR pickles are read with an
 unpickler that only rebuilds dicts, lists, strings, bytes, numbers and numpy arrays (a pickle can
 otherwise run code), and image files go through the decompression-bomb check of
-:func:`pixmix.dataset.load_rgb`.
+:func:`pixmix.images.load_rgb`.
 """
 
 from __future__ import annotations

@@ -276,7 +276,7 @@ def test_hostile_archive_is_refused_without_writing_outside(tmp_path) -> None:
 
 
 def test_large_jpegs_are_decoded_reduced_and_keep_their_content(tmp_path) -> None:
-    from mixset.archives import open_image
+    from pixmix.images import open_image
 
     big = tmp_path / "big.jpg"
     image = Image.new("RGB", (1600, 1200), (30, 140, 220))

@@ -201,11 +201,11 @@ def test_mixing_folder_loads_sorted_rgb_images_and_refuses_bad_files(tmp_path) -
 
     fake = tmp_path / "fake.png"
     fake.write_bytes(b"\x89PNG not really")
-    with pytest.raises(ValueError, match="fake.png: not a readable image"):
+    with pytest.raises(ValueError, match="fake.png is not an image in an accepted format"):
         load_rgb(fake)
     big = tmp_path / "big.png"
     Image.new("RGB", (300, 300)).save(big)
-    with pytest.raises(ValueError, match=r"big.png: 300x300 pixels exceeds the limit of 50,000"):
+    with pytest.raises(ValueError, match=r"big.png refused as a possible decompression bomb: 300x300 = 90000 pixels, over the limit of 50000"):
         load_rgb(big, max_pixels=50_000)
     with pytest.raises(ValueError, match="does not exist"):
         MixingFolder(tmp_path / "missing")
