@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from mixset.collections import DEFAULT_MANIFESTS, Collection, load_collections
+from pixmix.images import IMAGE_SUFFIXES
 from pixmix.mixset_reader import MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.shards import Sample, ShardInfo, file_sha256, to_bytes, write_shard
 
@@ -184,12 +185,57 @@ def produce(item: Item, image_size: int, quality: int, photo_format: str) -> Pro
             from pixmix.images import open_image
 
             assert item.path is not None
+            if c.kind == "urls":
+                _fetch_image(item)
             with open_image(Path(item.path), min_side=image_size) as im:  # refuses non-images and bombs
                 image = _normalise(im, image_size)
             meta["origin"] = dict(item.origin)
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the build; it is reported
         return Produced(key, None, "", meta, "", error=f"{key}: {exc}")
     return _encoded(key, image, photo_format, quality, meta)
+
+
+# One image of a "urls" collection may be at most this large (a photo is a few MB).
+MAX_IMAGE_BYTES = 64 << 20
+
+
+def _fetch_image(item: Item) -> None:
+    """Download a "urls" item into the build cache unless an earlier (possibly interrupted) build did."""
+    from mixset.fetch import download
+
+    assert item.path is not None
+    dest = Path(item.path)
+    origin = dict(item.origin)
+    if not dest.exists():  # complete downloads only: fetch writes to .part and renames when done
+        download(origin["url"], dest, sha256=origin.get("sha256") or None, max_bytes=MAX_IMAGE_BYTES,
+                 retries=2, timeout=30.0)
+
+
+def _url_entries(c: Collection, config: BuildConfig, cache: Path) -> list[tuple[str, str | None]]:
+    """The (url, sha256) pairs of a "urls" collection: its [[images]], then the lines of its list file."""
+    entries = list(c.urls)
+    if not c.url_list:
+        return entries
+    if c.url_list.startswith(("http://", "https://")):
+        from mixset.fetch import download
+
+        listing = download(c.url_list, cache / "downloads" / c.name / "url-list.txt", max_bytes=MAX_IMAGE_BYTES).path
+    else:
+        listing = Path(c.url_list)
+        listing = listing if listing.is_absolute() else config.manifests / listing
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError(f"{c.origin_file}: cannot read the URL list {c.url_list} ({exc})") from exc
+    for number, line in enumerate(lines, start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        url, sha = fields[0], fields[1] if len(fields) > 1 else None
+        if not url.startswith(("http://", "https://")) or len(fields) > 2:
+            raise BuildError(f"{c.url_list}, line {number}: expected '<http(s) URL> [sha256]', got {line.strip()!r}")
+        entries.append((url, sha))
+    return entries
 
 
 def _key(item: Item) -> str:
@@ -226,6 +272,15 @@ def prepare_collection(c: Collection, config: BuildConfig, log: Callable[[str], 
 
     cache = config.out / ".cache"
     extracted = cache / "extracted" / c.name
+    if c.kind == "urls":
+        folder = cache / "downloads" / c.name
+        items = []
+        for i, (url, sha) in enumerate(_url_entries(c, config, cache)):
+            suffix = Path(url.split("?", 1)[0]).suffix.lower()
+            name = f"{i:08d}{suffix if suffix in IMAGE_SUFFIXES else ''}"
+            origin = (("url", url),) + ((("sha256", sha),) if sha else ())
+            items.append(Item(c, i, str(folder / name), seed, origin))
+        return items
     if c.kind == "folder":
         src = Path(c.path or "")
         if src.is_dir():

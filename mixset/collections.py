@@ -6,7 +6,10 @@ A collection belongs to one source (``--source fractals``) and is one of:
   ``[filters] include`` globs selecting the images inside;
 - ``folder``: a local folder or archive path (``path``), with the same filters;
 - ``generator``: one of the ablation generators of :mod:`mixset.generators` (``[generator]`` table:
-  name, count), e.g. Dead Leaves or FractalDB.
+  name, count), e.g. Dead Leaves or FractalDB;
+- ``urls``: a list of image URLs (``[[images]]`` url and optional sha256, and/or ``list``: a local text
+  file or an http(s) URL of one, a URL per line with an optional sha256 after it), e.g. natural photos
+  for the paper's "300K Random Images" role; each image is downloaded (resumable, checked) when built.
 Every collection states its licence and source page; items keep that provenance in the shards.
 """
 
@@ -17,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-KINDS = ("procedural", "archive", "folder", "generator")
+KINDS = ("procedural", "archive", "folder", "generator", "urls")
 DEFAULT_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 
 
@@ -43,6 +46,8 @@ class Collection:
     count: int = 0  # procedural and generator: how many images by default
     generator_kinds: tuple[str, ...] = ()
     generator: str = ""  # generator: the name in mixset.generators.NAMES
+    urls: tuple[tuple[str, str | None], ...] = ()  # urls: (url, sha256) listed in the manifest
+    url_list: str = ""  # urls: a text file (path or http(s) URL) with more of them
     origin_file: str = ""
 
     def wants(self, member: str) -> bool:
@@ -93,6 +98,19 @@ def load_collection(path: Path) -> Collection:
         return Collection(**common, count=count, generator=gen)
     if kind == "folder":
         return Collection(**common, path=need("path"))
+    if kind == "urls":
+        urls = []
+        for i, item in enumerate(data.get("images", [])):
+            url, sha = item.get("url"), item.get("sha256") or None
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"{path}: images[{i}].url must be an http(s) URL, got {url!r}")
+            urls.append((url, sha))
+        listed = data.get("list", "")
+        if not isinstance(listed, str):
+            raise ValueError(f"{path}: list must be a path or an http(s) URL of a text file, got {listed!r}")
+        if not urls and not listed:
+            raise ValueError(f"{path}: a urls collection needs [[images]] entries or a list file")
+        return Collection(**common, urls=tuple(urls), url_list=listed)
     artefacts = []
     for i, item in enumerate(data.get("artefacts", [])):
         url, filename = item.get("url"), item.get("filename")

@@ -15,11 +15,10 @@ import torch
 from PIL import Image
 
 from pixmix.augment import PixMix
-from pixmix.images import MAX_PIXELS, load_rgb
+from pixmix.images import IMAGE_SUFFIXES, MAX_PIXELS, load_rgb
 from pixmix.recipes import Recipe, get_recipe
 from pixmix.seeding import derive_seed, generator_for
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 def _picture(item: Any) -> Image.Image:

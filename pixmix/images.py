@@ -19,6 +19,8 @@ from PIL import Image
 #: Formats accepted by default: plain raster formats whose decoders run in-process (no EPS/PostScript,
 #: which would hand untrusted input to Ghostscript).
 DEFAULT_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: File name suffixes taken as images when listing folders.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 #: Images are used at a few hundred pixels; anything this large is refused as a likely decompression bomb.
 MAX_PIXELS = 64_000_000
 
@@ -125,4 +127,4 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Ima
         return im.convert("RGB")
 
 
-__all__ = ["DEFAULT_IMAGE_FORMATS", "MAX_PIXELS", "ImageError", "check_image", "load_rgb", "open_image"]
+__all__ = ["DEFAULT_IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "check_image", "load_rgb", "open_image"]
