@@ -131,6 +131,12 @@ P_PERTURBATIONS = (
 )
 # Released as the validation perturbations: reported when present, never part of the mean.
 P_EXTRA_PERTURBATIONS = ("speckle_noise", "gaussian_blur", "snow", "shear")
+# ImageNet-P's own ten (hendrycks/robustness README): snow is in the mean; spatter is a validation sequence.
+IMAGENET_P_PERTURBATIONS = (
+    "gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow",
+    "brightness", "translate", "rotate", "tilt", "scale",
+)
+IMAGENET_P_EXTRA_PERTURBATIONS = ("speckle_noise", "gaussian_blur", "spatter", "shear")
 
 
 def is_noise_perturbation(name: str) -> bool:

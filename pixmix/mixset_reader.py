@@ -7,13 +7,13 @@ are read at open; each picture is read and decoded on access.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
+from pixmix.images import open_image
 from pixmix.shards import MemberRef, index_shard, read_member
 
 IMAGE_FIELDS = ("png", "jpg", "webp")
@@ -51,5 +51,7 @@ class MixingShards(Sequence[Image.Image]):
         return len(self.refs)
 
     def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
-        with Image.open(io.BytesIO(read_member(self.refs[index]))) as im:
+        ref = self.refs[index]
+        # Shards are untrusted input too: allow-listed formats, bomb check before decoding.
+        with open_image(read_member(ref), name=f"{ref.shard}@{ref.offset}") as im:
             return im.convert("RGB")

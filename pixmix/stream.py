@@ -17,6 +17,7 @@ alone, so an image does not depend on the number of ranks, workers or the batchi
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -270,6 +271,25 @@ def _read_range(path: Path, start: int, stop: int) -> Iterator[dict[str, Any]]:
             yield sample
 
 
+def _check_header(data: bytes, field_name: str) -> None:
+    """Refuse an image whose header announces too many pixels (a decompression bomb) or another format
+    than its field says, before anything is decoded (shards are untrusted input like any other)."""
+    from pixmix.images import MAX_PIXELS
+
+    expected = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(field_name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[expected] if expected else None) as im:
+                width, height = im.size
+    except Image.UnidentifiedImageError as exc:
+        raise _Lost(f"undecodable {field_name}: not a {expected or 'known'} image") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _Lost(f"undecodable {field_name}: unreadable header ({_message(exc)})") from exc
+    if width * height > MAX_PIXELS:
+        raise _Lost(f"{field_name} is {width}x{height}: over {MAX_PIXELS} pixels, refused as a decompression bomb")
+
+
 def _message(exc: BaseException) -> str:
     # webdataset appends " @ <stream>" and extra args to the message; keep the first line only.
     text = str(exc.args[0]) if exc.args else type(exc).__name__
@@ -329,8 +349,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         if mode == "online":
             if shardset.kind != "plain":
                 raise ValueError(f"{shardset.folder}: mode 'online' needs a plain shard set, this one is {shardset.kind!r}")
-            if mixset is None:
-                raise ValueError("mode 'online' needs a mixset (a `mixset build` folder or a sequence of pictures)")
+            if mixset is None and get_recipe(recipe).partners != "augmented":
+                raise ValueError("mode 'online' needs a mixset (a `mixset build` folder or a sequence of pictures), "
+                                 "unless the recipe's partners are 'augmented'")
             if transform is not None:
                 raise ValueError("mode 'online' applies the recipe's train transform; pass transform=None")
         _check_int("world_size", world_size, 1)
@@ -406,9 +427,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         # Top up to the quota with samples already read, so this rank's batch count stays exact.
         shortfall = quota - produced
         if shortfall and not pool:
+            # Nothing of this worker's own range could be read: borrow repeats from the epoch's other shards
+            # rather than fail, since one failing rank takes a whole torchrun job down.
+            pool = self._borrow(pieces, min(shortfall, _REPEAT_POOL))
+        if shortfall and not pool:
             names = sorted({self.records[p.shard].name for p in pieces})
             raise ValueError(f"{self.shardset.folder}: rank {self.rank} worker {worker} read no usable sample "
-                             f"from {', '.join(names)} ({'; '.join(errors)})")
+                             f"from {', '.join(names)} nor any other shard of the epoch ({'; '.join(errors)})")
         for i in range(shortfall):
             items.append(self._process(pool[i % len(pool)])._replace(repeat=True))
             substituted += 1
@@ -417,6 +442,22 @@ class ShardStream(torch.utils.data.IterableDataset):
                 items, substituted = [], 0
                 errors.clear()
         assert not items, "a worker's quota is whole batches"
+
+    def _borrow(self, pieces: list[Piece], wanted: int) -> list[_Raw]:
+        """Up to ``wanted`` usable samples from the epoch's shards outside ``pieces`` (their errors are
+        other workers' to report)."""
+        own = {p.shard for p in pieces}
+        others = [Piece(i, 0, r.samples, repeat=True) for i, r in enumerate(self.records) if i not in own]
+        borrowed: list[_Raw] = []
+        for raw in self._read(others, []):
+            try:
+                self._process(raw)
+            except _Lost:
+                continue
+            borrowed.append(raw._replace(repeat=True))
+            if len(borrowed) >= wanted:
+                break
+        return borrowed
 
     def _read(self, pieces: list[Piece], errors: list[str]) -> Iterator[_Raw]:
         for piece in pieces:
@@ -453,13 +494,19 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise _Lost(f"cls {bytes(sample['cls'])[:20]!r} is not a class index") from exc
         if not 0 <= label < len(self.shardset.classes):
             raise _Lost(f"class index {label} is outside the manifest's {len(self.shardset.classes)} classes")
+        raw_bytes = bytes(sample[field_name])
+        _check_header(raw_bytes, field_name)
         try:
-            data = torch.frombuffer(bytearray(sample[field_name]), dtype=torch.uint8)
+            data = torch.frombuffer(bytearray(raw_bytes), dtype=torch.uint8)
             with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
                 warnings.simplefilter("ignore", DeprecationWarning)
                 image = decode_image(data, mode=ImageReadMode.RGB)  # greyscale, CMYK, alpha -> RGB
         except (RuntimeError, ValueError) as exc:
             raise _Lost(f"undecodable {field_name} ({_message(exc)})") from exc
+        if image.dtype == torch.uint16:  # 16-bit PNG: keep the high byte, as an 8-bit encoder would
+            image = image.to(torch.int32).div_(256, rounding_mode="floor").to(torch.uint8)
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise _Lost(f"{field_name} decodes to {image.dtype} {list(image.shape)}, not one 8-bit RGB image")
         return image, label
 
     def _process(self, raw: _Raw) -> _Item:
@@ -472,6 +519,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         gen = generator_for(self.seed, self.epoch, raw.shard, raw.index)
         # The same draw order as PixMixTransform: train transform, picture index, picture transform, PixMix.
         image = self._train_transform(image, gen)
+        if self.recipe.partners == "augmented":  # no mixing set: every partner is an augmented input
+            params = sample_params(_pixmix_config(self.recipe), 1, gen)
+            return _Item(image, label, key, raw.repeat, image, params)
         pictures = self._mixing_pictures()
         picture = pictures[int(torch.randint(len(pictures), (1,), generator=gen))]
         picture = self._mixing_transform(picture if picture.mode == "RGB" else picture.convert("RGB"), gen)

@@ -440,3 +440,43 @@ def test_ranks_stay_in_step_under_torchrun(tmp_path) -> None:
         assert 45 - len(set(k0) | set(k1)) < 2 * 4
         orders.append(k0 + k1)
     assert orders[0] != orders[1]
+
+
+def test_untrusted_shard_images_are_checked_before_and_after_decoding(tmp_path) -> None:
+    import io as _io
+    import json as _json
+
+    import numpy as np
+    from PIL import Image as _Image
+
+    from pixmix.shards import Sample, write_shard
+    from pixmix.shardset import SHARDS_FORMAT, SHARDS_VERSION
+    from pixmix.stream import ShardLoader
+
+    def png(array, mode=None) -> bytes:
+        buf = _io.BytesIO()
+        _Image.fromarray(array, mode).save(buf, format="PNG") if mode else _Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    good = [png(np.full((8, 8, 3), 10 * i, np.uint8)) for i in range(6)]
+    deep = png(np.full((8, 8), 40000, np.uint16))  # a 16-bit greyscale PNG
+    header = bytearray(good[0])
+    header[16:24] = (100_000).to_bytes(4, "big") + (100_000).to_bytes(4, "big")  # claims 10^10 pixels
+    import zlib
+
+    header[29:33] = zlib.crc32(bytes(header[12:29])).to_bytes(4, "big")  # a valid IHDR chunk
+    samples = [Sample(f"k{i}", {"png": b, "cls": b"0", "json": b"{}"}) for i, b in enumerate(good)]
+    samples += [Sample("deep", {"png": deep, "cls": b"0", "json": b"{}"}),
+                Sample("bomb", {"png": bytes(header), "cls": b"0", "json": b"{}"}),
+                Sample("jpeg", {"png": b"\xff\xd8\xff" + b"0" * 40, "cls": b"0", "json": b"{}"})]
+    info = write_shard(tmp_path / "shards" / "s-0.tar", samples, root=tmp_path)
+    (tmp_path / "manifest.json").write_text(_json.dumps({
+        "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "kind": "plain", "views": 1, "classes": ["a"],
+        "image_field": "png", "shards": [dict(info.to_json(), view=0)], "config": {}}))
+    loader = ShardLoader(tmp_path, batch_size=9, rank=0, world_size=1, num_workers=0, shuffle=False)
+    batch = next(iter(loader))
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (9, 3, 8, 8)
+    deep_index = batch.keys.index("deep")
+    assert int(batch.images[deep_index].max()) == 40000 >> 8
+    assert "bomb" not in batch.keys and "jpeg" not in batch.keys and batch.substituted == 2
+    assert any("bomb" in e and "decompression bomb" in e for e in loader.stats.errors + batch.errors), batch.errors
