@@ -316,21 +316,33 @@ class _Planner:
             vp.stages["build"] = mixset = self.add("build", "+".join(v.sources), config, inputs, o, v.name)
         if "shard" not in kinds:
             return vp
-        pixmix = not v.baseline
+        if o["mixing"] not in ("pregenerated", "online"):
+            raise PipelineError(f"{v.name}: option mixing must be 'pregenerated' or 'online', got {o['mixing']!r}")
+        online = o["mixing"] == "online" and not v.baseline
+        # Online mixing trains every PixMix variant on the same plain shards (one stage, shared with the
+        # baseline's): the mixing set and partners go to the training stage instead.
+        pixmix = not v.baseline and not online
         config = {"dataset": o["dataset"], "pixmix": pixmix, "views": o["views"] if pixmix else 1,
                   "partners": v.partners if pixmix else None, "k": o["k"] if pixmix else None,
                   "beta": o["beta"] if pixmix else None, "severity": o["severity"] if pixmix else None,
                   "shard_samples": o["shard_samples"], "limit": o["train_limit"], "seed": o["seed"]}
-        inputs = {"data": data} | ({"mixset": mixset} if mixset is not None else {})
-        vp.stages["shard"] = shard = self.add("shard", v.name, config, inputs, o, v.name)
+        inputs = {"data": data} | ({"mixset": mixset} if mixset is not None and pixmix else {})
+        vp.stages["shard"] = shard = self.add("shard", v.name if pixmix else "plain", config, inputs, o, v.name)
         if "train" not in kinds:
             return vp
         self.launch.uses_torchrun(o["launcher"])  # an impossible launcher fails now, not after hours of stages
         config = {"preset": preset, "epochs": o["epochs"], "batch_size": o["batch_size"], "lr": o["lr"],
                   "seed": o["seed"]}
+        train_inputs: dict[str, Stage] = {"shard": shard}
+        if online:
+            config.update(mixing="online", partners=v.partners, k=o["k"], beta=o["beta"], severity=o["severity"])
+            if mixset is not None:
+                train_inputs["mixset"] = mixset
         resolved = train_config(config, o).to_json()
-        config["resolved"] = {k: val for k, val in resolved.items() if k not in ("workers", "device", "keep_every")}
-        vp.stages["train"] = train = self.add("train", v.name, config, {"shard": shard}, o, v.name)
+        # Loader workers each read their own range and shuffle it: their number decides the data order, so
+        # it is part of a training stage's identity (unlike device, which changes rounding only).
+        config["resolved"] = {k: val for k, val in resolved.items() if k not in ("device", "keep_every")}
+        vp.stages["train"] = train = self.add("train", v.name, config, train_inputs, o, v.name)
         if "eval" not in kinds:
             return vp
         config = {"suite": o["dataset"], "limit": o["eval_limit"], "pgd_samples": o["pgd_samples"],

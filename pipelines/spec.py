@@ -63,6 +63,8 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "fvis_batch": (64, (int,), "FVis units per batch"),
     "fvis_weights": ("default", (str,), "FVis weights: default (pretrained, random-init fallback) or random"),
     # shard
+    "mixing": ("pregenerated", (str,), "'pregenerated': PixMix views written by mixset shard --pixmix (V views); "
+                                       "'online': plain shards, PixMix on the training device every epoch (the paper)"),
     "views": (1, (int,), "pre-generated PixMix views per training image (epoch e reads view e mod V)"),
     "partners": ("both", (str,), "PixMix partners: both, augmented (no mixing set), mixing"),
     "k": (None, (int,), "PixMix rounds (default: the recipe's)"),
@@ -220,7 +222,7 @@ def load(pipeline: str | Path, profile: str = "smoke",
     unknown = sorted(k for k in overrides if k is not None and k not in names)
     if unknown:
         raise PipelineError(f"--set: no variant {', '.join(unknown)} in {path} (variants: {', '.join(map(str, names))})")
-    base.update(_check_options("--set", overrides.get(None, {})))
+    everywhere = _check_options("--set", overrides.get(None, {}))  # applied over each variant's own options
 
     stages = tuple(data.get("stages", STAGE_KINDS))
     bad = [s for s in stages if s not in STAGE_KINDS]
@@ -242,6 +244,7 @@ def load(pipeline: str | Path, profile: str = "smoke",
         own = {k: v for k, v in raw.items() if k not in VARIANT_KEYS and k not in profiles}
         options.update(_check_options(f"{where} ({name})", own))
         options.update(_check_options(f"{where} ({name}) [{profile}]", raw.get(profile, {})))
+        options.update(everywhere)
         options.update(_check_options(f"--set {name}.", overrides.get(name, {})))
         sources = raw.get("sources", [])
         if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):

@@ -211,7 +211,8 @@ def train_config(stage_config: dict[str, Any], options: dict[str, Any]):  # -> p
 
     return preset_config(stage_config["preset"], epochs=stage_config["epochs"], batch_size=stage_config["batch_size"],
                          lr=stage_config["lr"], seed=stage_config["seed"], workers=options["workers"],
-                         device=options["device"], keep_every=0)
+                         device=options["device"], keep_every=0, partners=stage_config.get("partners"),
+                         k=stage_config.get("k"), beta=stage_config.get("beta"), severity=stage_config.get("severity"))
 
 
 def _beside_python(name: str) -> str:
@@ -219,12 +220,15 @@ def _beside_python(name: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
-def train_arguments(stage_config: dict[str, Any], options: dict[str, Any], shards: Path, out: Path) -> list[str]:
+def train_arguments(stage_config: dict[str, Any], options: dict[str, Any], shards: Path, out: Path,
+                    mixset: Path | None = None) -> list[str]:
     """``pixmix train`` options for the stage (the ones the command line has: preset and its overrides)."""
     args = ["train", "--preset", stage_config["preset"], "--shards", str(shards), "--out", str(out)]
-    for key in ("epochs", "batch_size", "lr", "seed"):
+    for key in ("epochs", "batch_size", "lr", "seed", "partners", "k", "beta", "severity"):
         if stage_config.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(stage_config[key])]
+    if mixset is not None:
+        args += ["--mixset", str(mixset)]
     args += ["--workers", str(options["workers"]), "--device", options["device"], "--keep-every", "0", "--quiet"]
     return args
 
@@ -251,10 +255,11 @@ def torchrun_command(train_args: list[str], launch: Launch, run_id: str) -> list
 def run_train(stage: Stage, ctx: Context) -> dict[str, Any]:
     """``pixmix train`` (resuming ``last.pt`` when an earlier attempt was interrupted)."""
     shards = stage.inputs["shard"].folder
+    mixset = stage.inputs["mixset"].folder if "mixset" in stage.inputs else None  # online mixing
     checkpoint = stage.folder / "checkpoints" / "last.pt"
     if ctx.launch.uses_torchrun(stage.options["launcher"]):
-        command = torchrun_command(train_arguments(stage.config, stage.options, shards, stage.folder), ctx.launch,
-                                   run_id=f"pixmix-{stage.hash[:16]}")
+        command = torchrun_command(train_arguments(stage.config, stage.options, shards, stage.folder, mixset),
+                                   ctx.launch, run_id=f"pixmix-{stage.hash[:16]}")
         with open(stage.folder / "run.log", "a", encoding="utf-8") as fh:
             fh.write("$ " + " ".join(command) + "\n")
             fh.flush()
@@ -268,8 +273,8 @@ def run_train(stage: Stage, ctx: Context) -> dict[str, Any]:
     else:
         from pixmix.train import train
 
-        summary = train(train_config(stage.config, stage.options), shards, stage.folder, log=_StageLog(stage, ctx),
-                        progress=ctx.progress)
+        summary = train(train_config(stage.config, stage.options), shards, stage.folder, mixset=mixset,
+                        log=_StageLog(stage, ctx), progress=ctx.progress)
         final = summary.final
     if not checkpoint.is_file():
         raise PipelineError(f"{checkpoint} was not written (see {stage.folder / 'run.log'})")

@@ -36,6 +36,7 @@ from pixmix.models import (
     load_pretrained,
     save_checkpoint,
 )
+from pixmix.config import PARTNERS
 from pixmix.recipes import RECIPES, Recipe, get_recipe
 from pixmix.seeding import derive_seed
 from pixmix.shardset import ShardSet
@@ -79,6 +80,13 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (never on the CPU)
     amp_dtype: str = "bfloat16"  # float16 adds a GradScaler
     keep_every: int = 1  # keep checkpoints/epoch-NNN.pt every N epochs (and the last); 0: only last.pt
+    # Online PixMix's mixing partners (the paper's Table 5): "both" (PixMix), "augmented" (augmented inputs
+    # only: no mixing set), "mixing" (the mixing set only). Pre-generated views carry their own.
+    partners: str = "both"
+    # Online PixMix's k, beta and severity (None: the recipe's); pre-generated views carry their own.
+    k: int | None = None
+    beta: float | None = None
+    severity: float | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> TrainError:
@@ -118,6 +126,25 @@ class TrainConfig:
             raise bad("device", f"one of {', '.join(DEVICES)}")
         if self.amp_dtype not in AMP_DTYPES:
             raise bad("amp_dtype", f"one of {', '.join(AMP_DTYPES)}")
+        if self.partners not in PARTNERS:
+            raise bad("partners", f"one of {', '.join(PARTNERS)}")
+        if self.partners != "both" and not self.pixmix:
+            raise TrainError(f"--partners {self.partners} needs a PixMix preset (not {self.preset})")
+        tuned = [n for n in ("k", "beta", "severity") if getattr(self, n) is not None]
+        if tuned and not self.pixmix:
+            raise TrainError(f"--{tuned[0]} needs a PixMix preset (not {self.preset})")
+        try:
+            self.training_recipe.pixmix()
+        except ValueError as exc:
+            raise TrainError(f"PixMix options: {exc}") from exc
+
+    @property
+    def training_recipe(self) -> Recipe:
+        """The recipe with this run's PixMix partners (what the loader and finish_batch apply online)."""
+        base = get_recipe(self.recipe)
+        return replace(base, partners=self.partners, k=base.k if self.k is None else self.k,
+                       beta=base.beta if self.beta is None else self.beta,
+                       severity=base.severity if self.severity is None else self.severity)
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -204,11 +231,18 @@ def plan_data(config: TrainConfig, shardset: ShardSet, mixset: str | Path | None
         if mixset is not None:
             raise TrainError(f"{folder}: these shards hold pre-generated PixMix views already: drop --mixset "
                              "(or pass plain shards to mix online)")
+        tuned = [f"--{n}" for n in ("partners", "k", "beta", "severity")
+                 if getattr(config, n) is not None and (n != "partners" or config.partners != "both")]
+        if tuned:
+            raise TrainError(f"{folder}: these shards hold pre-generated PixMix views (made with their own "
+                             f"`mixset shard` options): drop {', '.join(tuned)}, or pass plain shards to mix online")
         stored = shardset.config.get("recipe", {}).get("name")
         if stored is not None and stored != recipe.name:
             raise TrainError(f"{folder}: PixMix views made with the {stored} recipe, preset {config.preset} "
                              f"uses {recipe.name}")
         return DataPlan("views", "pixmix", None)
+    if mixset is None and config.partners == "augmented":
+        return DataPlan("online", "plain", None)  # mixing with augmented inputs only: no mixing set
     if mixset is None:
         raise TrainError(f"{folder}: plain shards need --mixset DIR for online PixMix (a `mixset build` folder), "
                          f"or pass pre-generated PixMix shards (`mixset shard --pixmix`), or use preset "
@@ -223,7 +257,7 @@ def make_train_loader(
     """The training loader of one rank (``batch_size``: per rank)."""
     return ShardLoader(shards, batch_size=batch_size, seed=config.seed, rank=rank, world_size=world_size,
                        num_workers=config.workers, mode=plan.mode, mixset=mixset if plan.mode == "online" else None,
-                       recipe=config.recipe, transform=plan.transform, drop_last=True, shuffle=True)
+                       recipe=config.training_recipe, transform=plan.transform, drop_last=True, shuffle=True)
 
 
 def make_val_loader(
@@ -421,7 +455,7 @@ def _train(
 ) -> TrainSummary:
     say = log if ctx.rank == 0 else (lambda _: None)
     device = ctx.device
-    recipe = get_recipe(config.recipe)
+    recipe = config.training_recipe
     if config.batch_size % ctx.world_size:
         raise TrainError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} ranks")
     per_rank = config.batch_size // ctx.world_size

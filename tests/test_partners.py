@@ -61,3 +61,38 @@ def test_shard_views_with_augmented_partners_need_no_mixing_set(tmp_path: Path) 
     assert s.config["recipe"]["partners"] == "augmented" and s.samples == 10
     metas = [json.loads(x.fields["json"]) for rec in s.shards for x in iter_shard(s.path(rec))]
     assert all(m["mixing_picture"] is None for m in metas)
+
+
+def test_online_training_with_augmented_partners_needs_no_mixing_set(tmp_path: Path) -> None:
+    from pixmix.stream import ShardLoader, finish_batch
+    from pixmix.train import TrainError, preset_config, train
+
+    write_cifar10(tmp_path / "c", per_batch=12)  # 60 training images
+    shard(ShardConfig(dataset="cifar10", data_dir=tmp_path / "c", out=tmp_path / "plain"), log=lambda _: None,
+          progress=False)
+    config = preset_config("smoke", epochs=1, batch_size=16, workers=0, partners="augmented")
+    loader = ShardLoader(tmp_path / "plain", batch_size=8, rank=0, world_size=1, num_workers=0, mode="online",
+                         recipe=config.training_recipe)
+    batch = next(iter(loader))
+    assert torch.equal(batch.mixing, batch.images) and bool(batch.params.partner_augmented.all())
+    images, _ = finish_batch(batch, "cpu", config.training_recipe)
+    assert images.shape == (8, 3, 32, 32) and torch.isfinite(images).all()
+    summary = train(config, tmp_path / "plain", tmp_path / "run", log=lambda _: None, progress=False)
+    assert summary.epochs_completed == 1 and summary.final["samples"] == 48  # 60 // 16 batches of 16
+    with pytest.raises(TrainError, match="--partners mixing needs a PixMix preset"):
+        preset_config("smoke-baseline", partners="mixing")
+    with pytest.raises(TrainError, match="plain shards need --mixset"):
+        train(preset_config("smoke", workers=0, partners="mixing"), tmp_path / "plain", tmp_path / "run2",
+              log=lambda _: None, progress=False)
+
+
+def test_online_pixmix_hyper_parameters_reach_the_recipe_and_are_checked() -> None:
+    from pixmix.train import TrainError, preset_config
+
+    recipe = preset_config("smoke", k=2, beta=5.0, severity=2.0, partners="mixing").training_recipe
+    assert (recipe.k, recipe.beta, recipe.severity, recipe.partners) == (2, 5.0, 2.0, "mixing")
+    assert preset_config("smoke").training_recipe == preset_config("smoke").training_recipe  # defaults: the recipe's
+    with pytest.raises(TrainError, match="--k needs a PixMix preset"):
+        preset_config("smoke-baseline", k=2)
+    with pytest.raises(TrainError, match="PixMix options: beta"):
+        preset_config("smoke", beta=-1.0)

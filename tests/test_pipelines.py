@@ -244,9 +244,16 @@ def test_a_changed_option_changes_only_downstream_hashes(tmp_path: Path) -> None
     touched = {v for v in ("fvis", "fractals-fvis") if v in runnable("mixing-sets")}
     assert differ == ({"build/fvis", "build/fractals+fvis", "report/mixing-sets"}
                       | {f"{k}/{v}" for k in ("shard", "train", "eval") for v in touched})
-    # Workers and devices do not change what a stage computes: same hashes.
-    how = make_plan(load("mixing-sets", "smoke", {None: {"workers": 2, "device": "auto"}}), tmp_path)
+    # Devices do not change what a stage computes: same hashes. Loader workers decide the training data
+    # order (each reads its own range), so they change the training stages and what follows them only.
+    how = make_plan(load("mixing-sets", "smoke", {None: {"device": "auto"}}), tmp_path)
     assert [s.hash for s in how.stages] == [s.hash for s in base.stages]
+    workers = make_plan(load("mixing-sets", "smoke", {None: {"workers": 2}}), tmp_path)
+    differ = {s.kind for s, t in zip(base.stages, workers.stages, strict=True) if s.hash != t.hash}
+    assert differ == {"train", "eval", "report"}
+    # A global --set wins over a variant's own (per-profile) option.
+    limits = {v.name: v.options["limit"] for v in load("mixing-sets", "paper", {None: {"limit": 50}}).variants}
+    assert set(limits.values()) == {50}, limits
 
 
 def test_unavailable_variants_are_skipped_or_refused_with_strict(tmp_path: Path) -> None:
@@ -333,3 +340,22 @@ def test_cli_help_does_not_import_torch() -> None:
     code = ("import sys, mixset.run_cli; print(sorted(m for m in ('torch', 'pipelines.runner') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_online_mixing_trains_every_variant_on_one_set_of_plain_shards(smoke) -> None:
+    runner, first, _ = smoke
+    online = Run(runner.work.parent / "online", cache=first.plan.cache)
+    result = online("mixing-strategies", overrides=["mixing=online"])
+    shards = {vp.stages["shard"].folder for vp in result.plan.variants.values() if "shard" in vp.stages}
+    assert len(shards) == 1 and next(iter(shards)).name.startswith("plain-")  # shared with the baseline
+    trains = {name: vp.stages["train"] for name, vp in result.plan.variants.items() if "train" in vp.stages}
+    assert trains["input-only"].config["partners"] == "augmented" and "mixset" not in trains["input-only"].inputs
+    assert trains["mixset-only"].config["partners"] == "mixing" and "mixset" in trains["mixset-only"].inputs
+    assert "partners" not in trains["baseline"].config
+    for name in runnable("mixing-strategies"):
+        summary = result.results["variants"][name]["summary"]
+        assert all(math.isfinite(summary[k]) for k in KEYS), (name, summary)
+    args = train_arguments(trains["mixset-only"].config, trains["mixset-only"].options, Path("s"), Path("o"),
+                           trains["mixset-only"].inputs["mixset"].folder)
+    assert args[args.index("--partners") + 1] == "mixing" and "--mixset" in args
