@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
     """
     wanted = PER_ROW * ROWS_PER_SOURCE
     picks: dict[str, list[Image.Image]] = {}
+    def full() -> bool:
+        return bool(picks) and len(picks) >= (groups or 0) and all(len(t) >= wanted for t in picks.values())
+
     for info in shards:
         for sample in iter_shard(out / info.name):
             source = group(json.loads(sample.fields["json"]))
@@ -34,7 +38,9 @@ def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
                 field = next(f for f in sample.fields if f in ("jpg", "png", "webp"))
                 with Image.open(io.BytesIO(sample.fields[field])) as im:
                     tiles.append(_tile(im.convert("RGB")))
-        if picks and len(picks) >= (groups or 0) and all(len(t) >= wanted for t in picks.values()):
+                if full():  # stop reading: shards can be hundreds of MB
+                    break
+        if full():
             break
     label_h, pad = 18, 4
     band = label_h + ROWS_PER_SOURCE * (TILE + pad)
@@ -45,7 +51,8 @@ def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
         draw.text((pad, top + 2), f"{source}: first {len(tiles)} samples", fill=(230, 230, 230))
         for i, tile in enumerate(tiles):
             sheet.paste(tile, (pad + (i % PER_ROW) * (TILE + pad), top + label_h + (i // PER_ROW) * (TILE + pad)))
-    tmp = path.with_name(path.name + ".tmp")
+    # A unique temporary name: several ranks (on several hosts) may write the same sheet at once.
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     sheet.save(tmp, format="PNG")
     tmp.replace(path)
 

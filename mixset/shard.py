@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +36,9 @@ STATE = ".shard"
 # Stream coordinate of the shuffles (kept apart from the per-item streams, whose first coordinate is an index).
 _SHUFFLE = 1 << 40
 PROBE_SAMPLES = 16  # samples encoded to estimate bytes per sample when only --shard-bytes is given
+# At most this many samples per shard from --shard-bytes: small images (CIFAR: 50k in 125 MB) still get
+# several shards per view, whose order the training reader shuffles every epoch.
+MAX_SHARD_SAMPLES = 5_000
 MIX_BATCH = 64  # views mixed together by the batched PixMix path
 CHUNK = 256  # items made at a time: bounds memory (decoded views) whatever the shard size
 
@@ -353,17 +356,35 @@ def _journal(out: Path, shard_id: int) -> Path:
 def _write_json(path: Path, data: Any) -> None:
     """Atomically (a per-process temporary name: several ranks may write the same file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique across processes and hosts
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
 
 
-def _done(out: Path, shard_id: int) -> dict[str, Any] | None:
-    """The journal entry of a complete shard, or None (a shard without one, or of the wrong size, is redone)."""
+def _wait_for(path: Path, what: str, log: Callable[[str], None], timeout: float = 3600.0) -> None:
+    log(f"waiting for {what}")
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise ShardError(f"gave up after {timeout:.0f} s waiting for {what}; start rank 0 (or pass --shard-samples)")
+        time.sleep(1.0)
+
+
+def _items_digest(items: Sequence[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def _done(out: Path, shard_id: int, task: ShardTask | None = None) -> dict[str, Any] | None:
+    """The journal entry of a complete shard, or None (a shard without one, of the wrong size, or of other
+    items than ``task``'s, is redone)."""
     path = _journal(out, shard_id)
     if not path.exists():
         return None
     entry = json.loads(path.read_text())
+    if task is not None and entry.get("items") != _items_digest(task.items):
+        return None
     shard = out / entry["shard"]["name"]
     if not shard.exists() or shard.stat().st_size != entry["shard"]["bytes"]:
         return None
@@ -391,6 +412,9 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
     source = open_source(config.dataset, config.data_dir, config.split, config.corrupted).limit(config.limit)
     state = out / STATE / "config.json"
     identity = config.identity()
+    if not state.exists() and config.world_size > 1 and config.rank > 0 and config.shard_samples is None:
+        # Rank 0 alone measures the shard size (another machine's encoder could round differently).
+        _wait_for(state, f"rank 0 to write {state}", log)
     if state.exists():
         stored = json.loads(state.read_text())
         per_shard = stored.pop("shard_samples_resolved", None)
@@ -403,10 +427,18 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
     _write_json(state, {**identity, "shard_samples_resolved": per_shard})
 
     tasks = plan_shards(len(source), config.views, per_shard, config.seed)
-    _write_json(out / STATE / "plan.json", {"shards": len(tasks), "items": len(source), "per_shard": per_shard,
-                                             "classes": list(source.classes)})
+    plan = {"shards": len(tasks), "items": len(source), "per_shard": per_shard, "classes": list(source.classes),
+            "listing": source.digest()}
+    plan_path = out / STATE / "plan.json"
+    if plan_path.exists():
+        before = json.loads(plan_path.read_text())
+        changed = [k for k in plan if before.get(k) != plan[k]]
+        if changed:
+            raise ShardError(f"{config.data_dir} changed since {out} was started ({', '.join(changed)} differ from "
+                             f"{plan_path}): shards of two listings would mix; use a new --out or delete it")
+    _write_json(plan_path, plan)
     mine = [t for t in tasks if t.id % config.world_size == config.rank]
-    todo = [t for t in mine if _done(out, t.id) is None]
+    todo = [t for t in mine if _done(out, t.id, t) is None]
     for t in todo:  # a partial .tmp of one of our shards is stale (other ranks' shards are not ours to touch)
         tmp = out / (SHARD_NAME.format(split=source.split, id=t.id) + ".tmp")
         tmp.unlink(missing_ok=True)
@@ -446,7 +478,7 @@ def _probe_shard_samples(config: ShardConfig, source: Source) -> int:
         raise ShardError(f"none of the first {len(probe.items)} items of {config.data_dir} could be read; "
                          "check --data-dir (see the errors above)")
     mean = sum(sum(len(v) for v in s.fields.values()) + 1536 for s in samples) / len(samples)  # + tar headers
-    return max(1, min(len(source), int(config.shard_bytes // mean)))
+    return max(1, min(len(source), MAX_SHARD_SAMPLES, int(config.shard_bytes // mean)))
 
 
 _WORKER: Maker | None = None
@@ -469,7 +501,8 @@ def _write_one(maker: Maker, task: ShardTask, out: Path, split: str) -> dict[str
     failures: list[str] = []
     info: ShardInfo = write_shard(out / SHARD_NAME.format(split=split, id=task.id), maker.samples(task, failures),
                                   root=out)
-    return {"id": task.id, "view": task.view, "planned": len(task.items), "shard": asdict(info), "failures": failures}
+    return {"id": task.id, "view": task.view, "planned": len(task.items), "items": _items_digest(task.items),
+            "shard": asdict(info), "failures": failures}
 
 
 def _run(todo: Sequence[ShardTask], config: ShardConfig, source: Source, out: Path) -> Iterator[dict[str, Any]]:
@@ -517,7 +550,12 @@ def merge(out: Path, missing_ok: bool = False) -> Path | None:
 
     sheet = out / "contact-sheet.png"
     by = "corruption" if stored["kind"] == "corrupted" else "view"
-    write_contact_sheet(out, [ShardInfo(**e["shard"]) for e in entries], sheet, group=lambda meta: f"{by} {meta[by]}",
+    # The first shard of each view is enough (shards are shuffled); -C shards mix all corruptions.
+    first: dict[int, dict[str, Any]] = {}
+    for e in entries:
+        first.setdefault(e["view"], e)
+    chosen = entries if by == "corruption" else list(first.values())
+    write_contact_sheet(out, [ShardInfo(**e["shard"]) for e in chosen], sheet, group=lambda meta: f"{by} {meta[by]}",
                         groups=15 if by == "corruption" else stored["views"])
     manifest = {
         "format": SHARDS_FORMAT,

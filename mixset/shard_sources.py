@@ -54,6 +54,15 @@ class Source:
         return Source(self.dataset, self.split, self.classes, self.labels[:n], self.root, self.paths[:n],
                       self.data_dir, self.corrupted)
 
+    def digest(self) -> str:
+        """A hash of the listing (files or array sizes, and labels): a changed dataset changes it."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.dataset}/{self.split}/{len(self)}/{self.corrupted}".encode())
+        h.update("\n".join(self.paths).encode())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
     def origin(self, index: int) -> dict[str, Any]:
         """Where item ``index`` comes from, for its json."""
         if self.is_folder:

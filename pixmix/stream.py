@@ -155,6 +155,21 @@ def epoch_assignment(
     return plan
 
 
+# The shuffle buffer holds raw sample bytes: about this much per worker by default.
+SHUFFLE_BUFFER_BYTES = 64 << 20
+SHUFFLE_BUFFER_SAMPLES = (1_000, 10_000)
+
+
+def auto_shuffle_buffer(shardset: ShardSet) -> int:
+    """Samples in a worker's shuffle buffer: as many as fit ``SHUFFLE_BUFFER_BYTES`` (from the manifest's mean
+    sample size), between 1,000 and 10,000, so small images (CIFAR, whose 50k samples may sit in a few shards
+    of fixed order) are mixed far more than a fixed 1,000 would, while ImageNet-sized ones stay bounded."""
+    total = sum(s.bytes for s in shardset.shards)
+    mean = total / max(1, shardset.samples)
+    low, high = SHUFFLE_BUFFER_SAMPLES
+    return int(min(high, max(low, SHUFFLE_BUFFER_BYTES // max(1.0, mean))))
+
+
 # --- batches -------------------------------------------------------------------------------------
 
 
@@ -340,7 +355,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         transform: SeededTransform | None = None,
         drop_last: bool = True,
         shuffle: bool = True,
-        shuffle_buffer: int = 1000,
+        shuffle_buffer: int | None = None,
         epoch: int = 0,
     ) -> None:
         super().__init__()
@@ -367,7 +382,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.recipe = get_recipe(recipe)
         self.transform = transform
         self.drop_last, self.shuffle = drop_last, shuffle
-        self.shuffle_buffer = _check_int("shuffle_buffer", shuffle_buffer, 1)
+        self.shuffle_buffer = (auto_shuffle_buffer(shardset) if shuffle_buffer is None
+                               else _check_int("shuffle_buffer", shuffle_buffer, 1))
         self._pictures: Sequence[Image.Image] | None = None
         self._train_transform = self.recipe.train_transform()
         self._mixing_transform = self.recipe.mixing_transform()
@@ -614,7 +630,7 @@ class ShardLoader:
         transform: SeededTransform | None = None,
         drop_last: bool = True,
         shuffle: bool = True,
-        shuffle_buffer: int = 1000,
+        shuffle_buffer: int | None = None,
         pin_memory: bool | None = None,
     ) -> None:
         if mode not in MODES:
@@ -675,6 +691,7 @@ __all__ = [
     "ShardLoader",
     "ShardStream",
     "StreamStats",
+    "auto_shuffle_buffer",
     "batches_per_rank",
     "default_rank_world",
     "epoch_assignment",

@@ -350,9 +350,19 @@ def _sum(ctx: _Context, values: torch.Tensor) -> torch.Tensor:
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of ``log.jsonl``; a line a killed run left half-written is dropped (the checkpoint's
+    own record is put back by :func:`_reconcile_log`), not fatal: it would stop rank 0 only and hang the rest."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def _reconcile_log(path: Path, completed: int, last_metrics: dict[str, Any] | None) -> None:
@@ -476,7 +486,7 @@ def _train(
     requested = config.to_json()
     if state is not None:
         diffs = config_differences(state["config"], requested)
-        data_diffs = [f"{k}: {state['data'].get(k)!r} -> {data_record[k]!r}" for k in ("kind", "mode", "samples")
+        data_diffs = [f"{k}: {state['data'].get(k)!r} -> {data_record[k]!r}" for k in ("kind", "mode", "samples", "mixset")
                       if state.get("data", {}).get(k) != data_record[k]]
         if diffs or data_diffs:
             raise TrainError(f"{last_path} holds a run with other options ({'; '.join(diffs + data_diffs)}): "

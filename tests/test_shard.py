@@ -319,3 +319,16 @@ def test_killed_shard_run_resumes_without_loss_or_duplicates(tmp_path: Path, mix
     assert tar_bytes(out) == tar_bytes(tmp_path / "reference")
     keys = [x.key for _, x in samples(out)]
     assert len(keys) == len(set(keys)) == 120 and verify(out) == []
+
+
+def test_a_changed_dataset_is_refused_on_resume(imagenet: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "in"
+    shutil.copytree(imagenet / "train", data / "train")
+    common = {"dataset": "imagenet", "data_dir": data, "out": tmp_path / "o", "image_size": 32, "shard_samples": 4}
+    run(**common)
+    wnid = min(p.name for p in (data / "train").iterdir())
+    shutil.copy(next((data / "train" / wnid).iterdir()), data / "train" / wnid / "zz-extra.JPEG")
+    with pytest.raises(ShardError, match=r"changed since .* \(items, listing differ"):
+        run(**common)

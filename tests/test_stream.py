@@ -480,3 +480,15 @@ def test_untrusted_shard_images_are_checked_before_and_after_decoding(tmp_path) 
     assert int(batch.images[deep_index].max()) == 40000 >> 8
     assert "bomb" not in batch.keys and "jpeg" not in batch.keys and batch.substituted == 2
     assert any("bomb" in e and "decompression bomb" in e for e in loader.stats.errors + batch.errors), batch.errors
+
+
+def test_the_default_shuffle_buffer_follows_the_sample_size(tmp_path) -> None:
+    from pixmix.shardset import ShardRecord, ShardSet
+    from pixmix.stream import auto_shuffle_buffer
+
+    def shardset(samples: int, nbytes: int) -> ShardSet:
+        return ShardSet(tmp_path, "pixmix", 1, ("a",), "jpg", (ShardRecord("s.tar", samples, nbytes, "0" * 64),), {})
+
+    assert auto_shuffle_buffer(shardset(50_000, 125_000_000)) == 10_000  # CIFAR-sized: capped at 10k
+    assert auto_shuffle_buffer(shardset(5_000, 150_000_000)) == (64 << 20) // 30_000  # ImageNet views: ~2.2k
+    assert auto_shuffle_buffer(shardset(2_400, 264_000_000)) == 1_000  # plain ImageNet: the floor

@@ -274,9 +274,10 @@ def test_resume_refuses_other_options_and_trims_the_log(data: Data, tmp_path: Pa
     assert "\n" not in str(info.value)
     with pytest.raises(TrainError, match="pixmix: False -> True"):
         train(smoke("smoke", epochs=2), data.plain, out, mixset=data.mixset, log=quiet, progress=False)
-    # A record written after the last checkpoint (a run killed between the two) is dropped on resume.
+    # A record written after the last checkpoint (a run killed between the two) is dropped on resume, and so
+    # is a line a kill cut in half.
     with open(out / "log.jsonl", "a") as fh:
-        fh.write(json.dumps({"epoch": 2, "step": 999}) + "\n")
+        fh.write(json.dumps({"epoch": 2, "step": 999}) + "\n" + '{"epoch": 2, "st')
     train(smoke("smoke-baseline", epochs=2), data.plain, out, log=quiet, progress=False)
     assert [(r["epoch"], r["step"]) for r in log_records(out)] == [(1, 6), (2, 12)]
 
