@@ -449,18 +449,28 @@ class _Context:
                 raise ValueError(f"{folder / 'labels.npy'} not found: {folder_name} needs its labels.npy")
             labels_all = np.asarray(_load_npy(folder / "labels.npy"))
             sets = self._cifar_c(folder, names, labels_all)
+        by_name: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         for name, _severity, out, labels in sets:
             wrong = out.pred != labels
             errors.setdefault(name, []).append(float(wrong.mean()))
             confs.append(out.conf)
             corrects.append(~wrong)
+            by_name.setdefault(name, ([], []))[0].append(out.conf)
+            by_name[name][1].append(~wrong)
             samples = len(labels)
+        # The reference evaluates each corruption's file (its 5 severities together) and averages the 15
+        # calibration errors; the error over every prediction pooled is reported beside it.
+        per_calibration = {name: metrics.rms_calibration_error(np.concatenate(c), np.concatenate(k),
+                                                               drop_last_bin=drop_last_bin)
+                           for name, (c, k) in by_name.items()}
         result: dict[str, Any] = {
             "errors": {name: [v * 100 for v in errs] for name, errs in errors.items()},
             "per_corruption": metrics.corruption_errors(errors),
             "mean_error": metrics.mce(errors),
-            "rms_calibration": metrics.rms_calibration_error(np.concatenate(confs), np.concatenate(corrects),
-                                                             drop_last_bin=drop_last_bin),
+            "rms_calibration": float(np.mean(list(per_calibration.values()))),
+            "rms_calibration_per_corruption": per_calibration,
+            "rms_calibration_pooled": metrics.rms_calibration_error(np.concatenate(confs), np.concatenate(corrects),
+                                                                    drop_last_bin=drop_last_bin),
             "samples_per_severity": samples,
         }
         missing = [n for n in names if n not in errors]

@@ -122,7 +122,12 @@ def test_clean_and_corruption_numbers_match_an_independent_computation(cifar_roo
     assert got["per_corruption"] == pytest.approx(metrics.corruption_errors(errors))
     assert got["mce"] == pytest.approx(np.mean([np.mean(v) for v in errors.values()]) * 100)
     assert got["mce"] == got["mean_error"] and got["mce_normalisation"] == "none"  # CIFAR: no AlexNet
-    assert got["rms_calibration"] == pytest.approx(
+    # Calibration on C: per corruption (its 5 severities together, as the reference evaluates each file),
+    # averaged; the pooled error is reported beside it.
+    per = [metrics.rms_calibration_error(np.concatenate(confs[5 * i:5 * i + 5]), np.concatenate(corrects[5 * i:5 * i + 5]))
+           for i in range(len(metrics.CORRUPTIONS))]
+    assert got["rms_calibration"] == pytest.approx(np.mean(per))
+    assert got["rms_calibration_pooled"] == pytest.approx(
         metrics.rms_calibration_error(np.concatenate(confs), np.concatenate(corrects)))
     assert results["summary"]["rms_calibration_c"] == got["rms_calibration"]
 
