@@ -433,9 +433,17 @@ def describe(plan: Plan) -> list[str]:
     return lines
 
 
+FAILED = "failed.json"  # written by node 0 when a stage fails, so other nodes stop waiting for it
+
+
 def _wait_for(stage: Stage, log: Callable[[str], None], poll: float = 10.0) -> None:
     log(f"  waiting for node 0 to finish {stage.id}")
+    since = time.time()
+    marker = stage.folder / FAILED
     while not stage.up_to_date():
+        if marker.is_file() and marker.stat().st_mtime >= since - poll:
+            reason = json.loads(marker.read_text()).get("error", "")
+            raise PipelineError(f"node 0 failed stage {stage.id} ({reason[:200]}); fix it and restart every node")
         time.sleep(poll)
 
 
@@ -485,13 +493,15 @@ def execute(plan: Plan, ctx: Context) -> RunResult:
                 _wait_for(stage, log)
             continue
         stage.folder.mkdir(parents=True, exist_ok=True)
+        (stage.folder / FAILED).unlink(missing_ok=True)
         tick = time.perf_counter()
         try:
             outputs = run_report(stage, ctx) if stage.kind == "report" else EXECUTORS[stage.kind](stage, ctx)
-        except PipelineError:
-            raise
         except Exception as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
+            (stage.folder / FAILED).write_text(json.dumps({"error": message[:1000]}) + "\n")
+            if isinstance(exc, PipelineError):
+                raise
             raise PipelineError(f"stage {stage.id} failed: {message[:300]} (log: {stage.folder / 'run.log'})") from exc
         seconds = time.perf_counter() - tick
         _write_stamp(stage, seconds, outputs)

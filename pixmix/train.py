@@ -83,6 +83,8 @@ class TrainConfig:
     # Online PixMix's mixing partners (the paper's Table 5): "both" (PixMix), "augmented" (augmented inputs
     # only: no mixing set), "mixing" (the mixing set only). Pre-generated views carry their own.
     partners: str = "both"
+    # BatchNorm statistics over the global batch under DDP on GPUs (small per-GPU batches, e.g. CIFAR's 128 on 8).
+    sync_bn: bool = False
     # Online PixMix's k, beta and severity (None: the recipe's); pre-generated views carry their own.
     k: int | None = None
     beta: float | None = None
@@ -126,6 +128,8 @@ class TrainConfig:
             raise bad("device", f"one of {', '.join(DEVICES)}")
         if self.amp_dtype not in AMP_DTYPES:
             raise bad("amp_dtype", f"one of {', '.join(AMP_DTYPES)}")
+        if not isinstance(self.sync_bn, bool):
+            raise bad("sync_bn", "true or false")
         if self.partners not in PARTNERS:
             raise bad("partners", f"one of {', '.join(PARTNERS)}")
         if self.partners != "both" and not self.pixmix:
@@ -534,6 +538,15 @@ def _train(
         say(f"resumed {last_path} at epoch {start_epoch}/{config.epochs} (step {step})")
     if ctx.rank == 0:
         _reconcile_log(log_path, start_epoch, state.get("metrics") if state is not None else None)
+    if state is not None and state.get("metrics", {}).get("world_size") not in (None, ctx.world_size):
+        say(f"note: resuming on {ctx.world_size} rank(s), the run so far used {state['metrics']['world_size']}: "
+            "the data order (and per-rank BatchNorm statistics) differ from an uninterrupted run")
+    if config.sync_bn and ctx.distributed:
+        if device.type == "cuda":
+            # Same parameter objects, so the optimizer built above still holds them.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            say("note: --sync-bn needs CUDA; each CPU rank keeps its own BatchNorm statistics")
     net: nn.Module = model
     if ctx.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

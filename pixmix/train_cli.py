@@ -38,11 +38,14 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--k", type=click.IntRange(1), default=None, help="Online PixMix rounds (default: the recipe's, 4).")
 @click.option("--beta", type=float, default=None, help="Online PixMix beta (default: the recipe's).")
 @click.option("--severity", type=float, default=None, help="Online PixMix op severity (default: the recipe's).")
+@click.option("--sync-bn/--no-sync-bn", default=None,
+              help="Synchronise BatchNorm statistics across GPUs under DDP (default: off, as each GPU's own).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines (the final summary still prints).")
 def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards: Path | None, epochs: int | None,
           batch_size: int | None, lr: float | None, weight_decay: float | None, workers: int | None,
           seed: int | None, device: str | None, amp: bool | None, pretrained: str | None, keep_every: int | None,
-          partners: str | None, k: int | None, beta: float | None, severity: float | None, quiet: bool) -> None:
+          partners: str | None, k: int | None, beta: float | None, severity: float | None, sync_bn: bool | None,
+          quiet: bool) -> None:
     """Train (or resume) a PixMix or baseline model on a shard set; run under torchrun for DDP.
 
     Checkpoints go to OUT/checkpoints/last.pt (and epoch-NNN.pt), one JSON line per epoch to OUT/log.jsonl.
@@ -53,7 +56,8 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
     try:
         config = preset_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                workers=workers, seed=seed, device=device, amp=amp, pretrained=pretrained,
-                               keep_every=keep_every, partners=partners, k=k, beta=beta, severity=severity)
+                               keep_every=keep_every, partners=partners, k=k, beta=beta, severity=severity,
+                               sync_bn=sync_bn)
         lines: list[str] = []
         run_training(config, shards, out, mixset=mixset, val_shards=val_shards,
                      log=lines.append if quiet else click.echo, progress=not quiet)

@@ -184,9 +184,11 @@ def test_a_failed_stage_leaves_no_stamp_and_the_rerun_resumes_there(tmp_path: Pa
     ran = [line for line in runner.lines if " ran " in line]
     assert [line.split()[2] for line in ran] == ["data", "build", "shard", "train"]
     plan = make_plan(load("mixing-sets", "smoke"), runner.work, only=["fractals"])
-    assert not plan.variants["fractals"].stages["eval"].stamp.exists()
+    evaluation = plan.variants["fractals"].stages["eval"]
+    assert not evaluation.stamp.exists() and "disk on fire" in (evaluation.folder / "failed.json").read_text()
     monkeypatch.undo()
     again = runner(only=["fractals"])
+    assert not (evaluation.folder / "failed.json").exists()
     assert [s.split("/")[0] for s in again.ran] == ["eval", "report"]
     assert set(again.results["variants"]) == {"fractals"}
     table = (runner.work / "results.md").read_text()
@@ -334,6 +336,12 @@ def test_other_nodes_join_training_and_leave_the_rest_to_node_0(tmp_path: Path, 
     assert sum("left to node 0" in line for line in lines) == 2  # eval and report
     with pytest.raises(PipelineError, match="inprocess"):
         make_plan(load("mixing-sets", "smoke", {None: {"launcher": "inprocess"}}), tmp_path, launch=launch)
+    # A stage node 0 failed stops the other nodes' wait for it, with node 0's reason.
+    build = next(s for s in node0.stages if s.kind == "build")
+    build.stamp.unlink()
+    (build.folder / runner.FAILED).write_text('{"error": "archive unreachable"}')
+    with pytest.raises(PipelineError, match="node 0 failed stage .*archive unreachable"):
+        runner.execute(make_plan(spec, tmp_path, only=["fractals"], launch=launch), stages.Context(log=lines.append))
 
 
 def test_cli_help_does_not_import_torch() -> None:
