@@ -309,7 +309,7 @@ class _Planner:
                 inputs["natural"] = vp.stages["natural"] = self.natural(v, natural_source)
             config: dict[str, Any] = {"sources": list(v.sources), "library_sources": library, "limit": o["limit"],
                                       "image_size": o["image_size"], "shard_size": o["shard_size"], "seed": o["seed"],
-                                      "manifests": texts}
+                                      "manifests": texts, "allow_degraded": o["allow_degraded"]}
             if "fvis" in v.sources:
                 config["fvis"] = {"models": o["fvis_models"], "steps": o["fvis_steps"], "size": o["fvis_size"],
                                   "batch": o["fvis_batch"], "weights": o["fvis_weights"]}

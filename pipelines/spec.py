@@ -62,6 +62,8 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "fvis_size": (128, (int,), "FVis render size"),
     "fvis_batch": (64, (int,), "FVis units per batch"),
     "fvis_weights": ("default", (str,), "FVis weights: default (pretrained, random-init fallback) or random"),
+    "allow_degraded": (True, (bool,), "accept a mixing set whose remote archive was unreachable or whose FVis fell back "
+                                      "to random-init weights (false: such a build fails, and is not cached)"),
     # shard
     "mixing": ("pregenerated", (str,), "'pregenerated': PixMix views written by mixset shard --pixmix (V views); "
                                        "'online': plain shards, PixMix on the training device every epoch (the paper)"),

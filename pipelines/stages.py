@@ -157,10 +157,16 @@ def run_build(stage: Stage, ctx: Context) -> dict[str, Any]:
     summary = build(config, log=log, progress=ctx.progress)
     collections_report = {name: {"source": r.source, "status": r.status, "samples": r.samples, "error": r.error}
                           for name, r in summary.reports.items()}
+    degraded = []
     for name, r in collections_report.items():
         if r["status"] != "ok":
+            degraded.append(f"{name}: {r['status']}")
             ctx.log(f"  build {stage.name}: collection {name}: {r['status']}"
                     + (f" ({r['error'][:160]})" if r["error"] else ""))
+    if degraded and not c.get("allow_degraded", True):
+        raise PipelineError(f"build {stage.name} is degraded ({'; '.join(degraded)}): not what the paper used; make the "
+                            "archive reachable / the pretrained weights available (mixset build --fvis-checkpoint), "
+                            "or accept it with --set allow_degraded=true")
     return {"mixset": str(stage.folder), "samples": summary.samples, "shards": summary.shards,
             "manifest": str(summary.manifest), "contact_sheet": str(summary.contact_sheet),
             "collections": collections_report}
@@ -237,7 +243,7 @@ def torchrun_command(train_args: list[str], launch: Launch, run_id: str) -> list
     """``torchrun --nnodes N --nproc_per_node G [rendezvous] --no-python pixmix train ...``.
 
     One node: ``--standalone`` (a local rendezvous on a free port). Several: a c10d rendezvous at
-    ``launch.rdzv_endpoint`` with id ``launch.rdzv_id`` (default ``run_id``, the same on every node).
+    ``launch.rdzv_endpoint`` with id ``run_id`` (prefixed by ``launch.rdzv_id`` when set), the same on every node.
     """
     command = list(launch.torchrun or [_beside_python("torchrun")])
     command += ["--nnodes", str(launch.nodes), "--nproc_per_node", str(launch.nproc_per_node)]
@@ -248,7 +254,9 @@ def torchrun_command(train_args: list[str], launch: Launch, run_id: str) -> list
             raise PipelineError(f"training on {launch.nodes} nodes needs a rendezvous: pass --rdzv-endpoint HOST:PORT "
                                 "(or set MASTER_ADDR and MASTER_PORT) on every node")
         command += ["--rdzv_backend", "c10d", "--rdzv_endpoint", launch.rdzv_endpoint,
-                    "--rdzv_id", launch.rdzv_id or run_id]
+                    # One rendezvous per training stage: a job-wide id (SLURM's) would join every variant's
+                    # torchrun to the same rendezvous.
+                    "--rdzv_id", f"{launch.rdzv_id}-{run_id}" if launch.rdzv_id else run_id]
     return command + ["--no-python", launch.pixmix or _beside_python("pixmix"), *train_args]
 
 

@@ -287,6 +287,10 @@ def test_torchrun_command_construction(tmp_path: Path) -> None:
     assert torchrun_command(args, multi, run_id="pixmix-abc") == [
         "torchrun", "--nnodes", "2", "--nproc_per_node", "8", "--rdzv_backend", "c10d",
         "--rdzv_endpoint", "node0:29400", "--rdzv_id", "pixmix-abc", "--no-python", "pixmix", *args]
+    # A job-wide id (SLURM's) still gives each training stage its own rendezvous.
+    slurm = Launch(nodes=2, nproc_per_node=8, rdzv_endpoint="node0:29400", rdzv_id="77", torchrun=["t"], pixmix="p")
+    ids = {c[c.index("--rdzv_id") + 1] for c in (torchrun_command(args, slurm, run_id=r) for r in ("pixmix-a", "pixmix-b"))}
+    assert ids == {"77-pixmix-a", "77-pixmix-b"}
     single = Launch(nproc_per_node=4, torchrun=["torchrun"], pixmix="pixmix")
     assert torchrun_command(["train"], single, run_id="x") == [
         "torchrun", "--nnodes", "1", "--nproc_per_node", "4", "--standalone", "--no-python", "pixmix", "train"]
@@ -367,3 +371,28 @@ def test_online_mixing_trains_every_variant_on_one_set_of_plain_shards(smoke) ->
     args = train_arguments(trains["mixset-only"].config, trains["mixset-only"].options, Path("s"), Path("o"),
                            trains["mixset-only"].inputs["mixset"].folder)
     assert args[args.index("--partners") + 1] == "mixing" and "--mixset" in args
+
+
+def test_a_degraded_build_fails_when_the_profile_wants_the_real_thing(tmp_path: Path, monkeypatch) -> None:
+    # FVis without pretrained weights fall back to random-init ones ("ok, fallback weights"): with
+    # allow_degraded=false the build fails (no stamp, so it is retried later) instead of being cached as the
+    # paper's set. The download is made to fail here whatever the network or the torch cache hold.
+    import urllib.error
+
+    import torchvision.models
+
+    real = torchvision.models.get_model
+
+    def offline(name, weights=None, **kwargs):
+        if weights is not None:
+            raise urllib.error.URLError("offline (test)")
+        return real(name, weights=None, **kwargs)
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    overrides = {None: {"allow_degraded": False, "fvis_weights": "default"}}
+    runner = Run(tmp_path / "work")
+    with pytest.raises(PipelineError, match=r"build fvis is degraded \(fvis-.*fallback weights.*--set allow_degraded=true"):
+        runner(only=["fvis"], overrides=overrides)
+    plan = make_plan(load("mixing-sets", "smoke", overrides), runner.work, only=["fvis"])
+    assert not plan.variants["fvis"].stages["build"].stamp.exists()
+    assert load("mixing-sets", "paper").variants[0].options["allow_degraded"] is False
