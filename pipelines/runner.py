@@ -110,7 +110,8 @@ class Plan:
 
 
 def fingerprint(root: Path, subfolders: Sequence[str] | None = None) -> str:
-    """sha256 of (relative path, size, mtime) of every file: cheap, and changes whenever a file does."""
+    """sha256 of (path relative to ``root``, size, mtime) of every file: cheap (a stat per file), changes
+    whenever a file does, and stays the same when the folder is moved or copied with its times."""
     h = hashlib.sha256()
     tops = [root / s for s in subfolders] if subfolders is not None else [root]
     for top in tops:
@@ -248,8 +249,8 @@ class _Planner:
                       "p_frames": o["p_frames"], "ood_images": o["ood_images"], "seed": o["seed"]}
             return self.add("data", o["dataset"], config, {}, o, v.name)
         folder, _, corrupted, optional = DATA_LAYOUT[o["dataset"]]
-        config = {"dataset": o["dataset"], "path": str(source),
-                  "fingerprint": fingerprint(source, [folder, corrupted, *optional])}
+        # Not the folder's path: a moved (or `cp -a` copied) data folder is the same data.
+        config = {"dataset": o["dataset"], "fingerprint": fingerprint(source, [folder, corrupted, *optional])}
         return self.add("data", o["dataset"], config, {}, o, v.name, external=source)
 
     def natural_source(self, v: Variant, generated_data: bool) -> Path | str | None:
@@ -270,8 +271,8 @@ class _Planner:
         if source is None:
             return self.add("natural", "natural-images", {"count": o["natural_images"], "seed": o["seed"]}, {}, o,
                             v.name)
-        return self.add("natural", "natural-images", {"path": str(source), "fingerprint": fingerprint(source)}, {}, o,
-                        v.name, external=source)
+        return self.add("natural", "natural-images", {"fingerprint": fingerprint(source)}, {}, o, v.name,
+                        external=source)
 
     def variant(self, v: Variant) -> VariantPlan:
         from pipelines.stages import shard_supports_partners, train_config

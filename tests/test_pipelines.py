@@ -396,3 +396,22 @@ def test_a_degraded_build_fails_when_the_profile_wants_the_real_thing(tmp_path: 
     plan = make_plan(load("mixing-sets", "smoke", overrides), runner.work, only=["fvis"])
     assert not plan.variants["fvis"].stages["build"].stamp.exists()
     assert load("mixing-sets", "paper").variants[0].options["allow_degraded"] is False
+
+
+def test_a_moved_data_folder_keeps_the_computing_stages(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from pipelines.synthetic_data import write_cifar100_suite
+
+    data = write_cifar100_suite(tmp_path / "data", train=4, test=4, c_per_severity=2, p_sequences=0)
+    before = make_plan(load("mixing-sets", "paper"), tmp_path / "w", data=data, only=["fractals"])
+    moved = shutil.copytree(data, tmp_path / "elsewhere" / "data", copy_function=shutil.copy2)  # times kept
+    after = make_plan(load("mixing-sets", "paper"), tmp_path / "w", data=moved, only=["fractals"])
+    # Every computing stage keeps its hash; only the report (it lists where things are) is rewritten.
+    assert [(s.kind, s.hash) for s in after.stages if s.kind != "report"] == \
+        [(s.kind, s.hash) for s in before.stages if s.kind != "report"]
+    label = next(moved.rglob("labels.npy"))
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))  # a changed file
+    changed = make_plan(load("mixing-sets", "paper"), tmp_path / "w", data=moved, only=["fractals"])
+    assert changed.stages[0].hash != before.stages[0].hash and changed.stages[0].kind == "data"
