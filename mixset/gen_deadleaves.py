@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RADII", "RADIUS_WEIGHTS", "MAX_LEAVES", "sample_radii", "leaves", "paint", "prepare", "draw", "accept"]
+__all__ = ["RADII", "RADIUS_WEIGHTS", "MAX_LEAVES", "sample_radii", "leaves", "paint", "draw"]
 
 RADII = np.linspace(0.03, 1.0, 200)  # as fractions of the image size
 RADIUS_WEIGHTS = RADII**-3 - 1.0  # the density; 0 at r = 1, so the largest value is never drawn
@@ -106,10 +106,6 @@ def paint(leaf: dict[str, Any], size: int) -> np.ndarray:
     return canvas
 
 
-def prepare(seed: int, index: int, size: int) -> None:
-    return None
-
-
 def draw(draw_seed: int, size: int, context: None = None) -> tuple[np.ndarray, dict[str, Any]]:
     leaf = leaves(np.random.default_rng(draw_seed), size)
     params = {
@@ -120,7 +116,3 @@ def draw(draw_seed: int, size: int, context: None = None) -> tuple[np.ndarray, d
         "max_leaves": MAX_LEAVES,
     }
     return paint(leaf, size), params
-
-
-def accept(pixels: np.ndarray, params: dict[str, Any]) -> bool:
-    return True

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 __all__ = ["ITERATIONS", "levels_for", "amplitude", "build_pyramid", "collapse_pyramid", "match_histograms",
-           "generalised_laplacian_quantiles", "prepare", "draw", "accept", "render_float"]
+           "generalised_laplacian_quantiles", "render_float"]
 
 ITERATIONS = 10
 MATCH_BINS = 1024
@@ -309,20 +309,3 @@ def render_float(draw_seed: int, size: int) -> tuple[torch.Tensor, dict[str, Any
     params = {"slope": slope, "anisotropy": aniso, "wmm_exponent": r, "levels": levels, "orientations": 4,
               "iterations": ITERATIONS, **colour_params}
     return img, params
-
-
-def prepare(seed: int, index: int, size: int) -> None:
-    return None
-
-
-def draw(draw_seed: int, size: int, context: None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    from mixset.generators import single_thread
-
-    with single_thread():
-        img, params = render_float(draw_seed, size)
-        pixels = (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return pixels, params
-
-
-def accept(pixels: np.ndarray, params: dict[str, Any]) -> bool:
-    return True

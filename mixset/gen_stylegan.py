@@ -32,12 +32,10 @@ import math
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "filter_bank", "pink_noise", "channels", "render_float",
-           "prepare", "draw", "accept"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "filter_bank", "pink_noise", "channels", "render_float"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -168,20 +166,3 @@ def render_float(draw_seed: int, size: int) -> tuple[torch.Tensor, dict[str, Any
         "noise_alpha": [round(layer["noise_alpha"], 4) for layer in net.layers],
     }
     return out, params
-
-
-def prepare(seed: int, index: int, size: int) -> None:
-    return None
-
-
-def draw(draw_seed: int, size: int, context: None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    from mixset.generators import single_thread
-
-    with single_thread():
-        img, params = render_float(draw_seed, size)
-    pixels = (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return pixels, params
-
-
-def accept(pixels: np.ndarray, params: dict[str, Any]) -> bool:
-    return True

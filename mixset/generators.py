@@ -16,6 +16,11 @@ generator's output is a pure function of ``(draw_seed, size)`` (plus, for Fracta
 found from ``(seed, index % CATEGORIES)``). Degenerate images (almost constant, or
 failing a generator's own check) are re-drawn up to ``max_tries`` times; the tries are reported.
 No global RNG (numpy, ``random`` or torch's default generator) is used.
+
+A generator module provides ``draw(draw_seed, size, context) -> (uint8 [size, size, 3], params)``, or
+(the torch generators) ``render_float(draw_seed, size) -> (float [3, size, size] in [0, 1], params)``,
+which this module runs on one thread and rounds; optionally ``prepare(seed, index, size)`` (a context
+shared by the tries of one image) and ``accept(pixels, params)`` (its own quality check).
 """
 
 from __future__ import annotations
@@ -73,6 +78,19 @@ def single_thread() -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+def _draw(module: Any, draw_seed: int, size: int, context: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """One try of a generator module: its ``draw`` (uint8 HxWx3), or, for the torch generators, its
+    ``render_float`` (float [3, H, W] in [0, 1], run on one thread) rounded to uint8."""
+    if hasattr(module, "draw"):
+        return module.draw(draw_seed, size, context)
+    import torch
+
+    with single_thread():
+        img, params = module.render_float(draw_seed, size)
+    pixels = (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return pixels, params
+
+
 def generate_with_tries(
     name: str, seed: int, index: int, size: int = 256, max_tries: int = MAX_TRIES
 ) -> tuple[np.ndarray, dict[str, Any], int]:
@@ -83,11 +101,13 @@ def generate_with_tries(
     size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
     max_tries = _check_int("max_tries", max_tries, 1)
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    context = module.prepare(seed, index, size)
+    prepare = getattr(module, "prepare", None)
+    accept = getattr(module, "accept", None)
+    context = prepare(seed, index, size) if prepare is not None else None
     for tries in range(1, max_tries + 1):
         draw_seed = int(rng.integers(0, 2**53))  # JSON-safe in any implementation
-        pixels, params = module.draw(draw_seed, size, context)
-        if pixels.std() >= MIN_STD and module.accept(pixels, params):
+        pixels, params = _draw(module, draw_seed, size, context)
+        if pixels.std() >= MIN_STD and (accept is None or accept(pixels, params)):
             return pixels, {"draw_seed": draw_seed, **params}, tries
     raise RuntimeError(f"no {name!r} image passed the quality checks in {max_tries} tries for seed={seed}, index={index}")
 
