@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,3 +37,19 @@ def ks_two_sample(a, b) -> float:
     cdf_a = np.searchsorted(a, points, side="right") / len(a)
     cdf_b = np.searchsorted(b, points, side="right") / len(b)
     return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+def kill_when(args: Sequence[str], marker: Path, timeout: float = 120.0) -> None:
+    """Run ``args`` and SIGKILL its whole process group as soon as ``marker`` exists (an interrupted job).
+
+    Fails if the command ends before the marker appears (nothing would have been interrupted)."""
+    proc = subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, "the command finished before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()

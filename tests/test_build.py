@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers import kill_when
 from mixset.build import BuildConfig, build
 from mixset.cli import main as mixset_main
 from mixset.verify import verify
@@ -165,16 +162,7 @@ def test_killed_build_resumes_without_loss_or_duplicates(tmp_path) -> None:
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "mixset.cli", "build", "--out", str(out), "--manifests", str(manifests),
             "--image-size", "64", "--shard-size", "10", "--quiet"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / ".build" / "shard-000002.json").exists():
-            assert proc.poll() is None, "the build finished before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_when(args, out / ".build" / "shard-000002.json")
     assert not (out / "manifest.json").exists()
     done_before = len(list((out / ".build").glob("shard-*.json")))
     assert 3 <= done_before < 12

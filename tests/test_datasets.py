@@ -10,25 +10,7 @@ import pytest
 from PIL import Image
 
 from pixmix.datasets import CIFAR, CORRUPTIONS, CIFARCorrupted, ClassFolders
-
-
-def write_cifar10(root, per_batch: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 python batches as the originals are: protocol-2 pickles of dicts with bytes keys."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    all_images, all_labels = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        images = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
-        batch = {b"batch_label": name.encode(), b"labels": labels,
-                 b"data": images.transpose(0, 3, 1, 2).reshape(per_batch, 3072),
-                 b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(batch, fh, protocol=2)
-        all_images.append(images)
-        all_labels.append(labels)
-    return np.concatenate(all_images), np.concatenate(all_labels)
+from tiny_datasets import write_cifar10
 
 
 def test_cifar10_reads_the_python_batches(tmp_path) -> None:

@@ -289,26 +289,15 @@ def test_cuda_views_match_cpu_views(tmp_path: Path, mixset: Path, imagenet: Path
 
 @pytest.mark.slow
 def test_killed_shard_run_resumes_without_loss_or_duplicates(tmp_path: Path, mixset: Path) -> None:
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from helpers import kill_when
 
     write_cifar10(tmp_path / "c", per_batch=24)  # 120 training images
     out = tmp_path / "killed"
     opts = ["--data-dir", str(tmp_path / "c"), "--pixmix", "--mixset", str(mixset), "--shard-samples", "10"]
-    proc = subprocess.Popen([sys.executable, "-m", "mixset.cli", "shard", "cifar10", "--out", str(out), "--quiet",
-                             *opts], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / ".shard" / "shard-000002.json").exists():
-            assert proc.poll() is None, "the run finished before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_when([sys.executable, "-m", "mixset.cli", "shard", "cifar10", "--out", str(out), "--quiet", *opts],
+              out / ".shard" / "shard-000002.json")
     assert not (out / "manifest.json").exists()
     done_before = len(list((out / ".shard").glob("shard-*.json")))
     assert 3 <= done_before < 12
