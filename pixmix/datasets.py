@@ -109,8 +109,8 @@ class CIFARCorrupted(_ArrayDataset):
         if severity not in (1, 2, 3, 4, 5):
             raise ValueError(f"severity must be 1..5, got {severity!r}")
         folder = Path(root) / CORRUPTED_LAYOUT[name]
-        images = _load_npy(folder / f"{corruption}.npy")
-        labels = _load_npy(folder / "labels.npy")
+        images = load_npy(folder / f"{corruption}.npy")
+        labels = load_npy(folder / "labels.npy")
         per = images.shape[0] // 5 if images.shape[0] % 5 == 0 else 0
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or per == 0:
             raise ValueError(f"{folder / (corruption + '.npy')}: expected uint8 [5*N, 32, 32, 3], got "
@@ -123,13 +123,14 @@ class CIFARCorrupted(_ArrayDataset):
         self.corruption, self.severity = corruption, severity
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
+    """A memory-mapped ``.npy`` array, never unpickled; one-line ValueError naming the file otherwise."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle object arrays
     except FileNotFoundError as exc:
-        raise ValueError(f"{path} not found: point --data at the folder holding the -C set") from exc
+        raise ValueError(f"{path} not found: point --data at the folder that holds it") from exc
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npy array ({exc})") from exc
+        raise ValueError(f"{path}: not a readable .npy array ({exc}); re-download it") from exc
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from PIL import Image
 
 from pixmix import metrics, ood
 from pixmix.attacks import pgd_linf
-from pixmix.datasets import CIFAR, ClassFolders
+from pixmix.datasets import CIFAR, ClassFolders, load_npy
 from pixmix.models import model_from_checkpoint
 from pixmix.seeding import generator_for
 from pixmix.transforms import CenterCrop, Resize, to_uint8_tensor
@@ -131,19 +131,10 @@ class _ResizeCrop:
         return self.crop.apply(image, None)
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle object arrays
-    except FileNotFoundError as exc:
-        raise ValueError(f"{path} not found: point --data at the folder that holds it") from exc
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npy array ({exc}); re-download it") from exc
-
-
 def _stacked_severities(folder: Path, name: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """A -C / -C-Bar file: ``uint8 [5 * N, H, W, 3]`` severities one after the other, and its labels."""
     path = folder / f"{name}.npy"
-    images = _load_npy(path)
+    images = load_npy(path)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] % 5 or not images.shape[0]:
         raise ValueError(f"{path}: expected uint8 [5*N, H, W, 3], got {images.dtype} {list(images.shape)}")
     per = images.shape[0] // 5
@@ -447,7 +438,7 @@ class _Context:
         else:
             if not (folder / "labels.npy").is_file():
                 raise ValueError(f"{folder / 'labels.npy'} not found: {folder_name} needs its labels.npy")
-            labels_all = np.asarray(_load_npy(folder / "labels.npy"))
+            labels_all = np.asarray(load_npy(folder / "labels.npy"))
             sets = self._cifar_c(folder, names, labels_all)
         by_name: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         for name, _severity, out, labels in sets:
@@ -529,7 +520,7 @@ class _Context:
                     self.notes.append(f"skipped: {path} not found")
                 continue
             try:
-                videos = _load_npy(path)
+                videos = load_npy(path)
             except ValueError as exc:  # an optional set: a bad file is skipped with a note, not fatal
                 self.notes.append(f"skipped: {exc}")
                 continue
