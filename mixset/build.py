@@ -24,6 +24,7 @@ from PIL import Image
 
 from mixset.collections import DEFAULT_MANIFESTS, Collection, load_collections
 from pixmix.images import IMAGE_SUFFIXES
+from pixmix.jsonfiles import write_json
 from pixmix.mixset_reader import MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.shards import Sample, ShardInfo, file_sha256, to_bytes, write_shard
 
@@ -420,13 +421,6 @@ def load_journal(out: Path) -> list[ShardEntry]:
     return entries
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 # --- the build ---------------------------------------------------------------------------------------
 
 
@@ -480,7 +474,7 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
     stored = out / ".build" / "config.json"
     if stored.exists() and json.loads(stored.read_text()) != config.identity():
         raise BuildError(f"{out} holds a build made with other options ({stored}); use a new --out folder or delete it")
-    _write_json(stored, config.identity())
+    write_json(stored, config.identity())
 
     items, reports = plan(config, log)
     done = load_journal(out)
@@ -493,7 +487,7 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
             f"{out}: the collections changed since the interrupted build ({plan_file} differs from "
             f"{planned}); finish it with the same collections reachable, or use a new --out folder"
         )
-    _write_json(plan_file, planned)
+    write_json(plan_file, planned)
     seen: set[str] = {h for e in done for h in e.hashes}
     for e in done:
         for name, (s, d, r) in e.counts.items():
@@ -520,7 +514,7 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
         index = len(shards)
         info = write_shard(out / SHARD_NAME.format(index), pending, root=out)
         statuses = {n: [r.status, r.error] for n, r in reports.items() if r.kind == "fvis" and r.status != "ok"}
-        _write_json(_journal_path(out, index), {"shard": asdict(info), "plan_end": plan_end, "hashes": hashes,
+        write_json(_journal_path(out, index), {"shard": asdict(info), "plan_end": plan_end, "hashes": hashes,
                                                 "counts": counts, "failures": shard_failures, "statuses": statuses})
         shards.append(info)
         pending.clear(), hashes.clear(), counts.clear(), shard_failures.clear()
@@ -561,7 +555,7 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
 
     write_contact_sheet(out, shards, sheet)
     manifest = out / "manifest.json"
-    _write_json(manifest, {
+    write_json(manifest, {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "config": config.identity(),

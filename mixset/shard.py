@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mixset.shard_sources import DATASETS, Source, open_source
+from pixmix.jsonfiles import write_json
 from pixmix.shards import Sample, ShardInfo, to_bytes, write_shard
 from pixmix.shardset import SHARDS_FORMAT, SHARDS_VERSION
 
@@ -353,14 +353,6 @@ def _journal(out: Path, shard_id: int) -> Path:
     return out / STATE / f"shard-{shard_id:06d}.json"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Atomically (a per-process temporary name: several ranks may write the same file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique across processes and hosts
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def _wait_for(path: Path, what: str, log: Callable[[str], None], timeout: float = 3600.0) -> None:
     log(f"waiting for {what}")
     deadline = time.monotonic() + timeout
@@ -424,7 +416,7 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
         per_shard = None
     if per_shard is None:
         per_shard = config.shard_samples or _probe_shard_samples(config, source)
-    _write_json(state, {**identity, "shard_samples_resolved": per_shard})
+    write_json(state, {**identity, "shard_samples_resolved": per_shard})
 
     tasks = plan_shards(len(source), config.views, per_shard, config.seed)
     plan = {"shards": len(tasks), "items": len(source), "per_shard": per_shard, "classes": list(source.classes),
@@ -436,7 +428,7 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
         if changed:
             raise ShardError(f"{config.data_dir} changed since {out} was started ({', '.join(changed)} differ from "
                              f"{plan_path}): shards of two listings would mix; use a new --out or delete it")
-    _write_json(plan_path, plan)
+    write_json(plan_path, plan)
     mine = [t for t in tasks if t.id % config.world_size == config.rank]
     todo = [t for t in mine if _done(out, t.id, t) is None]
     for t in todo:  # a partial .tmp of one of our shards is stale (other ranks' shards are not ours to touch)
@@ -451,7 +443,7 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
                disable=not progress)
     written, failures = 0, []
     for entry in _run(todo, config, source, out):
-        _write_json(_journal(out, entry["id"]), entry)
+        write_json(_journal(out, entry["id"]), entry)
         bar.update(entry["planned"])
         written += entry["shard"]["samples"]
         failures.extend(entry["failures"])
@@ -459,7 +451,7 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
             log(f"skipped: {line}")
     bar.close()
     seconds = time.perf_counter() - started
-    _write_json(out / STATE / f"rank-{config.rank:05d}-of-{config.world_size:05d}.json", {
+    write_json(out / STATE / f"rank-{config.rank:05d}-of-{config.world_size:05d}.json", {
         "rank": config.rank, "world_size": config.world_size, "shards": [t.id for t in mine],
         "written": len(todo), "samples_written": written, "seconds": round(seconds, 3), "failures": failures})
     manifest = merge(out, missing_ok=True)
@@ -573,7 +565,7 @@ def merge(out: Path, missing_ok: bool = False) -> Path | None:
         "packages": package_versions(),
     }
     path = out / "manifest.json"
-    _write_json(path, manifest)
+    write_json(path, manifest)
     return path
 
 

@@ -10,12 +10,12 @@ itself, with the paper's numbers from :data:`pixmix.report.PAPER_ABLATIONS` (Tab
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pixmix.jsonfiles import json_safe, write_json
 from pixmix.report import COLUMNS, KEYS, PAPER_ABLATIONS, PAPER_RESULTS
 
 if TYPE_CHECKING:
@@ -38,16 +38,6 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.1f}"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def collect(stage: Stage) -> dict[str, Any]:
@@ -153,7 +143,7 @@ def plot(results: Mapping[str, Any], path: str | Path) -> Path:
 def write(results: Mapping[str, Any], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "results.json", "md": folder / "results.md", "png": folder / "results.png"}
-    paths["json"].write_text(json.dumps(_clean(results), indent=2, sort_keys=False) + "\n")
+    write_json(paths["json"], json_safe(results), sort_keys=False)
     paths["md"].write_text(markdown(results))
     plot(results, paths["png"])
     return paths

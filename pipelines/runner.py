@@ -36,6 +36,7 @@ from pipelines.spec import (
     parse_overrides,
 )
 from pipelines.stages import NATURAL_PLACEHOLDER, Context, Launch
+from pixmix.jsonfiles import write_json
 
 # Bump a kind's version when its executor starts writing something different for the same config.
 STAGE_VERSIONS = {"data": 1, "natural": 1, "build": 1, "shard": 1, "train": 1, "eval": 1, "report": 1}
@@ -408,9 +409,7 @@ def _write_stamp(stage: Stage, seconds: float, outputs: dict[str, Any]) -> None:
              "inputs": {role: {"hash": s.hash, "folder": str(s.folder)} for role, s in stage.inputs.items()},
              "variants": stage.variants, "seconds": round(seconds, 3), "outputs": outputs,
              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = stage.stamp.with_name(STAMP + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(stage.stamp)
+    write_json(stage.stamp, stamp, default=str)
 
 
 def _where(plan: Plan, stage: Stage) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pixmix.jsonfiles import json_safe, write_json
+
 # The Table 2 columns: (summary key, header, lower is better).
 COLUMNS = (
     ("clean_error", "Clean Error (%)", True),
@@ -135,17 +137,6 @@ def _corruption_table(c: Mapping[str, Any]) -> str:
             + f"\n\nRMS calibration on these images: {_fmt(c['rms_calibration'], 2)}%" + extra)
 
 
-def _clean_json(value: Any) -> Any:
-    """NaN and infinities are not JSON: written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
-    return value
-
-
 def plot(rows: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """One bar panel per Table 2 column, a bar per row name; missing values are marked n/a."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -180,7 +171,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
-    paths["json"].write_text(json.dumps(_clean_json(results), indent=2) + "\n")
+    write_json(paths["json"], json_safe(results), sort_keys=False)
     paths["md"].write_text(markdown(results))
     plot(summary_rows(results), paths["png"], title=f"{results['suite']}: this run vs the paper")
     return paths
@@ -220,7 +211,7 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "comparison.json", "md": out / "comparison.md", "png": out / "comparison.png"}
-    paths["json"].write_text(json.dumps(_clean_json({"suites": sorted(suites), "rows": rows}), indent=2) + "\n")
+    write_json(paths["json"], json_safe({"suites": sorted(suites), "rows": rows}), sort_keys=False)
     notes = [f"- {name}: {note}" for name, r in results.items() for note in r.get("notes", [])]
     paths["md"].write_text(f"# Comparison ({', '.join(sorted(suites))})\n\n" + summary_table(rows) + "\n"
                            + ("\n## Notes\n\n" + "\n".join(notes) + "\n" if notes else ""))
