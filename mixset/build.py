@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from mixset.collections import DEFAULT_MANIFESTS, Collection, load_collections
-from pixmix.images import IMAGE_SUFFIXES
+from pixmix.images import IMAGE_SUFFIXES, resize_shorter
 from pixmix.jsonfiles import write_json
 from pixmix.mixset_reader import MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.shards import Sample, ShardInfo, file_sha256, to_bytes, write_shard
@@ -154,12 +154,7 @@ def _collection_seed(seed: int, name: str) -> int:
 
 def _normalise(image: Image.Image, size: int) -> Image.Image:
     """RGB, shorter side ``size`` (aspect kept)."""
-    image = image.convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    if scale != 1.0:
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-    return image
+    return resize_shorter(image.convert("RGB"), size)
 
 
 def produce(item: Item, image_size: int, quality: int, photo_format: str) -> Produced:

@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mixset.shard_sources import DATASETS, Source, open_source
+from pixmix.images import resize_shorter
 from pixmix.jsonfiles import write_json
 from pixmix.shards import Sample, ShardInfo, to_bytes, write_shard
 from pixmix.shardset import SHARDS_FORMAT, SHARDS_VERSION
@@ -237,8 +239,7 @@ class Maker:
         prepared = list(pool.map(lambda i: self._prepare(i, view), items))
         ok = [p for p in prepared if not isinstance(p, str)]
         mixed: list[Any] = []
-        recipe = self.config.recipe()
-        config = recipe.pixmix().config
+        config = self._pixmix_config
         for start in range(0, len(ok), MIX_BATCH):
             chunk = ok[start:start + MIX_BATCH]
             images = torch.stack([c[1] for c in chunk])
@@ -264,24 +265,41 @@ class Maker:
         from pixmix.seeding import derive_seed
         from pixmix.transforms import to_uint8_tensor
 
-        recipe = self.config.recipe()
+        recipe = self._recipe
         seed = derive_seed(self.config.seed, index, view)
         gen = torch.Generator().manual_seed(seed)
         try:
             image = self.source.load(index)
             # Same draws, in the same order, as pixmix.dataset.PixMixTransform with this generator.
-            image = recipe.train_transform()(image, gen)
+            image = self._train_transform(image, gen)
             if recipe.partners == "augmented":  # no mixing set: the partner is always an augmented input
                 picture_index, picture = None, image
             else:
                 mixing = self.mixing_set()
                 picture_index = int(torch.randint(len(mixing), (1,), generator=gen))
-                picture = recipe.mixing_transform()(mixing[picture_index], gen)
-            params = sample_params(recipe.pixmix().config, 1, gen)
+                picture = self._mixing_transform(mixing[picture_index], gen)
+            params = sample_params(self._pixmix_config, 1, gen)
         except Exception as exc:  # noqa: BLE001
             return f"{self._origin(index)}: {exc}"
         return index, to_uint8_tensor(image), to_uint8_tensor(picture), params, {
             "seed": seed, "mixing_picture": picture_index}
+
+    # Built once per maker rather than per item: the recipe (validated options) and what it derives.
+    @cached_property
+    def _recipe(self) -> Any:
+        return self.config.recipe()
+
+    @cached_property
+    def _train_transform(self) -> Any:
+        return self._recipe.train_transform()
+
+    @cached_property
+    def _mixing_transform(self) -> Any:
+        return self._recipe.mixing_transform()
+
+    @cached_property
+    def _pixmix_config(self) -> Any:
+        return self._recipe.pixmix().config
 
     def mixing_set(self) -> Any:
         if self._mixing is None:
@@ -319,17 +337,6 @@ class _Serial:
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         return map(fn, items)
-
-
-def resize_shorter(image: Any, side: int) -> Any:
-    """RGB, shorter side ``side`` (aspect kept), bicubic; unchanged when already that size."""
-    from PIL import Image
-
-    w, h = image.size
-    scale = side / min(w, h)
-    if scale == 1.0:
-        return image
-    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
 
 
 def mix_views(images: Any, pictures: Any, params: Any, config: Any, device: str) -> list[Any]:

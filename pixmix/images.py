@@ -121,10 +121,19 @@ def open_image(
     return im
 
 
+def resize_shorter(image: Image.Image, side: int) -> Image.Image:
+    """``image`` with its shorter side ``side`` (aspect kept, bicubic); unchanged when already that size."""
+    w, h = image.size
+    scale = side / min(w, h)
+    if scale == 1.0:
+        return image
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+
+
 def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An image file as RGB (greyscale, CMYK, palette and alpha converted), checked by :func:`open_image`."""
     with open_image(path, max_pixels=max_pixels) as im:
         return im.convert("RGB")
 
 
-__all__ = ["DEFAULT_IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "check_image", "load_rgb", "open_image"]
+__all__ = ["DEFAULT_IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "check_image", "load_rgb", "open_image", "resize_shorter"]
