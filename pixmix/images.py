@@ -54,8 +54,12 @@ def open_image(
     formats: Iterable[str] | None = DEFAULT_IMAGE_FORMATS,
     name: str | None = None,
     min_side: int | None = None,
+    decode: bool = True,
 ) -> Image.Image:
     """The decoded image of a file or its bytes (close it when done), or :class:`ImageError` (one line).
+
+    ``decode=False``: only the header checks below; the image comes back opened but not decoded (for a
+    caller that decodes the bytes with another library).
 
     ``min_side``: the caller will shrink the image to this shorter side, so a JPEG may be decoded at
     a reduced DCT scale (Pillow's draft mode) that keeps the shorter side at least that large.
@@ -104,6 +108,8 @@ def open_image(
                 raise ImageError(f"image {label} has an invalid size {width}x{height}")
             if width * height > max_pixels:
                 raise bomb(width, height)
+            if not decode:
+                return im
             if min_side is not None and fmt == "JPEG" and min(width, height) >= 2 * min_side:
                 scale = min_side / min(width, height)
                 im.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
