@@ -276,7 +276,7 @@ class _Planner:
                         external=source)
 
     def variant(self, v: Variant) -> VariantPlan:
-        from pipelines.stages import shard_supports_partners, train_config
+        from pipelines.stages import train_config
         from pixmix.train import PRESETS
 
         o, vp, kinds = v.options, VariantPlan(v), self.pipeline.stages
@@ -291,9 +291,6 @@ class _Planner:
             natural_source = self.natural_source(v, data_source is None)
             if isinstance(natural_source, str):
                 reason = natural_source
-        if reason is None and "shard" in kinds and v.partners != "both" and not v.baseline \
-                and not shard_supports_partners():
-            reason = f"partners {v.partners!r} needs a mixset shard with --partners (ShardConfig.partners)"
         if reason is not None:
             vp.skipped = reason
             return vp

@@ -182,25 +182,17 @@ def _toml_string(text: str) -> str:
 # --- shard -----------------------------------------------------------------------------------------------
 
 
-def shard_supports_partners() -> bool:
-    from dataclasses import fields
-
-    from mixset.shard import ShardConfig
-
-    return any(f.name == "partners" for f in fields(ShardConfig))
-
-
 def run_shard(stage: Stage, ctx: Context) -> dict[str, Any]:
     """``mixset shard``: plain training shards (baseline) or pre-generated PixMix views."""
     from mixset.shard import ShardConfig, shard
 
     c = stage.config
-    extra = {"partners": c["partners"]} if c.get("partners", "both") != "both" else {}
     mixset = stage.inputs["mixset"].folder if "mixset" in stage.inputs else None
     config = ShardConfig(dataset=c["dataset"], data_dir=_data_dir(stage), out=stage.folder, split="train",
                          pixmix=c["pixmix"], mixset=mixset, views=c["views"], k=c["k"], beta=c["beta"],
                          severity=c["severity"], shard_samples=c["shard_samples"], seed=c["seed"], limit=c["limit"],
-                         workers=max(1, stage.options["workers"]), device=stage.options["device"], **extra)
+                         workers=max(1, stage.options["workers"]), device=stage.options["device"],
+                         partners=c.get("partners") or "both")
     summary = shard(config, log=_StageLog(stage, ctx), progress=ctx.progress)
     if summary.manifest is None:
         raise PipelineError(f"{stage.folder}: shards are missing after `mixset shard` (see {stage.folder / 'run.log'})")
@@ -320,7 +312,6 @@ __all__ = [
     "NATURAL",
     "Context",
     "Launch",
-    "shard_supports_partners",
     "torchrun_command",
     "train_arguments",
     "train_config",

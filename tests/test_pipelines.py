@@ -23,7 +23,6 @@ from pipelines.runner import make_plan, run_pipeline
 from pipelines.spec import NATURAL, PipelineError, load
 from pipelines.stages import (
     Launch,
-    shard_supports_partners,
     torchrun_command,
     train_arguments,
 )
@@ -37,10 +36,10 @@ def known_sources() -> set[str]:
 
 
 def runnable(pipeline: str) -> set[str]:
-    """The variants of a bundled pipeline that this checkout can run (sources known, partners supported)."""
+    """The variants of a bundled pipeline that this checkout can run (sources known)."""
     spec = load(pipeline, "smoke")
     return {v.name for v in spec.variants
-            if set(v.sources) <= known_sources() and (v.partners == "both" or shard_supports_partners())}
+            if set(v.sources) <= known_sources()}
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
