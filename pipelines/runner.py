@@ -154,10 +154,10 @@ def _manifest_files(spec: str) -> tuple[Path, bool]:
     return folder, False
 
 
-def _natural_manifest(label: str) -> str:
+def _natural_manifest() -> str:
     return "\n".join([
         "# Written by the pipeline runner: the paper's \"300K Random Images\" role, any folder of natural images.",
-        'name = "natural-images"', f'source = "{label}"', 'kind = "folder"',
+        'name = "natural-images"', f'source = "{NATURAL}"', 'kind = "folder"',
         'licence = "as the images of the folder: see their origin"',
         'description = "A folder of natural images standing in for the 300K Random Images set."',
         f'path = "{NATURAL_PLACEHOLDER}"', "", "[filters]",
@@ -169,7 +169,7 @@ def select_manifests(sources: Sequence[str], manifests: str) -> tuple[list[str],
     from mixset.build import SOURCES
     from mixset.collections import KINDS
 
-    unknown = [s for s in sources if s != NATURAL and s not in SOURCES]
+    unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         return [], {}, (f"source {', '.join(unknown)} is not known to this mixset build (mixset.build.SOURCES: "
                         f"{', '.join(SOURCES)})")
@@ -193,14 +193,9 @@ def select_manifests(sources: Sequence[str], manifests: str) -> tuple[list[str],
             texts[path.name] = text
         if not found:
             return [], {}, f"no manifest in {folder} declares source {s!r}" + (" (remote archives left out)" if offline else "")
-    library = []
-    for s in sources:
-        label = s if s != NATURAL else (NATURAL if NATURAL in SOURCES else "fractals")
-        if s == NATURAL:
-            texts["zz-natural-images.toml"] = _natural_manifest(label)
-        if label not in library:
-            library.append(label)
-    return library, texts, None
+    if NATURAL in sources:
+        texts["zz-natural-images.toml"] = _natural_manifest()
+    return list(dict.fromkeys(sources)), texts, None
 
 
 class _Planner:
