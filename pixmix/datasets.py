@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pixmix.dataset import IMAGE_SUFFIXES, load_rgb
+from pixmix.images import IMAGE_SUFFIXES, load_rgb
 from pixmix.metrics import CORRUPTIONS
 
 CIFAR_LAYOUT = {

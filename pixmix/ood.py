@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixmix.dataset import IMAGE_SUFFIXES, load_rgb
+from pixmix.images import IMAGE_SUFFIXES, load_rgb
 from pixmix.seeding import derive_seed
 
 SYNTHETIC_SETS = ("gaussian", "rademacher", "blobs")
