@@ -7,7 +7,7 @@
 images/s counts accepted images and includes every rejected draw (generate_fractal end to end).
 Thread pools are capped at 1 before numpy is imported; the generator's ops are single-threaded numpy
 anyway (the only BLAS call is a tiny matrix product in the plasma background). By default the
-process first calls pixmix.runtime.tune_cpu_allocator(), as the project's entry points do: the
+process first calls pixmix.utils.runtime.tune_cpu_allocator(), as the project's entry points do: the
 renderers allocate many short-lived arrays of a few hundred KiB, which glibc otherwise returns to
 the OS and page-faults back in on every image.
 """
@@ -21,7 +21,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"  # must precede the first import of numpy
 
 if "--no-tune" not in sys.argv:
-    from pixmix.runtime import tune_cpu_allocator
+    from pixmix.utils.runtime import tune_cpu_allocator
 
     TUNED = tune_cpu_allocator()
 else:
@@ -33,7 +33,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from mixset.procedural import (  # noqa: E402
+from mixset.sources.procedural import (  # noqa: E402
     KINDS,
     MIN_ENTROPY,
     MIN_FILL,

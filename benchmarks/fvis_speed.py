@@ -1,4 +1,4 @@
-"""Feature-visualisation throughput: Lucent's render_vis (one unit per call) vs mixset.fvis (batched,
+"""Feature-visualisation throughput: Lucent's render_vis (one unit per call) vs mixset.sources.fvis (batched,
 truncated trunk), side by side on torchvision ResNet-50 ``layer1.0.conv1``, 128 px parameters.
 
     python benchmarks/fvis_speed.py                                  # GPU if present, 512 steps
@@ -10,7 +10,7 @@ Rows (fvis/s = finished unit visualisations per second, at --steps steps each):
                 Lucent hard-codes cuda:0 (CPU when there is no CUDA), so this row runs there whatever
                 --device says. Its forward hooks are never removed; the benchmark clears them after
                 each call so that later calls are not slowed by stacked hooks.
-  fvis          mixset.fvis.render_units(trunk, units, batch=--batch): Lucent's parameterisation and
+  fvis          mixset.sources.fvis.render_units(trunk, units, batch=--batch): Lucent's parameterisation and
                 standard transforms, forward pass stopped after the layer.
   fvis-plain    the same without Lucent's random transforms (--no-plain to skip): what the transforms
                 cost.
@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from mixset import fvis
+from mixset.sources import fvis
 
 LAYER = "layer1.0.conv1"
 

@@ -1,4 +1,4 @@
-"""Images per second per CPU core of the ablation mixing-set generators (``mixset.generators``).
+"""Images per second per CPU core of the ablation mixing-set generators (``mixset.sources.generators``).
 
     python benchmarks/generator_speed.py --size 256 --count 16
 
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from mixset.generators import NAMES, generate_with_tries
+from mixset.sources.generators import NAMES, generate_with_tries
 
 
 def main(argv: list[str] | None = None) -> int:

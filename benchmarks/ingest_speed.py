@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-if "--no-tune" not in sys.argv:  # before torch/numpy allocate: see pixmix.runtime
-    from pixmix.runtime import tune_cpu_allocator
+if "--no-tune" not in sys.argv:  # before torch/numpy allocate: see pixmix.utils.runtime
+    from pixmix.utils.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
 
@@ -20,7 +20,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mixset.build import BuildConfig, build  # noqa: E402
+from mixset.build.builder import BuildConfig, build  # noqa: E402
 from pixmix.demo import synthetic_images  # noqa: E402
 
 

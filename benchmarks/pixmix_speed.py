@@ -5,7 +5,7 @@
 
 Trials alternate between the paths so that both see the same machine state; the figures are medians
 over trials, and ratios are of medians measured in this one run. By default the process first calls
-pixmix.runtime.tune_cpu_allocator() (as the project's CLIs do); --no-tune measures glibc's defaults.
+pixmix.utils.runtime.tune_cpu_allocator() (as the project's CLIs do); --no-tune measures glibc's defaults.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 if "--no-tune" not in sys.argv:  # must precede the first import of torch
-    from pixmix.runtime import tune_cpu_allocator
+    from pixmix.utils.runtime import tune_cpu_allocator
 
     TUNED = tune_cpu_allocator()
 else:
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from pixmix import PixMix, pixmix_batch  # noqa: E402
 from pixmix.demo import synthetic_images, synthetic_mixing_pictures  # noqa: E402
-from pixmix.transforms import to_uint8_tensor  # noqa: E402
+from pixmix.augment.transforms import to_uint8_tensor  # noqa: E402
 
 PRESETS = {32: PixMix.cifar, 224: PixMix.imagenet}
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-if "--no-tune" not in sys.argv:  # before torch/numpy allocate: see pixmix.runtime
-    from pixmix.runtime import tune_cpu_allocator
+if "--no-tune" not in sys.argv:  # before torch/numpy allocate: see pixmix.utils.runtime
+    from pixmix.utils.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
 
@@ -29,13 +29,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from mixset.build import BuildConfig, build  # noqa: E402
-from mixset.shard import ShardConfig, shard  # noqa: E402
-from pixmix.dataset import PixMixDataset  # noqa: E402
-from pixmix.datasets import ClassFolders  # noqa: E402
+from mixset.build.builder import BuildConfig, build  # noqa: E402
+from mixset.shard.sharder import ShardConfig, shard  # noqa: E402
+from pixmix.data.wrappers import PixMixDataset  # noqa: E402
+from pixmix.data.readers import ClassFolders  # noqa: E402
 from pixmix.demo import synthetic_images  # noqa: E402
-from pixmix.mixset_reader import MixingShards  # noqa: E402
-from pixmix.stream import ShardLoader  # noqa: E402
+from pixmix.data.shards.mixing_set import MixingShards  # noqa: E402
+from pixmix.data.loader import ShardLoader  # noqa: E402
 
 
 def make_data(root: Path, count: int, width: int, height: int, classes: int = 8) -> Path:
@@ -85,11 +85,11 @@ def storage_error(data: Path, mixset: Path, out: Path, n: int = 32) -> tuple[flo
     import numpy as np
     from PIL import Image
 
-    from mixset.shard_sources import open_source
-    from pixmix.dataset import PixMixTransform
-    from pixmix.seeding import generator_for
-    from pixmix.shards import iter_shard
-    from pixmix.shardset import ShardSet
+    from mixset.shard.listing import open_source
+    from pixmix.data.wrappers import PixMixTransform
+    from pixmix.utils.seeding import generator_for
+    from pixmix.data.shards.tar import iter_shard
+    from pixmix.data.shards.shard_set import ShardSet
 
     shards = ShardSet.load(out)
     source = open_source("imagenet", data, "train")

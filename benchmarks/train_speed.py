@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-if "--no-tune" not in sys.argv:  # before torch/numpy allocate: see pixmix.runtime
-    from pixmix.runtime import tune_cpu_allocator
+if "--no-tune" not in sys.argv:  # before torch/numpy allocate: see pixmix.utils.runtime
+    from pixmix.utils.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
 
@@ -29,12 +29,12 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from mixset.build import BuildConfig, build  # noqa: E402
-from mixset.shard import ShardConfig, shard  # noqa: E402
+from mixset.build.builder import BuildConfig, build  # noqa: E402
+from mixset.shard.sharder import ShardConfig, shard  # noqa: E402
 from pixmix.demo import synthetic_images  # noqa: E402
 from pixmix.models import build_model  # noqa: E402
-from pixmix.recipes import get_recipe  # noqa: E402
-from pixmix.stream import ShardLoader, finish_batch  # noqa: E402
+from pixmix.augment.recipes import get_recipe  # noqa: E402
+from pixmix.data.loader import ShardLoader, finish_batch  # noqa: E402
 
 
 def write_folder(root: Path, count: int, side: int, classes: int) -> Path:

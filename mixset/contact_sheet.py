@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from pixmix.shards import ShardInfo, iter_shard
+from pixmix.data.shards.tar import ShardInfo, iter_shard
 
 TILE = 96
 PER_ROW = 8

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pixmix.mixset_reader import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
-from pixmix.shards import file_sha256, iter_shard
-from pixmix.shardset import SHARDS_FORMAT, SHARDS_VERSION
+from pixmix.data.shards.mixing_set import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
+from pixmix.data.shards.tar import file_sha256, iter_shard
+from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
 
 # What `mixset build` (mixing sets) and `mixset shard` (datasets) write; verify and info read both.
 KNOWN = {MANIFEST_FORMAT: MANIFEST_VERSION, SHARDS_FORMAT: SHARDS_VERSION}

@@ -35,12 +35,10 @@ from pipelines.spec import (
     load,
     parse_overrides,
 )
+from pipelines.graph import STAGE_VERSIONS, STAMP, Stage, stage_hash
 from pipelines.stages import NATURAL_PLACEHOLDER, Context, Launch
-from pixmix.jsonfiles import write_json
+from pixmix.utils.jsonfiles import write_json
 
-# Bump a kind's version when its executor starts writing something different for the same config.
-STAGE_VERSIONS = {"data": 1, "natural": 1, "build": 1, "shard": 1, "train": 1, "eval": 1, "report": 1}
-STAMP = "stage.json"
 HOW = ("workers", "device", "launcher")  # options that never change a stage's output: not hashed
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DATA_LAYOUT = {
@@ -48,45 +46,6 @@ DATA_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",), "CIFAR-10-C",
                 ("CIFAR-10-C-Bar", "CIFAR-10-P", "ood")),
 }
-
-
-@dataclass(eq=False)
-class Stage:
-    kind: str
-    name: str
-    config: dict[str, Any]
-    inputs: dict[str, Stage]
-    options: dict[str, Any]  # how it runs (workers, device, launcher): not part of the hash
-    hash: str = ""
-    folder: Path = Path()
-    external: bool = False  # the user's own data: never written, never stamped
-    variants: list[str] = field(default_factory=list)
-
-    @property
-    def id(self) -> str:
-        return f"{self.kind}/{self.folder.name}" if not self.external else f"{self.kind}/{self.name} (external)"
-
-    @property
-    def stamp(self) -> Path:
-        return self.folder / STAMP
-
-    def read_stamp(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.stamp.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def up_to_date(self) -> bool:
-        if self.external:
-            return True
-        stamp = self.read_stamp()
-        return stamp is not None and stamp.get("hash") == self.hash
-
-
-def stage_hash(kind: str, config: dict[str, Any], inputs: dict[str, Stage]) -> str:
-    payload = {"kind": kind, "version": STAGE_VERSIONS[kind], "config": config,
-               "inputs": {role: s.hash for role, s in sorted(inputs.items())}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass
@@ -131,7 +90,7 @@ def check_data(path: Path, dataset: str) -> None:
         raise PipelineError(f"option dataset must be one of {', '.join(DATA_LAYOUT)}, got {dataset!r}")
     folder, files, corrupted, optional = DATA_LAYOUT[dataset]
     need = [path / folder / f for f in files] + [path / corrupted / "labels.npy"]
-    from pixmix.metrics import CORRUPTIONS
+    from pixmix.evaluate.metrics import CORRUPTIONS
 
     need += [path / corrupted / f"{c}.npy" for c in CORRUPTIONS]
     missing = [p for p in need if not p.is_file()]
@@ -142,7 +101,7 @@ def check_data(path: Path, dataset: str) -> None:
 
 
 def _manifest_files(spec: str) -> tuple[Path, bool]:
-    from mixset.collections import DEFAULT_MANIFESTS
+    from mixset.sources.catalog import DEFAULT_MANIFESTS
 
     if spec == "default":
         return DEFAULT_MANIFESTS, False
@@ -166,12 +125,12 @@ def _natural_manifest() -> str:
 
 def select_manifests(sources: Sequence[str], manifests: str) -> tuple[list[str], dict[str, str], str | None]:
     """(library sources, {file name: manifest text}, why not) for a mixing set of ``sources``."""
-    from mixset.build import SOURCES
-    from mixset.collections import KINDS
+    from mixset.build.builder import SOURCES
+    from mixset.sources.catalog import KINDS
 
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
-        return [], {}, (f"source {', '.join(unknown)} is not known to this mixset build (mixset.build.SOURCES: "
+        return [], {}, (f"source {', '.join(unknown)} is not known to this mixset build (mixset.build.builder.SOURCES: "
                         f"{', '.join(SOURCES)})")
     folder, offline = _manifest_files(manifests)
     texts: dict[str, str] = {}
@@ -272,7 +231,7 @@ class _Planner:
 
     def variant(self, v: Variant) -> VariantPlan:
         from pipelines.stages import train_config
-        from pixmix.train import PRESETS
+        from pixmix.train.trainer import PRESETS
 
         o, vp, kinds = v.options, VariantPlan(v), self.pipeline.stages
         if o["dataset"] not in DATA_LAYOUT:
@@ -452,7 +411,7 @@ def _publish(source: Path, target: Path) -> bool:
 
 def execute(plan: Plan, ctx: Context) -> RunResult:
     """Run every stage that is not up to date, in order; stop at the first failure (one line, its run.log)."""
-    from pipelines.report import run_report, summary_text
+    from pipelines.ablation_report import run_report, summary_text
     from pipelines.stages import EXECUTORS
 
     log, launch = ctx.log, plan.launch

@@ -15,7 +15,7 @@ limit = 12
 
 [[variants]]
 name = "fractals"                     # folder names, --only, --set fractals.views=2
-row = "Fractals"                      # the paper's row (pixmix.report.PAPER_ABLATIONS / PAPER_RESULTS)
+row = "Fractals"                      # the paper's row (pixmix.evaluate.report.PAPER_ABLATIONS / PAPER_RESULTS)
 sources = ["fractals"]                # mixset build sources; "natural" = a folder of natural images
 views = 2                             # any option overrides the profile's ...
 smoke = { limit = 8 }                 # ... and a table named after a profile overrides it for that profile
@@ -57,7 +57,7 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "limit": (None, (int,), "mixing pictures per source (default: every one the manifests declare)"),
     "image_size": (256, (int,), "shorter side of the stored mixing pictures"),
     "shard_size": (1000, (int,), "mixing pictures per mixing-set shard"),
-    "fvis_models": (None, (list,), "FVis models (default: mixset.fvis.DEFAULT_LAYERS)"),
+    "fvis_models": (None, (list,), "FVis models (default: mixset.sources.fvis.DEFAULT_LAYERS)"),
     "fvis_steps": (512, (int,), "FVis optimisation steps"),
     "fvis_size": (128, (int,), "FVis render size"),
     "fvis_batch": (64, (int,), "FVis units per batch"),

@@ -1,6 +1,6 @@
 """What each stage kind does, in-process through the library (or torchrun for distributed training).
 
-Every executor gets its :class:`~pipelines.runner.Stage` (config, input stages, output folder) and a
+Every executor gets its :class:`~pipelines.graph.Stage` (config, input stages, output folder) and a
 :class:`Context`; it writes into ``stage.folder`` and returns the ``outputs`` recorded in the stamp.
 The runner writes the stamp afterwards, so an executor that fails or is interrupted leaves no stamp
 and runs again next time (the library functions resume what they can: builds after their last shard,
@@ -17,12 +17,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipelines.spec import NATURAL, PipelineError
 
-if TYPE_CHECKING:
-    from pipelines.runner import Stage
+from pipelines.graph import Stage
 
 FORWARD = ("WARNING", "warning:")  # library log lines that also go to the pipeline's own log
 
@@ -136,7 +135,7 @@ def natural_folder(stage: Stage) -> Path:
 
 def run_build(stage: Stage, ctx: Context) -> dict[str, Any]:
     """``mixset build`` of the stage's sources from the manifests snapshotted in its config."""
-    from mixset.build import BuildConfig, build
+    from mixset.build.builder import BuildConfig, build
 
     c = stage.config
     collections = stage.folder / "collections"
@@ -184,7 +183,7 @@ def _toml_string(text: str) -> str:
 
 def run_shard(stage: Stage, ctx: Context) -> dict[str, Any]:
     """``mixset shard``: plain training shards (baseline) or pre-generated PixMix views."""
-    from mixset.shard import ShardConfig, shard
+    from mixset.shard.sharder import ShardConfig, shard
 
     c = stage.config
     mixset = stage.inputs["mixset"].folder if "mixset" in stage.inputs else None
@@ -204,8 +203,8 @@ def run_shard(stage: Stage, ctx: Context) -> dict[str, Any]:
 # --- train -----------------------------------------------------------------------------------------------
 
 
-def train_config(stage_config: dict[str, Any], options: dict[str, Any]):  # -> pixmix.train.TrainConfig
-    from pixmix.train import preset_config
+def train_config(stage_config: dict[str, Any], options: dict[str, Any]):  # -> pixmix.train.trainer.TrainConfig
+    from pixmix.train.trainer import preset_config
 
     return preset_config(stage_config["preset"], epochs=stage_config["epochs"], batch_size=stage_config["batch_size"],
                          lr=stage_config["lr"], seed=stage_config["seed"], workers=options["workers"],
@@ -271,7 +270,7 @@ def run_train(stage: Stage, ctx: Context) -> dict[str, Any]:
         records = [json.loads(line) for line in (stage.folder / "log.jsonl").read_text().splitlines() if line.strip()]
         final = records[-1] if records else None
     else:
-        from pixmix.train import train
+        from pixmix.train.trainer import train
 
         summary = train(train_config(stage.config, stage.options), shards, stage.folder, mixset=mixset,
                         log=_StageLog(stage, ctx), progress=ctx.progress)
@@ -287,8 +286,8 @@ def run_train(stage: Stage, ctx: Context) -> dict[str, Any]:
 
 def run_eval(stage: Stage, ctx: Context) -> dict[str, Any]:
     """``pixmix eval``: the six summary numbers and the per-set tables, ``results.{json,md,png}``."""
-    from pixmix.evaluate import evaluate
-    from pixmix.report import write_report
+    from pixmix.evaluate.suites import evaluate
+    from pixmix.evaluate.report import write_report
 
     c = stage.config
     checkpoint = stage.inputs["train"].folder / "checkpoints" / "last.pt"

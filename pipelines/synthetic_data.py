@@ -27,7 +27,7 @@ CIFAR100_FOLDER = "cifar-100-python"
 CIFAR100_C = "CIFAR-100-C"
 CIFAR100_P = "CIFAR-100-P"
 CLASSES = 100
-OOD_SETS = ("textures", "svhn", "lsun", "places")  # pixmix.ood.FOLDER_SETS
+OOD_SETS = ("textures", "svhn", "lsun", "places")  # pixmix.evaluate.ood.FOLDER_SETS
 
 
 def _images(n: int, labels: np.ndarray, seed: int) -> np.ndarray:
@@ -85,7 +85,7 @@ def _corrupt(images: np.ndarray, kind: int, severity: int, rng: np.random.Genera
 def write_cifar100_c(root: Path, test_images: np.ndarray, test_labels: np.ndarray, per_severity: int | None = None,
                      seed: int = 0) -> Path:
     """``root/CIFAR-100-C/<corruption>.npy`` for all 15 corruptions and ``labels.npy`` (5 x per severity)."""
-    from pixmix.metrics import CORRUPTIONS
+    from pixmix.data.benchmarks import CORRUPTIONS
 
     n = len(test_labels) if per_severity is None else min(per_severity, len(test_labels))
     folder = Path(root) / CIFAR100_C
@@ -101,7 +101,7 @@ def write_cifar100_c(root: Path, test_images: np.ndarray, test_labels: np.ndarra
 def write_cifar100_p(root: Path, test_images: np.ndarray, names: tuple[str, ...] | None = None,
                      sequences: int = 8, frames: int = 4, seed: int = 0) -> Path:
     """``root/CIFAR-100-P/<name>.npy``: uint8 ``[N, T, 32, 32, 3]`` sequences around the test images."""
-    from pixmix.metrics import P_PERTURBATIONS
+    from pixmix.data.benchmarks import P_PERTURBATIONS
 
     names = P_PERTURBATIONS if names is None else names
     folder = Path(root) / CIFAR100_P

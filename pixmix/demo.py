@@ -106,7 +106,7 @@ def run_demo(out_dir: Path, recipe: str = "cifar", rows: int = 6, samples_per_ro
     import torch
     from torchvision.utils import make_grid
 
-    from pixmix.augment import PixMix, pil_to_float
+    from pixmix.augment.pixmix import PixMix, pil_to_float
 
     start = time.perf_counter()
     pixmix = {"cifar": PixMix.cifar, "imagenet": PixMix.imagenet}[recipe]()

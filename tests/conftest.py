@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from pixmix.demo import synthetic_images, synthetic_mixing_pictures
-from pixmix.transforms import to_uint8_tensor
+from pixmix.augment.transforms import to_uint8_tensor
 
 
 @dataclass(frozen=True)

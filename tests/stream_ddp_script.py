@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pixmix.stream import ShardLoader
+from pixmix.data.loader import ShardLoader
 
 
 def main(folder: str, out: str, batch_size: int, seed: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pixmix.attacks import pgd_linf
+from pixmix.evaluate.attacks import pgd_linf
 
 
 def linear_model() -> torch.nn.Module:

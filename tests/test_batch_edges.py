@@ -6,7 +6,7 @@ import torch
 
 from pixmix import PixMix, apply_batch, pixmix_batch, sample_params
 from pixmix.demo import synthetic_images, synthetic_mixing_pictures
-from pixmix.transforms import to_uint8_tensor
+from pixmix.augment.transforms import to_uint8_tensor
 
 
 def test_empty_batch_gives_an_empty_float_batch() -> None:

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from helpers import kill_when
-from mixset.build import BuildConfig, build
+from mixset.build.builder import BuildConfig, build
 from mixset.cli import main as mixset_main
 from mixset.verify import verify
-from pixmix.mixset_reader import MixingShards
-from pixmix.shards import iter_shard
+from pixmix.data.shards.mixing_set import MixingShards
+from pixmix.data.shards.tar import iter_shard
 
 PROCEDURAL = """
 name = "gen"
@@ -264,7 +264,7 @@ def test_hostile_archive_is_refused_without_writing_outside(tmp_path) -> None:
 
 
 def test_large_jpegs_are_decoded_reduced_and_keep_their_content(tmp_path) -> None:
-    from pixmix.images import open_image
+    from pixmix.data.images import open_image
 
     big = tmp_path / "big.jpg"
     image = Image.new("RGB", (1600, 1200), (30, 140, 220))
@@ -290,7 +290,7 @@ def test_large_jpegs_are_decoded_reduced_and_keep_their_content(tmp_path) -> Non
 def test_a_built_set_feeds_the_pixmix_dataset(tmp_path) -> None:
     import torch
 
-    from pixmix.dataset import PixMixDataset
+    from pixmix.data.wrappers import PixMixDataset
     from pixmix.demo import synthetic_images
 
     manifests = write_manifests(tmp_path / "m", count=5)
@@ -363,7 +363,7 @@ def test_served_archive_with_a_bomb_and_a_non_image_keeps_the_good_images(tmp_pa
 
 
 def test_fvis_fallback_weights_are_reported_also_after_a_resume(tmp_path, monkeypatch) -> None:
-    import mixset.fvis as fvis
+    import mixset.sources.fvis as fvis
 
     real = fvis.load_model
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pixmix.dataset import MixingFolder, PixMixDataset, PixMixTransform, load_rgb
+from pixmix.data.wrappers import MixingFolder, PixMixDataset, PixMixTransform, load_rgb
 from pixmix.demo import synthetic_images, synthetic_mixing_pictures
-from pixmix.recipes import CIFAR, IMAGENET, get_recipe
-from pixmix.seeding import derive_seed, generator_for
-from pixmix.transforms import RandomCrop, RandomHorizontalFlip, RandomResizedCrop, Resize
+from pixmix.augment.recipes import CIFAR, IMAGENET, get_recipe
+from pixmix.utils.seeding import derive_seed, generator_for
+from pixmix.augment.transforms import RandomCrop, RandomHorizontalFlip, RandomResizedCrop, Resize
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixmix.datasets import CIFAR, CORRUPTIONS, CIFARCorrupted, ClassFolders
+from pixmix.data.readers import CIFAR, CORRUPTIONS, CIFARCorrupted, ClassFolders
 from tiny_datasets import write_cifar10
 
 

@@ -1,7 +1,7 @@
-"""pixmix.evaluate / ood / report / eval_cli on tiny datasets in their real on-disk formats.
+"""pixmix.evaluate.suites / ood / report / eval_cli on tiny datasets in their real on-disk formats.
 
 Every number evaluate reports is checked against an independent computation here: our own forward
-passes through the readers in pixmix.datasets and the functions of pixmix.metrics, or a known answer
+passes through the readers in pixmix.data.readers and the functions of pixmix.evaluate.metrics, or a known answer
 (a model that always predicts one class).
 """
 
@@ -22,13 +22,13 @@ from helpers import no_global_rng
 from PIL import Image
 from tiny_datasets import write_cifar10, write_cifar10_c, write_imagenet
 
-from pixmix import metrics, ood
-from pixmix.datasets import CIFAR, CIFARCorrupted
-from pixmix.eval_cli import eval_command
-from pixmix.evaluate import evaluate
+from pixmix.evaluate import metrics, ood
+from pixmix.data.readers import CIFAR, CIFARCorrupted
+from pixmix.cli.evaluate import eval_command
+from pixmix.evaluate.suites import evaluate
 from pixmix.models import build_model, save_checkpoint
-from pixmix.report import PAPER_RESULTS, compare, load_results, write_report
-from pixmix.transforms import CenterCrop, Resize
+from pixmix.evaluate.report import PAPER_RESULTS, compare, load_results, write_report
+from pixmix.augment.transforms import CenterCrop, Resize
 
 P_FILES = {"gaussian_noise": 5, "rotate": 4, "scale": 3}  # perturbation -> frames
 
@@ -277,7 +277,7 @@ def test_cli(cifar_root, spread_run, tmp_path) -> None:
     assert json.loads((tmp_path / "o" / "results.json").read_text())["clean"]["samples"] == 8
     result = runner.invoke(eval_command, [*args[:4], "--data", str(tmp_path / "none"), *args[6:]])
     assert result.exit_code == 1 and "Error:" in result.output and "test_batch not found" in result.output
-    code = "import sys, pixmix.eval_cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    code = "import sys, pixmix.cli.evaluate; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
@@ -322,7 +322,7 @@ def test_imagenet_suite_maps_wnids_and_normalises_by_alexnet(tmp_path) -> None:
     results = evaluate(ckpt, "imagenet", root, device="cpu", batch_size=8, ood_samples=6, workers=0,
                        progress=False, log=lambda m: None)
     # Clean: Resize(73) (64 * 256 / 224) + CenterCrop(64), as the recipe's Resize(256) + CenterCrop(224).
-    from pixmix.datasets import ClassFolders
+    from pixmix.data.readers import ClassFolders
 
     val = ClassFolders(root / "val")
     crops = np.stack([np.asarray(CenterCrop(64).apply(Resize(73).apply(img, None), None)) for img, _ in val])

@@ -1,4 +1,4 @@
-"""The untrusted-input edge of ``mixset build``: downloads (mixset.fetch), archives and images (mixset.archives).
+"""The untrusted-input edge of ``mixset build``: downloads (mixset.sources.fetch), archives and images (mixset.sources.archives).
 
 Every download test talks to a real HTTP server on 127.0.0.1 (tests/http_server.py) that the test starts
 and stops; nothing else on the network is contacted.
@@ -23,9 +23,9 @@ import pytest
 import requests
 from PIL import Image
 
-from mixset import fetch as fetch_mod
-from mixset.archives import ArchiveError, ImageError, check_image, safe_extract
-from mixset.fetch import FetchError, FetchResult, download
+from mixset.sources import fetch as fetch_mod
+from mixset.sources.archives import ArchiveError, ImageError, check_image, safe_extract
+from mixset.sources.fetch import FetchError, FetchResult, download
 
 from http_server import Route, serve
 
@@ -558,7 +558,7 @@ def test_check_image_not_an_image(tmp_path):
     with pytest.raises(ImageError) as err:
         check_image(txt)
     assert str(txt) in assert_one_line(err.value) and "not an image" in str(err.value)
-    assert isinstance(err.value, ValueError) and not isinstance(err.value, ArchiveError)  # pixmix.images
+    assert isinstance(err.value, ValueError) and not isinstance(err.value, ArchiveError)  # pixmix.data.images
     with pytest.raises(ImageError, match="label.bin"):
         check_image(b"not an image", name="label.bin")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixmix import mixing
+from pixmix.augment import mixing
 
 
 def test_compile_failure_warns_once_and_falls_back_to_eager(monkeypatch) -> None:

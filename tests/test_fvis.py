@@ -1,4 +1,4 @@
-"""Feature visualisations (mixset.fvis): tiny CNNs on the CPU, a few optimisation steps each."""
+"""Feature visualisations (mixset.sources.fvis): tiny CNNs on the CPU, a few optimisation steps each."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import mixset.fvis as fv
+import mixset.sources.fvis as fv
 
 SIZE = 32
 STEPS = 20
@@ -49,7 +49,7 @@ def unit_activations(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def test_import_is_cheap():
     code = (
-        "import sys, mixset.fvis\n"
+        "import sys, mixset.sources.fvis\n"
         "heavy = [m for m in ('lucent', 'IPython', 'kornia') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

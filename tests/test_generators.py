@@ -1,4 +1,4 @@
-"""Ablation-set generators (mixset.generators and mixset.gen_*): purity and determinism, the published
+"""Ablation-set generators (mixset.sources.generators and mixset.gen_*): purity and determinism, the published
 recipes (Dead Leaves, Spectrum + Color + WMM, StyleGAN (Oriented), FractalDB), and `mixset build`
 with generator collections. All at 64 px with few images."""
 
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from mixset import gen_deadleaves, gen_fractaldb, gen_spectrum, gen_stylegan
-from mixset.build import BuildConfig, build
-from mixset.collections import DEFAULT_MANIFESTS, load_collection, load_collections
-from mixset.generators import MIN_STD, NAMES, generate, generate_with_tries
+from mixset.sources import deadleaves as gen_deadleaves, fractaldb as gen_fractaldb, spectrum as gen_spectrum, stylegan as gen_stylegan
+from mixset.build.builder import BuildConfig, build
+from mixset.sources.catalog import DEFAULT_MANIFESTS, load_collection, load_collections
+from mixset.sources.generators import MIN_STD, NAMES, generate, generate_with_tries
 from mixset.verify import verify
-from pixmix.shards import iter_shard
+from pixmix.data.shards.tar import iter_shard
 
 SIZE = 64
 

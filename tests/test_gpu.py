@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from pixmix import PixMix, apply_batch, sample_params
-from pixmix import batched_ops
-from pixmix import ops as O
+from pixmix.augment import batched_ops
+from pixmix.augment import ops as O
 from pixmix.demo import synthetic_images, synthetic_mixing_pictures
-from pixmix.transforms import to_uint8_tensor
+from pixmix.augment.transforms import to_uint8_tensor
 
 pytestmark = [
     pytest.mark.gpu,

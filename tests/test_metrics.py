@@ -1,11 +1,11 @@
-"""Known-answer tests for pixmix.metrics on small hand-made inputs."""
+"""Known-answer tests for pixmix.evaluate.metrics on small hand-made inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pixmix.metrics import (
+from pixmix.evaluate.metrics import (
     ALEXNET_ERRORS,
     CORRUPTIONS,
     anomaly_metrics,

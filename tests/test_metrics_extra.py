@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixmix.metrics import (
+from pixmix.evaluate.metrics import (
     C_BAR_CORRUPTIONS,
     P_EXTRA_PERTURBATIONS,
     P_PERTURBATIONS,

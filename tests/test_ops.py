@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pixmix import batched_ops, pil_ops
-from pixmix import ops as O
-from pixmix.augment import PixMix
-from pixmix.config import PixMixConfig
-from pixmix.transforms import to_uint8_tensor
+from pixmix.augment import batched_ops, pil_ops
+from pixmix.augment import ops as O
+from pixmix.augment.pixmix import PixMix
+from pixmix.augment.config import PixMixConfig
+from pixmix.augment.transforms import to_uint8_tensor
 
 
 class ImageSet:

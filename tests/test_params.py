@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pixmix import ops as O
-from pixmix.augment import PixMix, pixmix_batch
-from pixmix.config import PixMixConfig
-from pixmix.params import PixMixParams, sample_params
+from pixmix.augment import ops as O
+from pixmix.augment.pixmix import PixMix, pixmix_batch
+from pixmix.augment.config import PixMixConfig
+from pixmix.augment.params import PixMixParams, sample_params
 from helpers import no_global_rng
 
 FIELDS = [f.name for f in fields(PixMixParams)]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixset.shard import ShardConfig, ShardError, shard
+from mixset.shard.sharder import ShardConfig, ShardError, shard
 from pixmix import PixMix, apply_batch, sample_params
-from pixmix.config import make_config
-from pixmix.shards import iter_shard
-from pixmix.shardset import ShardSet
+from pixmix.augment.config import make_config
+from pixmix.data.shards.tar import iter_shard
+from pixmix.data.shards.shard_set import ShardSet
 from tiny_datasets import write_cifar10
 
 
@@ -64,8 +64,8 @@ def test_shard_views_with_augmented_partners_need_no_mixing_set(tmp_path: Path) 
 
 
 def test_online_training_with_augmented_partners_needs_no_mixing_set(tmp_path: Path) -> None:
-    from pixmix.stream import ShardLoader, finish_batch
-    from pixmix.train import TrainError, preset_config, train
+    from pixmix.data.loader import ShardLoader, finish_batch
+    from pixmix.train.trainer import TrainError, preset_config, train
 
     write_cifar10(tmp_path / "c", per_batch=12)  # 60 training images
     shard(ShardConfig(dataset="cifar10", data_dir=tmp_path / "c", out=tmp_path / "plain"), log=lambda _: None,
@@ -87,7 +87,7 @@ def test_online_training_with_augmented_partners_needs_no_mixing_set(tmp_path: P
 
 
 def test_online_pixmix_hyper_parameters_reach_the_recipe_and_are_checked() -> None:
-    from pixmix.train import TrainError, preset_config
+    from pixmix.train.trainer import TrainError, preset_config
 
     recipe = preset_config("smoke", k=2, beta=5.0, severity=2.0, partners="mixing").training_recipe
     assert (recipe.k, recipe.beta, recipe.severity, recipe.partners) == (2, 5.0, 2.0, "mixing")

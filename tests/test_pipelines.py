@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mixset.run_cli import run as run_command
+from mixset.cli.run import run as run_command
 from pipelines.runner import make_plan, run_pipeline
 from pipelines.spec import NATURAL, PipelineError, load
 from pipelines.stages import (
@@ -26,11 +26,11 @@ from pipelines.stages import (
     torchrun_command,
     train_arguments,
 )
-from pixmix.report import KEYS, PAPER_ABLATIONS, PAPER_RESULTS
+from pixmix.evaluate.report import KEYS, PAPER_ABLATIONS, PAPER_RESULTS
 
 
 def known_sources() -> set[str]:
-    from mixset.build import SOURCES
+    from mixset.build.builder import SOURCES
 
     return set(SOURCES) | {NATURAL}
 
@@ -348,7 +348,7 @@ def test_other_nodes_join_training_and_leave_the_rest_to_node_0(tmp_path: Path, 
 
 
 def test_cli_help_does_not_import_torch() -> None:
-    code = ("import sys, mixset.run_cli; print(sorted(m for m in ('torch', 'pipelines.runner') if m in sys.modules))")
+    code = ("import sys, mixset.cli.run; print(sorted(m for m in ('torch', 'pipelines.runner') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

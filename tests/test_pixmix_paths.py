@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import pixmix.augment as augment_module
-from pixmix import batched_ops, mixing, pil_ops
-from pixmix import ops as O
-from pixmix.augment import PixMix, apply_batch, pil_to_float, pixmix_batch
-from pixmix.config import PixMixConfig
-from pixmix.params import sample_params
+import pixmix.augment.pixmix as augment_module
+from pixmix.augment import batched_ops, mixing, pil_ops
+from pixmix.augment import ops as O
+from pixmix.augment.pixmix import PixMix, apply_batch, pil_to_float, pixmix_batch
+from pixmix.augment.config import PixMixConfig
+from pixmix.augment.params import sample_params
 from helpers import ks_two_sample
 
 AFFINE_OPS = ("rotate", "shear_x", "shear_y")

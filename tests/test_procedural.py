@@ -1,4 +1,4 @@
-"""Procedural fractals (mixset.procedural): determinism, reproducibility from params, colourfulness,
+"""Procedural fractals (mixset.sources.procedural): determinism, reproducibility from params, colourfulness,
 the Anderson & Farrell sampling constraints, input validation and no global RNG use."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixset.procedural import (
+from mixset.sources.procedural import (
     FILL_LEVEL,
     KINDS,
     MIN_ENTROPY,
@@ -63,7 +63,7 @@ def test_image_depends_only_on_seed_and_index_not_on_history():
 def test_image_is_the_same_in_another_process():
     digest = hashlib.sha256(generate_fractal(9, 7, size=64)[0].tobytes()).hexdigest()
     code = (
-        "import hashlib; from mixset.procedural import generate_fractal; "
+        "import hashlib; from mixset.sources.procedural import generate_fractal; "
         "print(hashlib.sha256(generate_fractal(9, 7, size=64)[0].tobytes()).hexdigest())"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -20,7 +20,7 @@ def _run(code: str, env: dict[str, str] | None = None) -> str:
 def test_tuning_before_torch_enables_huge_pages_and_malloc_thresholds() -> None:
     out = _run(
         "import os\n"
-        "from pixmix.runtime import tune_cpu_allocator\n"
+        "from pixmix.utils.runtime import tune_cpu_allocator\n"
         "first = tune_cpu_allocator(); second = tune_cpu_allocator()\n"
         "print(first, second, os.environ.get('THP_MEM_ALLOC_ENABLE'))"
     )
@@ -30,7 +30,7 @@ def test_tuning_before_torch_enables_huge_pages_and_malloc_thresholds() -> None:
 def test_tuning_after_torch_leaves_the_environment_alone() -> None:
     out = _run(
         "import os, torch\n"
-        "from pixmix.runtime import tune_cpu_allocator\n"
+        "from pixmix.utils.runtime import tune_cpu_allocator\n"
         "print(tune_cpu_allocator(), os.environ.get('THP_MEM_ALLOC_ENABLE'))"
     )
     assert out == "True None"

@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mixset.cli import main as mixset_main
-from mixset.shard import ShardConfig, ShardError, merge, plan_shards, shard
+from mixset.shard.sharder import ShardConfig, ShardError, merge, plan_shards, shard
 from mixset.verify import info, verify
-from pixmix.dataset import PixMixTransform
-from pixmix.mixset_reader import MixingShards
-from pixmix.seeding import generator_for
-from pixmix.shards import iter_shard
-from pixmix.shardset import ShardSet
+from pixmix.data.wrappers import PixMixTransform
+from pixmix.data.shards.mixing_set import MixingShards
+from pixmix.utils.seeding import generator_for
+from pixmix.data.shards.tar import iter_shard
+from pixmix.data.shards.shard_set import ShardSet
 from tiny_datasets import write_cifar10, write_cifar10_c, write_imagenet, write_mixset
 
 
@@ -118,7 +118,7 @@ def test_pixmix_views_are_what_pixmix_transform_makes(imagenet: Path, mixset: Pa
     assert s.kind == "pixmix" and s.views == 2 and [r.view for r in s.shards] == [0, 0, 1, 1]
     assert s.config["recipe"] == {"name": "imagenet", "crop_size": 24, "k": 4, "beta": 4.0, "severity": 1.0,
                                   "ops": "all"}
-    from mixset.shard_sources import open_source
+    from mixset.shard.listing import open_source
 
     source = open_source("imagenet", imagenet, "train")
     recipe = ShardConfig(dataset="imagenet", data_dir=imagenet, out=out, crop_size=24).recipe()
@@ -256,8 +256,8 @@ def test_cli_takes_rank_and_world_size_from_torchrun_env(imagenet: Path, tmp_pat
 
 def test_threaded_and_chunked_makers_make_the_same_samples(tmp_path: Path, mixset: Path, monkeypatch) -> None:
     # The GPU strategy: one process, threads decode and encode; on the CPU it must give the same bytes.
-    from mixset.shard import Maker
-    from mixset.shard_sources import open_source
+    from mixset.shard.sharder import Maker
+    from mixset.shard.listing import open_source
 
     write_cifar10(tmp_path / "c", per_batch=3)
     config = ShardConfig(dataset="cifar10", data_dir=tmp_path / "c", out=tmp_path / "o", pixmix=True, mixset=mixset)
@@ -267,7 +267,7 @@ def test_threaded_and_chunked_makers_make_the_same_samples(tmp_path: Path, mixse
     threaded, _ = Maker(config, source, threads=3).all_samples(task)
     assert [s.key for s in serial] == [s.key for s in threaded] and len(serial) == 9
     assert all(a.fields == b.fields for a, b in zip(serial, threaded, strict=True))
-    monkeypatch.setattr("mixset.shard.CHUNK", 4)  # a shard made in chunks of 4, 4, 1
+    monkeypatch.setattr("mixset.shard.sharder.CHUNK", 4)  # a shard made in chunks of 4, 4, 1
     chunked, _ = Maker(config, source, threads=2).all_samples(task)
     assert [(a.key, a.fields) for a in chunked] == [(a.key, a.fields) for a in serial]
 

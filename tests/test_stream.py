@@ -1,4 +1,4 @@
-"""pixmix.stream: epoch planning, streaming batches from shards (views and online PixMix), faults, DDP."""
+"""pixmix.data.loader: epoch planning, streaming batches from shards (views and online PixMix), faults, DDP."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from helpers import no_global_rng
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from pixmix.augment import apply_batch
-from pixmix.mixset_reader import MixingShards
-from pixmix.params import PixMixParams, sample_params
-from pixmix.recipes import CIFAR, IMAGENET
-from pixmix.seeding import generator_for
-from pixmix.shards import Sample, iter_shard, to_bytes, write_shard
-from pixmix.shardset import SHARDS_FORMAT, SHARDS_VERSION
-from pixmix.stream import (
+from pixmix.augment.pixmix import apply_batch
+from pixmix.data.shards.mixing_set import MixingShards
+from pixmix.augment.params import PixMixParams, sample_params
+from pixmix.augment.recipes import CIFAR, IMAGENET
+from pixmix.utils.seeding import generator_for
+from pixmix.data.shards.tar import Sample, iter_shard, to_bytes, write_shard
+from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
+from pixmix.data.loader import (
     Piece,
     ShardLoader,
     batches_per_rank,
@@ -252,7 +252,7 @@ def test_views_of_different_sizes_need_online_mode_or_a_transform(mixed_size_set
     loader = ShardLoader(mixed_size_set, batch_size=5, num_workers=0, recipe="cifar")
     with pytest.raises(ValueError, match="different sizes.*mode='online'"):
         list(loader)
-    from pixmix.transforms import CenterCrop, SeededCompose
+    from pixmix.augment.transforms import CenterCrop, SeededCompose
 
     fixed = ShardLoader(mixed_size_set, batch_size=5, num_workers=0, recipe="cifar",
                         transform=SeededCompose([CenterCrop(24)]))
@@ -376,7 +376,7 @@ def test_a_truncated_shard_is_reported_and_the_batch_count_stays_exact(tmp_path,
     folder = make_set(tmp_path / "cut")
     shard = folder / "shards" / "v0-003.tar"  # the 20-sample shard
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    caplog.set_level(logging.WARNING, logger="pixmix.stream")
+    caplog.set_level(logging.WARNING, logger="pixmix.data.loader")
     read = {}
     for workers in (0, 2):  # errors raised in the main process and in worker processes
         fresh: list[str] = []
@@ -449,9 +449,9 @@ def test_untrusted_shard_images_are_checked_before_and_after_decoding(tmp_path) 
     import numpy as np
     from PIL import Image as _Image
 
-    from pixmix.shards import Sample, write_shard
-    from pixmix.shardset import SHARDS_FORMAT, SHARDS_VERSION
-    from pixmix.stream import ShardLoader
+    from pixmix.data.shards.tar import Sample, write_shard
+    from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
+    from pixmix.data.loader import ShardLoader
 
     def png(array, mode=None) -> bytes:
         buf = _io.BytesIO()
@@ -483,8 +483,8 @@ def test_untrusted_shard_images_are_checked_before_and_after_decoding(tmp_path) 
 
 
 def test_the_default_shuffle_buffer_follows_the_sample_size(tmp_path) -> None:
-    from pixmix.shardset import ShardRecord, ShardSet
-    from pixmix.stream import auto_shuffle_buffer
+    from pixmix.data.shards.shard_set import ShardRecord, ShardSet
+    from pixmix.data.loader import auto_shuffle_buffer
 
     def shardset(samples: int, nbytes: int) -> ShardSet:
         return ShardSet(tmp_path, "pixmix", 1, ("a",), "jpg", (ShardRecord("s.tar", samples, nbytes, "0" * 64),), {})

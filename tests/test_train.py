@@ -1,4 +1,4 @@
-"""pixmix.train: presets, learning, checkpoints and logs, exact resume, data modes, the schedule, DDP."""
+"""pixmix.train.trainer: presets, learning, checkpoints and logs, exact resume, data modes, the schedule, DDP."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from click.testing import CliRunner
 from tiny_datasets import write_imagenet, write_mixset
 from torch import nn
 
-import pixmix.train as train_module
-from mixset.shard import ShardConfig, shard
+import pixmix.train.trainer as train_module
+from mixset.shard.sharder import ShardConfig, shard
 from pixmix.models import SmokeNet, build_model, load_checkpoint, model_from_checkpoint
-from pixmix.shardset import ShardSet
-from pixmix.train import (
+from pixmix.data.shards.shard_set import ShardSet
+from pixmix.train.trainer import (
     PRESETS,
     TrainError,
     cosine_factor,
@@ -34,8 +34,8 @@ from pixmix.train import (
     preset_config,
     train,
 )
-from pixmix.train_cli import PRESET_NAMES
-from pixmix.train_cli import train as train_command
+from pixmix.cli.train import PRESET_NAMES
+from pixmix.cli.train import train as train_command
 
 # torchvision 0.29 deprecates its image decoders (in favour of TorchCodec) on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -214,7 +214,7 @@ def test_checkpoint_and_log_contents(data: Data, tmp_path: Path) -> None:
         assert torch.equal(value, state["model_state"][key])
     # The checkpoint's model reproduces the logged validation error.
     shardset = ShardSet.load(data.test)
-    from pixmix.stream import ShardLoader, finish_batch
+    from pixmix.data.loader import ShardLoader, finish_batch
 
     loader = ShardLoader(shardset.folder, batch_size=16, num_workers=0, recipe="cifar", shuffle=False,
                          drop_last=False, rank=0, world_size=1)
@@ -362,7 +362,7 @@ def _train_command() -> list[str]:
     script = shutil.which("pixmix") or str(Path(sys.executable).parent / "pixmix")
     if "train" in main.commands and Path(script).exists():
         return [script, "train"]
-    return [sys.executable, "-m", "pixmix.train_cli"]
+    return [sys.executable, "-m", "pixmix.cli.train"]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for pixmix.transforms: explicit-generator randomness, torchvision equivalence, distributions."""
+"""Tests for pixmix.augment.transforms: explicit-generator randomness, torchvision equivalence, distributions."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 from helpers import ks_two_sample as ks_statistic
 from helpers import no_global_rng
-from pixmix.transforms import (
+from pixmix.augment.transforms import (
     CenterCrop,
     CropParams,
     RandomCrop,

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from http_server import Route, serve
-from mixset.build import BuildConfig, BuildError, build
-from mixset.collections import load_collection
+from mixset.build.builder import BuildConfig, BuildError, build
+from mixset.sources.catalog import load_collection
 from mixset.verify import verify
-from pixmix.mixset_reader import MixingShards
+from pixmix.data.shards.mixing_set import MixingShards
 
 
 def jpeg(colour: tuple[int, int, int], size=(90, 60)) -> bytes:

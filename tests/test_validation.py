@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pixmix.augment import PixMix, apply_batch, pixmix_batch
-from pixmix.config import PixMixConfig
-from pixmix.params import sample_params
+from pixmix.augment.pixmix import PixMix, apply_batch, pixmix_batch
+from pixmix.augment.config import PixMixConfig
+from pixmix.augment.params import sample_params
 
 
 def u8(*shape: int) -> torch.Tensor:

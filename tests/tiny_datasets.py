@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixmix.metrics import CORRUPTIONS
+from pixmix.data.benchmarks import CORRUPTIONS
 
 
 def write_imagenet(root: Path, classes: int = 3, per_class: int = 4, val_per_class: int = 2, seed: int = 0) -> Path:
@@ -65,7 +65,7 @@ def write_cifar10_c(root: Path, per_severity: int = 2, seed: int = 0) -> np.ndar
 
 def write_mixset(out: Path, count: int = 6, size: int = 64, seed: int = 0) -> Path:
     """A small mixing set of procedural fractals, built by ``mixset build`` itself."""
-    from mixset.build import BuildConfig, build
+    from mixset.build.builder import BuildConfig, build
 
     manifests = out.with_name(out.name + "-manifests")
     manifests.mkdir(parents=True, exist_ok=True)

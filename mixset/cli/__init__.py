@@ -1,0 +1,235 @@
+"""The ``mixset`` command line. Thin: heavy imports happen inside commands, so --help is instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mixset import __version__
+from pixmix.utils.runtime import tune_cpu_allocator
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mixset")
+def main() -> None:
+    """Assemble PixMix mixing sets and pre-generate PixMix training shards."""
+    # Before any command imports torch: keeps CPU tensor memory in the heap (see pixmix.utils.runtime).
+    tune_cpu_allocator()
+
+
+@main.command()
+@click.option("--source", "sources", multiple=True,
+              type=click.Choice(["fractals", "fvis", "deadleaves", "spectrum", "stylegan", "fractaldb", "natural"]),
+              default=("fractals",), show_default=True, help="Mixing-set source to include (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (shards/, manifest.json, contact-sheet.png). Re-running resumes.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N items per source (quick runs).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--image-size", type=click.IntRange(32, 4096), default=256, show_default=True,
+              help="Shorter side of every stored image.")
+@click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True, help="Samples per shard.")
+@click.option("--format", "photo_format", type=click.Choice(["jpg", "webp"]), default="jpg", show_default=True,
+              help="Encoding of fractals and photos.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes producing images.")
+@click.option("--manifests", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of collection manifests (default: the project's manifests/).")
+@click.option("--strict", is_flag=True, help="Fail when a collection is unreachable instead of reporting it.")
+@click.option("--device", default="auto", show_default=True, help="Where FVis render: auto (cuda when available), cpu, cuda[:N].")
+@click.option("--fvis-models", default=None, help="Comma-separated models for FVis (default: all known early-layer models).")
+@click.option("--fvis-steps", type=click.IntRange(1), default=512, show_default=True, help="Optimisation steps per FVis.")
+@click.option("--fvis-size", type=click.IntRange(16, 1024), default=128, show_default=True, help="FVis render size (px).")
+@click.option("--fvis-batch", type=click.IntRange(1), default=64, show_default=True, help="Units rendered together.")
+@click.option("--fvis-weights", type=click.Choice(["default", "random"]), default="default", show_default=True,
+              help="torchvision's pretrained weights (random-init fallback when unavailable), or random init.")
+@click.option("--fvis-checkpoint", "fvis_checkpoints", multiple=True, metavar="MODEL=PATH",
+              help="A local state_dict for MODEL (loaded with weights_only=True); repeatable.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, image_size: int, shard_size: int,
+          photo_format: str, quality: int, workers: int, manifests: Path | None, strict: bool, device: str,
+          fvis_models: str | None, fvis_steps: int, fvis_size: int, fvis_batch: int, fvis_weights: str,
+          fvis_checkpoints: tuple[str, ...], quiet: bool) -> None:
+    """Assemble a PixMix mixing set as WebDataset shards with a manifest and a contact sheet."""
+    from mixset.build.builder import BuildConfig, BuildError, build as run_build
+    from mixset.sources.catalog import DEFAULT_MANIFESTS
+
+    try:
+        checkpoints = []
+        for spec in fvis_checkpoints:
+            model, sep, path = spec.partition("=")
+            if not sep or not model or not path:
+                raise click.BadParameter(f"expected MODEL=PATH, got {spec!r}", param_hint="--fvis-checkpoint")
+            checkpoints.append((model, path))
+        config = BuildConfig(out=out, sources=sources, seed=seed, limit=limit, image_size=image_size,
+                             shard_size=shard_size, quality=quality, photo_format=photo_format, strict=strict,
+                             manifests=manifests or DEFAULT_MANIFESTS, workers=workers, device=device,
+                             fvis_models=tuple(fvis_models.split(",")) if fvis_models else None,
+                             fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
+                             fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints))
+        summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
+    except (BuildError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"built {summary.samples} samples in {summary.shards} shard(s) at {out} "
+               f"({summary.resumed_shards} resumed, {summary.duplicates} duplicates removed, {summary.rejected} rejected)")
+    for r in summary.reports.values():
+        note = f": {r.error}" if r.error else ""
+        click.echo(f"  {r.source}/{r.name} [{r.kind}] {r.status}: {r.samples} samples{note}")
+    click.echo(f"manifest: {summary.manifest}\ncontact sheet: {summary.contact_sheet}")
+
+
+def _shard_options(fn):
+    """Options shared by every dataset of ``mixset shard``."""
+    options = [
+        click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+                     help="The dataset's folder (see the command's help for its layout)."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                     help="Output folder (shards/, manifest.json). Re-running resumes."),
+        click.option("--pixmix", is_flag=True, help="Store PixMix views instead of the images."),
+        click.option("--mixset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                     help="Mixing set built by `mixset build` (needed by --pixmix, unless --partners augmented)."),
+        click.option("--views", type=click.IntRange(1), default=1, show_default=True,
+                     help="PixMix views per image; training epoch e reads view e mod V."),
+        click.option("--k", type=click.IntRange(1), default=None, help="PixMix rounds (default: the recipe's, 4)."),
+        click.option("--beta", type=float, default=None, help="PixMix beta (default: ImageNet 4, CIFAR 3)."),
+        click.option("--severity", type=float, default=None, help="Op severity (default: ImageNet 1, CIFAR 3)."),
+        click.option("--ops", type=click.Choice(["all", "basic"]), default="all", show_default=True,
+                     help="PixMix augmentation ops."),
+        click.option("--partners", type=click.Choice(["both", "augmented", "mixing"]), default="both",
+                     show_default=True, help="Mixing partners: both (PixMix), augmented inputs only (no mixing "
+                     "set needed), or the mixing set only (the paper's Table 5)."),
+        click.option("--crop-size", type=click.IntRange(8, 1024), default=None,
+                     help="Size of PixMix views (default: ImageNet 224, CIFAR 32)."),
+        click.option("--image-size", type=click.IntRange(8, 4096), default=None,
+                     help="Plain folder images: shorter side [default: 256]."),
+        click.option("--format", "image_format", type=click.Choice(["jpg", "png", "webp"]), default=None,
+                     help="Image encoding [default: jpg; png for CIFAR]."),
+        click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True),
+        click.option("--shard-samples", type=click.IntRange(1), default=None,
+                     help="Samples per shard [default: from --shard-bytes]."),
+        click.option("--shard-bytes", type=click.IntRange(1), default=256 << 20, show_default=True,
+                     help="Target shard size, used when --shard-samples is not given."),
+        click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
+        click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images (quick runs)."),
+        click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+                     help="Processes (CPU) or decode/encode threads (GPU) on this machine."),
+        click.option("--rank", type=click.IntRange(0), default=None,
+                     help="This machine's rank [default: $RANK (torchrun), $SLURM_PROCID, or 0]."),
+        click.option("--world-size", type=click.IntRange(1), default=None,
+                     help="Number of ranks [default: $WORLD_SIZE, $SLURM_NTASKS, or 1]."),
+        click.option("--device", default="auto", show_default=True,
+                     help="Where PixMix views are mixed: auto (cuda when available), cpu, cuda[:N]."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.group()
+def shard() -> None:
+    """Write a dataset (or pre-generated PixMix views of it) as WebDataset shards."""
+
+
+def _run_shard(dataset: str, split: str, corrupted: bool = False, **opts) -> None:
+    from mixset.shard.sharder import ShardConfig, ShardError, distributed_defaults, shard as run_shard
+
+    quiet = opts.pop("quiet")
+    rank, world_size = distributed_defaults(opts.pop("rank"), opts.pop("world_size"))
+    try:
+        config = ShardConfig(dataset=dataset, split=split, corrupted=corrupted, rank=rank, world_size=world_size,
+                             **opts)
+        s = run_shard(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
+    except (ShardError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    rate = s.samples_written / s.seconds if s.seconds > 0 else 0.0
+    click.echo(f"rank {s.rank}/{s.world_size}: wrote {s.shards_written} shard(s) ({s.samples_written} samples, "
+               f"{rate:.1f}/s), {s.shards_resumed} already complete, {len(s.failures)} image(s) skipped")
+    if s.manifest is not None:
+        click.echo(f"manifest: {s.manifest} ({s.shards_total} shards)")
+    else:
+        click.echo(f"other ranks' shards are still missing: the last rank to finish (or `mixset shard merge "
+                   f"{s.out}`) writes the manifest")
+
+
+@shard.command()
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
+@_shard_options
+def imagenet(split: str, **opts) -> None:
+    """ImageNet in its folder layout: DATA_DIR/{train,val}/<wnid>/*.JPEG (labels: sorted train wnids)."""
+    _run_shard("imagenet", split, **opts)
+
+
+@shard.command()
+@click.option("--split", default="train", show_default=True, help="A name for the output (train, val, ...).")
+@_shard_options
+def imagefolder(split: str, **opts) -> None:
+    """Any ImageFolder tree: DATA_DIR/<class>/**/<image> (labels: sorted class folders)."""
+    _run_shard("imagefolder", split, **opts)
+
+
+@shard.command()
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--corrupted", is_flag=True, help="CIFAR-10-C: DATA_DIR/CIFAR-10-C/<corruption>.npy (all 15 x 5).")
+@_shard_options
+def cifar10(split: str, corrupted: bool, **opts) -> None:
+    """CIFAR-10 python batches: DATA_DIR/cifar-10-batches-py/ (or CIFAR-10-C with --corrupted)."""
+    _run_shard("cifar10", split, corrupted, **opts)
+
+
+@shard.command()
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--corrupted", is_flag=True, help="CIFAR-100-C: DATA_DIR/CIFAR-100-C/<corruption>.npy (all 15 x 5).")
+@_shard_options
+def cifar100(split: str, corrupted: bool, **opts) -> None:
+    """CIFAR-100 python batches: DATA_DIR/cifar-100-python/ (or CIFAR-100-C with --corrupted)."""
+    _run_shard("cifar100", split, corrupted, **opts)
+
+
+@shard.command("merge")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def shard_merge(out: Path) -> None:
+    """Write OUT/manifest.json once every rank has written its shards."""
+    from mixset.shard.sharder import ShardError, merge
+
+    try:
+        path = merge(out)
+    except ShardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"manifest: {path}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster).")
+def verify(folder: Path, no_decode: bool) -> None:
+    """Recheck every shard and sample of a built set against its manifest."""
+    from mixset.verify import verify as run_verify
+
+    try:
+        problems = run_verify(folder, decode=not no_decode)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in problems:
+        click.echo(line, err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {folder}")
+    click.echo(f"{folder}: OK")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def info(folder: Path) -> None:
+    """Summarise a built set: sources, collections, counts, licences."""
+    from mixset.verify import info as run_info
+
+    try:
+        click.echo(run_info(folder))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# Registered last: its module imports only click; the pipeline machinery loads inside the command.
+from mixset.cli.run import run as run_command  # noqa: E402
+
+main.add_command(run_command)

@@ -1,0 +1,5 @@
+"""`python -m mixset.cli ...`: the same as the `mixset` command."""
+
+from mixset.cli import main
+
+main()

@@ -1,0 +1,301 @@
+"""Unpack untrusted archives and sanity-check untrusted images.
+
+:func:`safe_extract` unpacks a tar (plain, gzip, bzip2, xz) or zip archive, detected by content, never by
+name. Policy, identical on every Python version (the files are written by this module, not by
+``tarfile.extract``/``zipfile.extract``, so the tar "data" filter is not needed and its version-dependent
+behaviour does not matter):
+
+* **Whole-archive refusal.** Every member is checked before a single byte is written. One bad member (an
+  absolute path or drive letter, a ``..`` component, a NUL byte, a symlink, a hardlink, a device, a fifo,
+  an encrypted zip entry, a duplicate name or a file/folder name clash) refuses the whole archive, and the
+  message names that member. Members that ``include`` leaves out are checked too: a malicious member means
+  the archive is not what the manifest promised. Backslashes count as folder separators, so ``a\\b`` is
+  ``a/b`` and ``..\\x`` is refused.
+* **Limits.** ``max_members`` bounds the number of members (all of them, counted while reading the index);
+  ``max_member_bytes`` and ``max_total_bytes`` bound the uncompressed bytes written (included members only).
+  Sizes declared in the headers are checked before extraction, and the bytes actually produced are counted
+  while writing (a zip entry cannot inflate past its limit even if its header lies).
+* **Atomic result.** Members are written into a temporary sibling folder of ``out_dir`` that is renamed to
+  ``out_dir`` at the end. On any error the temporary folder is removed and ``out_dir`` is not created.
+  ``out_dir`` must not exist, or be an empty folder (which is then replaced).
+* Files get mode 0o644 (folders the default mode); owners, permissions and times from the archive are
+  ignored.
+
+Untrusted images are checked by :mod:`pixmix.data.images` (``open_image``, ``check_image``: header first,
+decompression bombs refused before decoding, then a full decode); they are re-exported here.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pixmix.data.images import DEFAULT_IMAGE_FORMATS, ImageError, check_image  # re-exported
+
+__all__ = [
+    "DEFAULT_IMAGE_FORMATS",
+    "DEFAULT_MAX_MEMBER_BYTES",
+    "DEFAULT_MAX_TOTAL_BYTES",
+    "ArchiveError",
+    "ImageError",
+    "check_image",
+    "safe_extract",
+]
+
+#: Default cap on the uncompressed size of one member.
+DEFAULT_MAX_MEMBER_BYTES = 2 * 2**30
+#: Default cap on the uncompressed size of everything extracted from one archive.
+DEFAULT_MAX_TOTAL_BYTES = 64 * 2**30
+
+_CHUNK = 1 << 20
+
+
+class ArchiveError(Exception):
+    """An archive or image was refused. The message is one line naming the file (and member) and the reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclass(frozen=True)
+class _Member:
+    raw: str  # the name as stored in the archive
+    name: str  # normalised, relative, '/'-separated
+    is_dir: bool
+    size: int  # declared uncompressed size (0 for folders)
+    handle: object  # TarInfo or ZipInfo
+
+
+def _show(name: str) -> str:
+    return repr(name)  # quotes, and escapes newlines/control characters, keeping messages on one line
+
+
+def _normalise(raw: str, archive: Path) -> str:
+    """The safe relative POSIX name for a member, or ArchiveError. '' means the archive root ('./')."""
+
+    def refuse(why: str) -> ArchiveError:
+        return ArchiveError(
+            f"unsafe member {_show(raw)} in {archive}: {why}; the archive was refused and nothing was extracted"
+        )
+
+    if "\x00" in raw:
+        raise refuse("NUL byte in its name")
+    name = raw.replace("\\", "/")
+    if name.startswith("/"):
+        raise refuse("absolute path")
+    if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
+        raise refuse("drive-letter path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise refuse("'..' component escapes the output folder")
+    return "/".join(parts)
+
+
+def _tar_members(tf: tarfile.TarFile, archive: Path, max_members: int) -> list[_Member]:
+    members: list[_Member] = []
+    count = 0
+    for info in tf:
+        count += 1
+        if count > max_members:
+            raise ArchiveError(
+                f"{archive} has more than {max_members} members; refused (raise max_members if it is genuine)"
+            )
+        name = _normalise(info.name, archive)
+        if info.issym() or info.islnk():
+            kind = "symlink" if info.issym() else "hardlink"
+            raise ArchiveError(
+                f"unsafe member {_show(info.name)} in {archive}: {kind} to {_show(info.linkname)}; "
+                "the archive was refused and nothing was extracted"
+            )
+        if not (info.isreg() or info.isdir()):
+            kind = {
+                tarfile.CHRTYPE: "character device",
+                tarfile.BLKTYPE: "block device",
+                tarfile.FIFOTYPE: "fifo",
+            }.get(info.type, f"unsupported member type {info.type!r}")
+            raise ArchiveError(
+                f"unsafe member {_show(info.name)} in {archive}: {kind}; "
+                "the archive was refused and nothing was extracted"
+            )
+        members.append(_Member(info.name, name, info.isdir(), 0 if info.isdir() else info.size, info))
+    return members
+
+
+def _zip_members(zf: zipfile.ZipFile, archive: Path, max_members: int) -> list[_Member]:
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        raise ArchiveError(
+            f"{archive} has {len(infos)} members, over the limit of {max_members}; refused "
+            "(raise max_members if it is genuine)"
+        )
+    members: list[_Member] = []
+    for info in infos:
+        name = _normalise(info.filename, archive)
+        mode = info.external_attr >> 16
+        fmt = stat.S_IFMT(mode)
+        is_dir = info.is_dir() or fmt == stat.S_IFDIR
+        if fmt and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = "symlink" if stat.S_ISLNK(mode) else "special file (device, fifo or socket)"
+            raise ArchiveError(
+                f"unsafe member {_show(info.filename)} in {archive}: {kind}; "
+                "the archive was refused and nothing was extracted"
+            )
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"member {_show(info.filename)} in {archive} is encrypted; refused")
+        members.append(_Member(info.filename, name, is_dir, 0 if is_dir else info.file_size, info))
+    return members
+
+
+def _check_layout(members: list[_Member], archive: Path) -> None:
+    """Refuse duplicate names and file/folder clashes (``a`` a file and ``a/b`` a member)."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for m in members:
+        if not m.name:
+            if not m.is_dir:
+                raise ArchiveError(f"member {_show(m.raw)} in {archive} has an empty name; refused")
+            continue
+        parents = ["/".join(m.name.split("/")[:i]) for i in range(1, m.name.count("/") + 1)]
+        for p in parents:
+            if p in files:
+                raise ArchiveError(f"member {_show(m.name)} in {archive} is inside {_show(p)}, which is a file; refused")
+            dirs.add(p)
+        if m.is_dir:
+            if m.name in files:
+                raise ArchiveError(f"member {_show(m.name)} in {archive} is both a file and a folder; refused")
+            dirs.add(m.name)
+        else:
+            if m.name in files:
+                raise ArchiveError(f"duplicate member {_show(m.name)} in {archive}; refused")
+            if m.name in dirs:
+                raise ArchiveError(f"member {_show(m.name)} in {archive} is both a file and a folder; refused")
+            files.add(m.name)
+
+
+def _copy(src, dst_path: Path, limit: int, member: str, archive: Path, what: str) -> int:
+    written = 0
+    with open(dst_path, "xb") as out:
+        while True:
+            block = src.read(_CHUNK)
+            if not block:
+                break
+            written += len(block)
+            if written > limit:
+                raise ArchiveError(f"member {_show(member)} in {archive} exceeds {what}; refused")
+            out.write(block)
+    os.chmod(dst_path, 0o644)
+    return written
+
+
+def safe_extract(
+    archive: Path,
+    out_dir: Path,
+    *,
+    include: Callable[[str], bool] | None = None,
+    max_members: int = 1_000_000,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+) -> list[Path]:
+    """Extract ``archive`` into ``out_dir`` (which must not exist, or be empty) atomically and safely.
+
+    ``include(name)`` gets each member's normalised relative name (``'fractals/images/a.jpg'``) and decides
+    whether it is extracted; folders are created as needed for included files, and a folder member is only
+    created on its own when ``include`` is None or accepts it. Returns the extracted files (not folders) as
+    paths under ``out_dir``, in archive order. See the module docstring for the safety policy.
+    """
+    archive, out_dir = Path(archive), Path(out_dir)
+    if not archive.is_file():
+        raise ArchiveError(f"archive {archive} does not exist or is not a file")
+    if out_dir.exists() or out_dir.is_symlink():
+        if out_dir.is_symlink() or not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise ArchiveError(f"output folder {out_dir} already exists and is not empty; remove it or choose another")
+
+    if tarfile.is_tarfile(archive):
+        kind = "tar"
+    elif zipfile.is_zipfile(archive):
+        kind = "zip"
+    else:
+        raise ArchiveError(f"{archive} is not a tar (plain, gz, bz2, xz) or zip archive; check the download")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".extracting", dir=out_dir.parent))
+    try:
+        try:
+            if kind == "tar":
+                with tarfile.open(archive, "r:*") as tf:
+                    members = _tar_members(tf, archive, max_members)
+                    written = _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
+                                       lambda m: tf.extractfile(m.handle))
+            else:
+                with zipfile.ZipFile(archive) as zf:
+                    members = _zip_members(zf, archive, max_members)
+                    written = _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
+                                       lambda m: zf.open(m.handle))
+        except ArchiveError:
+            raise
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error,
+                lzma.LZMAError) as exc:
+            raise ArchiveError(f"{archive} is corrupt or unsupported ({type(exc).__name__}: {exc})") from None
+        except OSError as exc:
+            if exc.filename is None:  # decompressor errors (zlib, lzma, bz2) surface as OSError without a file
+                raise ArchiveError(f"{archive} is corrupt ({type(exc).__name__}: {exc})") from None
+            raise
+        if out_dir.is_dir() and not out_dir.is_symlink():
+            out_dir.rmdir()  # empty (checked above); fails loudly if something appeared meanwhile
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out_dir / rel for rel in written]
+
+
+def _extract(members, tmp: Path, archive: Path, include, max_total_bytes, max_member_bytes, opener) -> list[str]:
+    _check_layout(members, archive)
+    chosen = [m for m in members if m.name and (include is None or include(m.name))]
+    total = 0
+    for m in chosen:
+        if m.is_dir:
+            continue
+        if m.size > max_member_bytes:
+            raise ArchiveError(
+                f"member {_show(m.name)} in {archive} is {m.size} bytes, over the per-member limit of "
+                f"{max_member_bytes}; refused"
+            )
+        total += m.size
+        if total > max_total_bytes:
+            raise ArchiveError(
+                f"{archive} would extract more than the limit of {max_total_bytes} bytes; refused"
+            )
+    written: list[str] = []
+    total = 0
+    for m in chosen:
+        target = tmp.joinpath(*PurePosixPath(m.name).parts)
+        # Belt and braces: nothing in the folder is a link, so the resolved path must stay inside.
+        if not str(target.resolve()).startswith(str(tmp.resolve()) + os.sep):
+            raise ArchiveError(f"unsafe member {_show(m.name)} in {archive}: resolves outside the output folder")
+        if m.is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = opener(m)
+        if src is None:  # pragma: no cover - regular tar members always have data
+            raise ArchiveError(f"member {_show(m.name)} in {archive} has no data")
+        with src:
+            limit = min(max_member_bytes, max_total_bytes - total)
+            what = (
+                f"the per-member limit of {max_member_bytes} bytes"
+                if limit == max_member_bytes
+                else f"the archive limit of {max_total_bytes} bytes"
+            )
+            total += _copy(src, target, limit, m.name, archive, what)
+        written.append(m.name)
+    return written

@@ -1,0 +1,603 @@
+"""Feature visualisations (the paper's "FVis") of units in early CNN layers, many units per batch.
+
+PixMix's second family of mixing pictures are feature visualisations of units in the initial layers
+of several CNNs (docs/mixing-sources.md, "Feature visualizations"). This module renders them with
+Lucid's recipe as Lucent reproduces it, but with its own optimisation loop so that it is fast:
+
+- the model is cut after the target layer (:func:`truncated_trunk`): later layers never run;
+- ``batch`` units of one layer share one optimisation: one image parameter per unit, one forward and
+  backward pass per step for all of them, objective ``-sum_i mean(activation[i, unit_i])``;
+- it runs on the ``device`` it is given (Lucent hard-codes ``cuda:0``), removes nothing from and adds
+  nothing to the model (Lucent leaves a forward hook on every module per call), and lets errors
+  propagate (Lucent swallows RuntimeErrors in the forward pass).
+
+Recipe (identical to ``lucent.optvis.render.render_vis`` with ``param.image(size, fft=True,
+decorrelate=True)`` and ``transform.standard_transforms``): a Fourier-spectrum parameter with N(0, 0.01)
+init, scaled by ``1/max(|f|, 1/size)``, inverse real FFT (``norm="ortho"``) divided by 4, colours
+decorrelated by Lucent's fixed 3x3 matrix, sigmoid; per step Lucent's own transform closures (pad 12
+constant 0.5, jitter 8, scale 0.90..1.10, rotate -10..10 degrees, jitter 4: one random value per
+transform and step, shared by the whole batch), ImageNet normalisation, bilinear upsampling to 224 px
+when ``size < 224``; Adam with ``lr`` 0.05; Lucid's default of 512 steps (Microscope used 4096).
+
+Plan and rendering are separate: :func:`plan_units` lists ``(LayerSpec, channel)`` pairs,
+:func:`load_model` + :func:`truncated_trunk` + :func:`render_units` render them, :func:`fvis_images`
+chains the four and yields PIL images with metadata.
+
+Seeding and RNG isolation
+    Everything is a pure function of the seed. Unit ``u``'s initial spectrum is drawn from a CPU
+    ``torch.Generator`` seeded with ``derive_seed(seed, "init", u)``; the values equal what Lucent's
+    ``param.image`` draws from the global RNG after ``torch.manual_seed(derive_seed(seed, "init", u))``.
+    Lucent's transforms draw from the *global numpy* RNG (``np.random.choice``): each call runs with a
+    private ``RandomState`` seeded with ``derive_seed(seed, "transforms")`` swapped in and the caller's
+    numpy state swapped back afterwards. The loop also runs inside ``torch.random.fork_rng`` (the CPU
+    generator and the CUDA device in use) with those generators seeded from ``derive_seed(seed,
+    "global")`` (not ``torch.manual_seed``, which would also reseed every other GPU), so anything that
+    did draw from the global torch RNG would be seeded too; neither the caller's torch nor numpy RNG
+    state changes. Not thread-safe: two renders in threads of one process would share the swapped states
+    (and the patched ``lucent.optvis.transform.device``, see :class:`_LucentTransforms`).
+
+Batching independence
+    The transform stream depends on ``seed`` only (not on which units share the batch), the spectrum
+    init of a unit on ``(seed, unit)`` only, the model runs in ``eval()`` (no BatchNorm coupling) and
+    Adam is element-wise; so a unit's image does not depend on the other units in its batch, nor on
+    ``batch``: every slice's gradient depends on its own unit only (cross-gradients are exactly zero,
+    tests/test_fvis.py checks it). On the development CPU a unit rendered alone, in a batch, or with
+    ``batch=1`` gives bit-identical images (a tiny CNN and ResNet-50 ``layer1.0.conv1``); other CPUs
+    may block a batch of 1 and a batch of N differently in their convolution kernels, so only equality
+    up to float32 rounding is promised (the tests allow 1e-5). On CUDA, cuDNN's backward kernels are
+    not deterministic and TF32 may be used, so the same seed reproduces images only up to rounding.
+    Consequence of the shared transform stream: all units rendered with one ``seed`` see the same
+    sequence of jitters, scales and rotations (as the units of one Lucid batch do);
+    :func:`fvis_images` derives a different seed per layer.
+
+In-place ReLUs
+    The trunk's output is the target module's output *before* anything later runs, so truncation
+    drops the in-place ReLU that follows each conv in AlexNet/VGG ``features``: a conv objective there
+    sees the raw, pre-ReLU conv channel (Lucent's hook keeps the very tensor that the ReLU then
+    overwrites, so Lucent optimises post-ReLU values there). We chose this rather than cloning the
+    post-ReLU value: pre-ReLU objectives have gradients everywhere, which helps units that start
+    inactive. ResNet convs are followed by a (not in-place) BatchNorm, so both see the raw conv. To
+    optimise post-ReLU values, name the ReLU (AlexNet ``features.1``, VGG ``features.1``) or a block
+    (ResNet ``layer1.0``, GoogLeNet ``conv2``/``conv3``/``inception3a``), whose outputs are post-ReLU.
+
+Weights and the random-init fallback
+    :func:`load_model` loads torchvision's DEFAULT ImageNet weights (from the torch hub cache, or
+    downloaded when the network allows) or a local ``state_dict`` checkpoint. When neither can be had
+    it **warns** (``warnings.warn``, a ``RuntimeWarning``) and falls back to the architecture with a
+    *seeded random initialisation*: torchvision's own initialiser run inside ``torch.random.fork_rng``
+    with the CPU generator seeded from ``derive_seed(0, "random-init", name)`` (the CPU half of
+    ``torch.manual_seed``), so the same name always gives the same weights and the caller's RNG is
+    untouched. The description then starts with ``"random-init fallback: "`` and :func:`fvis_images`
+    copies it into every image's metadata. Units of an untrained network have no learned features:
+    such images are for plumbing and timing, not for a mixing set. Every model construction (also
+    before loading pretrained weights or a checkpoint) runs inside such a fork.
+
+Lucent (``torch-lucent`` 0.1.8, which pins ``kornia==0.4.1`` and imports IPython) is imported only
+inside the functions that need it: ``import mixset.sources.fvis`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from itertools import groupby
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "LayerSpec",
+    "DEFAULT_LAYERS",
+    "TRANSFORMS",
+    "plan_units",
+    "load_model",
+    "truncated_trunk",
+    "render_units",
+    "to_pil",
+    "fvis_images",
+    "derive_seed",
+]
+
+TRANSFORMS = ("lucent", "none")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODEL_INPUT = 224  # Lucent upsamples parameters smaller than this before the model
+INIT_SD = 0.01  # Lucent's spectrum init standard deviation
+FFT_MAGIC = 4.0  # Lucid/Lucent divide the inverse FFT by this ("reduces saturation")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer to visualise: torchvision model name, module name in ``named_modules()``, channels."""
+
+    model: str
+    layer: str
+    channels: int
+
+
+def _layers(model: str, *pairs: tuple[str, int]) -> list[LayerSpec]:
+    return [LayerSpec(model, layer, channels) for layer, channels in pairs]
+
+
+# Early layers of torchvision's ImageNet CNNs. Names and channel counts checked once by instantiating
+# each model with weights=None (torchvision 0.29.1) and running it through truncated_trunk.
+DEFAULT_LAYERS: dict[str, list[LayerSpec]] = {
+    # AlexNet: features.0 = conv1 (11x11/4), features.3 = conv2 (5x5).
+    "alexnet": _layers("alexnet", ("features.0", 64), ("features.3", 192)),
+    # VGG-16 conv blocks 1 and 2: conv1_1, conv1_2, conv2_1, conv2_2.
+    "vgg16": _layers("vgg16", ("features.0", 64), ("features.2", 64), ("features.5", 128), ("features.7", 128)),
+    # ResNet-50: stem conv1, the first bottleneck's 1x1 and 3x3 convs, its output and layer1's output.
+    "resnet50": _layers(
+        "resnet50",
+        ("conv1", 64),
+        ("layer1.0.conv1", 64),
+        ("layer1.0.conv2", 64),
+        ("layer1.0", 256),
+        ("layer1", 256),
+    ),
+    # GoogLeNet (InceptionV1): BasicConv2d conv2 (1x1) and conv3 (3x3), the first inception block.
+    "googlenet": _layers("googlenet", ("conv2", 64), ("conv3", 192), ("inception3a", 256)),
+}
+
+# Final classifier of each known architecture (used to infer num_classes from a checkpoint).
+_HEADS = {
+    "alexnet": "classifier.6",
+    "vgg16": "classifier.6",
+    "vgg19": "classifier.6",
+    "resnet50": "fc",
+    "googlenet": "fc",
+}
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 63-bit seed that is a stable function of ``(seed, *keys)`` (blake2b; same in every process)."""
+    digest = hashlib.blake2b(repr((int(seed), *keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+# --- plan ------------------------------------------------------------------------------------------
+
+
+def plan_units(models: Sequence[str] | None = None, limit: int | None = None) -> list[tuple[LayerSpec, int]]:
+    """Every ``(layer, channel)`` of :data:`DEFAULT_LAYERS` for ``models`` (all when ``None``).
+
+    Deterministic order: models in the order given (``DEFAULT_LAYERS`` order when ``None``), layers
+    in ``DEFAULT_LAYERS`` order, channels ascending. ``limit`` keeps the first ``limit`` entries.
+    """
+    names = list(DEFAULT_LAYERS) if models is None else list(models)
+    unknown = [m for m in names if m not in DEFAULT_LAYERS]
+    if unknown:
+        raise ValueError(f"no default layers for model(s) {unknown}; known: {sorted(DEFAULT_LAYERS)}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    plan = [(spec, c) for m in names for spec in DEFAULT_LAYERS[m] for c in range(spec.channels)]
+    return plan if limit is None else plan[:limit]
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+def _build(name: str, num_classes: int | None = None, aux_logits: bool | None = None) -> nn.Module:
+    from torchvision.models import get_model
+
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if name == "googlenet":
+        # init_weights=True: torchvision's documented default (silences its FutureWarning).
+        kwargs.update(init_weights=True, aux_logits=bool(aux_logits))
+    with torch.random.fork_rng(devices=[]):  # the initialisation must not consume the caller's RNG
+        torch.default_generator.manual_seed(derive_seed(0, "random-init", name))  # CPU only
+        return get_model(name, weights=None, **kwargs)
+
+
+def _random_init(name: str) -> nn.Module:
+    return _build(name)
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError("not a state_dict (a mapping of names to tensors)")
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_checkpoint(name: str, path: Path) -> tuple[nn.Module, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        head = _HEADS.get(name)
+        num_classes = int(state[f"{head}.weight"].shape[0]) if head and f"{head}.weight" in state else None
+        aux = any(k.startswith("aux1.") for k in state) if name == "googlenet" else None
+        model = _build(name, num_classes=num_classes, aux_logits=aux)
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes one line naming the file
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ValueError(f"cannot load {name} checkpoint {path}: {type(exc).__name__}: {reason}") from None
+    if name == "googlenet":
+        model.aux1 = model.aux2 = None  # type: ignore[assignment]  # as torchvision does for pretrained
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return model, f"checkpoint {path} (sha256 {digest})"
+
+
+def load_model(name: str, weights: str = "default", checkpoint: Path | None = None) -> tuple[nn.Module, str]:
+    """A torchvision classification model in ``eval()`` on the CPU, and a description of its weights.
+
+    - ``checkpoint``: a local ``state_dict`` (optionally wrapped in ``{"state_dict": ...}`` or saved
+      from DDP), loaded with ``torch.load(weights_only=True)``; ``num_classes`` is taken from it for the
+      known architectures. Any failure raises a one-line ``ValueError`` naming the file (a missing file
+      raises ``FileNotFoundError``). ``weights`` is ignored.
+    - ``weights="default"``: torchvision's DEFAULT weight enum (from the torch hub cache, downloaded
+      when the network allows); another string names an enum member (e.g. ``"IMAGENET1K_V1"``);
+      ``"random"`` asks for the seeded random initialisation without a warning.
+    - When the pretrained weights cannot be had (no network, no cache): ``warnings.warn`` and the
+      documented fallback, the architecture with a seeded random initialisation; the description is
+      ``"random-init fallback: <reason>"``.
+    """
+    if checkpoint is not None:
+        model, desc = _load_checkpoint(name, Path(checkpoint))
+        return model.eval(), desc
+    if weights == "random":
+        return _random_init(name).eval(), f"random-init (requested; seed derive_seed(0, 'random-init', {name!r}))"
+    from torchvision.models import get_model, get_model_weights
+
+    enum = get_model_weights(name)  # raises ValueError for an unknown model name
+    key = "DEFAULT" if weights == "default" else weights
+    try:
+        member = enum[key]
+    except KeyError:
+        raise ValueError(f"unknown weights {weights!r} for {name}; known: {['default', *enum.__members__]}") from None
+    try:
+        with torch.random.fork_rng(devices=[]):  # builds (random-inits) the model before loading
+            model = get_model(name, weights=member)
+    except Exception as exc:  # noqa: BLE001 - URLError, OSError, hash mismatch, corrupt cache...
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        reason = f"torchvision {enum.__name__}.{member.name} unavailable ({reason})"
+        warnings.warn(
+            f"FVIS WARNING: pretrained weights for {name} unavailable; using a seeded RANDOM initialisation "
+            f"instead: visualisations will NOT be those of a trained network. {reason}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _random_init(name).eval(), f"random-init fallback: {reason}"
+    return model.eval(), f"torchvision {enum.__name__}.{member.name}"
+
+
+# --- truncation ------------------------------------------------------------------------------------
+
+
+class _StopForward(BaseException):  # BaseException: not swallowed by a model's `except Exception`
+    def __init__(self, output: Any) -> None:
+        super().__init__("forward stopped at the target layer")
+        self.output = output
+
+
+class _Trunk(nn.Module):
+    """``model`` run up to and including ``layer``; ``forward`` returns that layer's output tensor."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+        self._target = (model.get_submodule(layer),)  # a tuple: not registered as a submodule
+        self.mode = "fx"
+        try:
+            from torchvision.models.feature_extraction import create_feature_extractor
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*nodes obtained by tracing.*")
+                self.body = create_feature_extractor(model, return_nodes={layer: "out"})
+        except Exception:  # noqa: BLE001 - not symbolically traceable: stop the eager forward instead
+            self.mode = "hook"
+            self.body = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "fx":
+            return self.body(x)["out"]
+
+        def stop(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            raise _StopForward(output)
+
+        handle = self._target[0].register_forward_hook(stop)
+        try:
+            self.body(x)
+        except _StopForward as stopped:
+            return stopped.output
+        finally:
+            handle.remove()
+        raise RuntimeError(f"layer {self.layer!r} was not called by the model's forward pass")
+
+
+def truncated_trunk(model: nn.Module, layer: str) -> nn.Module:
+    """A module that runs ``model`` only up to and including ``layer`` and returns its output.
+
+    Uses torchvision's FX ``create_feature_extractor`` (the graph is pruned after ``layer``, so later
+    modules are not even part of it); for models FX cannot trace, an eager forward that is aborted by
+    a temporary forward hook on ``layer`` as soon as it has run. Either way later layers never run,
+    including an in-place ReLU right after a conv: the output is the *pre-ReLU* conv output (see the
+    module docstring). A module called several times in one forward pass yields its first call.
+    Modules and parameters are shared with ``model`` (moving the trunk moves them; the trunk is
+    returned in ``eval()``, which puts the shared modules in ``eval()`` too).
+    """
+    names = {n for n, _ in model.named_modules()}
+    if layer not in names or layer == "":
+        close = sorted(n for n in names if n and (n.startswith(layer.rsplit(".", 1)[0]) or layer in n))[:10]
+        raise ValueError(f"model has no module {layer!r}; similar: {close}")
+    return _Trunk(model, layer).eval()
+
+
+# --- parameterisation and transforms (Lucent's) ------------------------------------------------------
+
+
+def _lucent() -> Any:
+    """Import Lucent's optvis modules (and so kornia and IPython) on first use only."""
+    with warnings.catch_warnings():
+        # kornia 0.4.1 calls torch.jit.script at import time, which current torch deprecates.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        import lucent.optvis.param.color
+        import lucent.optvis.param.spatial
+        import lucent.optvis.transform
+    return lucent.optvis
+
+
+def _freqs(size: int) -> np.ndarray:
+    return _lucent().param.spatial.rfft2d_freqs(size, size)
+
+
+def _spectrum_init(units: Sequence[int], seed: int, size: int) -> torch.Tensor:
+    """CPU float32 [B, 3, size, F, 2]: unit ``u``'s N(0, 0.01) spectrum from seed ``(seed, "init", u)``.
+
+    Equal to Lucent's ``fft_image`` init after ``torch.manual_seed(derive_seed(seed, "init", u))``.
+    """
+    shape = (1, 3, *_freqs(size).shape, 2)
+    inits = [
+        torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, "init", int(u)))) * INIT_SD
+        for u in units
+    ]
+    return torch.cat(inits) if inits else torch.zeros((0, *shape[1:]))
+
+
+class _ImageParam:
+    """Lucent's ``param.image(size, fft=True, decorrelate=True)`` as a function of a batched spectrum."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        color_correlation_normalized = _lucent().param.color.color_correlation_normalized
+        self.size = size
+        freqs = _freqs(size)
+        scale = 1.0 / np.maximum(freqs, 1.0 / size)
+        self.scale = torch.tensor(scale).float()[None, None, ..., None].to(device)
+        self.color_t = torch.tensor(color_correlation_normalized.T).to(device)
+
+    def __call__(self, spectrum: torch.Tensor) -> torch.Tensor:
+        spec = torch.view_as_complex(self.scale * spectrum)
+        image = torch.fft.irfftn(spec, s=(self.size, self.size), norm="ortho")
+        image = image[:, :3, : self.size, : self.size] / FFT_MAGIC
+        image = torch.matmul(image.permute(0, 2, 3, 1), self.color_t).permute(0, 3, 1, 2)
+        return torch.sigmoid(image)
+
+
+class _LucentTransforms:
+    """``lucent.optvis.transform.standard_transforms`` with a private, seeded numpy RNG.
+
+    Lucent's transforms call ``np.random.choice`` (global numpy RNG) and move tensors to the module
+    global ``lucent.optvis.transform.device`` (``cuda:0`` whenever CUDA exists). Each call swaps in
+    this object's ``RandomState`` and the render device, runs Lucent's closures, and swaps the caller's
+    numpy state and Lucent's device back, so neither is changed by a render.
+    """
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        lt = _lucent().transform
+        self._lt = lt
+        self._compose = lt.compose(list(lt.standard_transforms))
+        self._state = np.random.RandomState(seed % 2**32).get_state()
+        self._device = device
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        saved_state, saved_device = np.random.get_state(), self._lt.device
+        np.random.set_state(self._state)
+        self._lt.device = self._device
+        try:
+            return self._compose(image)
+        finally:
+            self._state = np.random.get_state()
+            np.random.set_state(saved_state)
+            self._lt.device = saved_device
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+
+def _fork_rng_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _model_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """What the model sees: ImageNet normalisation (Lucent's ``transform.normalize()``, vectorised), then
+    bilinear upsampling (``align_corners=True``) to 224 px when the parameter ``size`` is below 224."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # channels_last: ~30% faster convolutions, pooling and BatchNorm for the trunk on the CPU (oneDNN);
+    # the layout only, the values are the same.
+    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    if size < MODEL_INPUT:
+        x = F.interpolate(x, size=(MODEL_INPUT, MODEL_INPUT), mode="bilinear", align_corners=True)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _render_batch(
+    trunk: nn.Module,
+    units: list[int],
+    *,
+    size: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    transforms: str,
+) -> torch.Tensor:
+    param = _ImageParam(size, device)
+    spectrum = _spectrum_init(units, seed, size).to(device).requires_grad_(True)
+    transform = _LucentTransforms(derive_seed(seed, "transforms"), device) if transforms == "lucent" else None
+    rows = torch.arange(len(units), device=device)
+    cols = torch.tensor(units, device=device)
+    optimizer = torch.optim.Adam([spectrum], lr=lr)
+    for step in range(steps):
+        x = param(spectrum)
+        if transform is not None:
+            x = transform(x)
+        act = trunk(_model_input(x, size))
+        if step == 0:
+            if not isinstance(act, torch.Tensor) or act.dim() < 2:
+                raise ValueError(f"the trunk must return a [B, C, ...] tensor, got {type(act).__name__}")
+            bad = [u for u in units if not 0 <= u < act.shape[1]]
+            if bad:
+                raise ValueError(f"units {bad} out of range for a layer with {act.shape[1]} channels")
+        picked = act[rows, cols]  # [B, ...]: slice i's own unit
+        loss = -picked.reshape(len(units), -1).mean(dim=1).sum()
+        (grad,) = torch.autograd.grad(loss, [spectrum])  # no .grad on the model's parameters
+        spectrum.grad = grad
+        optimizer.step()
+    with torch.no_grad():
+        return param(spectrum).float().cpu()
+
+
+def render_units(
+    trunk: nn.Module,
+    units: Sequence[int],
+    *,
+    size: int = 128,
+    steps: int = 512,
+    lr: float = 0.05,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch: int = 64,
+    transforms: Literal["lucent", "none"] = "lucent",
+) -> torch.Tensor:
+    """Feature visualisations of channels ``units`` of ``trunk``'s output: float [N, 3, size, size] in [0, 1].
+
+    ``trunk`` maps an ImageNet-normalised [B, 3, H, W] batch to the target layer's activations
+    [B, C, ...] (see :func:`truncated_trunk`); it is moved to ``device`` and run in ``eval()`` (the
+    modules' previous train/eval flags are restored afterwards). Units are rendered ``batch`` at a time,
+    one Lucent image parameter each, ``steps`` Adam steps on ``-sum_i mean(activation[i, unit_i])``
+    (see the module docstring for the recipe). ``transforms="none"`` skips Lucent's random transforms.
+
+    Image ``i`` is a function of ``(seed, units[i], size, steps, lr, transforms)`` and the trunk only:
+    it does not depend on the other units or on ``batch`` (up to float rounding). The global torch and
+    numpy RNG states are left unchanged. The result is on the CPU.
+    """
+    if transforms not in TRANSFORMS:
+        raise ValueError(f"transforms must be one of {TRANSFORMS}, got {transforms!r}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    if steps < 0 or batch < 1 or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"need steps >= 0, batch >= 1 and a finite lr > 0 (got {steps}, {batch}, {lr})")
+    units = [int(u) for u in units]
+    if not units:
+        return torch.zeros((0, 3, size, size))
+    device = torch.device(device)
+    flags = {m: m.training for m in trunk.modules()}
+    trunk.to(device).eval()
+    out = []
+    try:
+        forked = _fork_rng_devices(device)
+        with torch.random.fork_rng(devices=forked):
+            # Nothing below should draw from the global torch RNG; if anything does, it is seeded.
+            # Seed only the generators forked here (torch.manual_seed would reseed every GPU).
+            torch.default_generator.manual_seed(derive_seed(seed, "global"))
+            for index in forked:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(derive_seed(seed, "global"))
+            for start in range(0, len(units), batch):
+                chunk = units[start : start + batch]
+                kw = dict(size=size, steps=steps, lr=lr, seed=seed, device=device, transforms=transforms)
+                out.append(_render_batch(trunk, chunk, **kw))
+    finally:
+        for module, training in flags.items():
+            module.training = training
+    return torch.cat(out)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A float [3, H, W] image in [0, 1] as an 8-bit PIL RGB image (rounded)."""
+    from PIL import Image
+
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+
+
+def fvis_images(
+    models: Sequence[str] | None = None,
+    *,
+    plan: Sequence[tuple[LayerSpec, int]] | None = None,
+    limit: int | None = None,
+    size: int = 128,
+    steps: int = 512,
+    lr: float = 0.05,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch: int = 64,
+    weights: str = "default",
+    checkpoints: Mapping[str, Path] | None = None,
+    transforms: Literal["lucent", "none"] = "lucent",
+) -> Iterator[tuple[Image.Image, dict[str, Any]]]:
+    """Plan -> load -> truncate -> render: yields ``(PIL RGB image, metadata)`` in plan order.
+
+    ``plan`` defaults to ``plan_units(models, limit)``. Consecutive entries of one model share one
+    load (``checkpoints[model]`` when given, else ``weights``), consecutive entries of one layer one
+    trunk, and their channels are
+    rendered ``batch`` at a time with ``render_seed = derive_seed(seed, model, layer)`` so layers do not
+    share initialisations. Metadata: ``model, layer, channel, weights`` (the description from
+    :func:`load_model`, e.g. ``"random-init fallback: ..."``), ``steps, size, seed, render_seed, lr,
+    transforms``; ``render_units(trunk, [channel], seed=render_seed, ...)`` reproduces the image.
+    """
+    entries = list(plan_units(models, limit) if plan is None else plan)
+    checkpoints = dict(checkpoints or {})
+    for model_name, model_entries in groupby(entries, key=lambda entry: entry[0].model):
+        model, desc = load_model(model_name, weights=weights, checkpoint=checkpoints.get(model_name))
+        for spec, layer_entries in groupby(model_entries, key=lambda entry: entry[0]):
+            channels = [channel for _, channel in layer_entries]
+            trunk = truncated_trunk(model, spec.layer)
+            render_seed = derive_seed(seed, spec.model, spec.layer)
+            for start in range(0, len(channels), batch):
+                chunk = channels[start : start + batch]
+                images = render_units(
+                    trunk, chunk, size=size, steps=steps, lr=lr, seed=render_seed, device=device, batch=batch,
+                    transforms=transforms,
+                )
+                for channel, image in zip(chunk, images):
+                    meta = {
+                        "model": spec.model,
+                        "layer": spec.layer,
+                        "channel": channel,
+                        "weights": desc,
+                        "steps": steps,
+                        "size": size,
+                        "seed": seed,
+                        "render_seed": render_seed,
+                        "lr": lr,
+                        "transforms": transforms,
+                    }
+                    yield to_pil(image), meta
+            del trunk
+        del model  # free it before the next model is loaded

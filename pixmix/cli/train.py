@@ -1,0 +1,74 @@
+"""``pixmix train``: the click command (registered on the ``pixmix`` group; heavy imports inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+PRESET_NAMES = ("cifar", "cifar-baseline", "imagenet", "imagenet-baseline", "smoke", "smoke-baseline")
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--preset", type=click.Choice(PRESET_NAMES), required=True,
+              help="The recipe: cifar (WRN-40-4), imagenet (ResNet-50), smoke (tiny CNN); -baseline: no PixMix.")
+@click.option("--shards", type=_DIR, required=True,
+              help="Training shard set (`mixset shard`): plain, or pre-generated PixMix views.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder: checkpoints/ and log.jsonl; an existing run there is resumed.")
+@click.option("--mixset", type=_DIR, default=None, help="Mixing set (`mixset build`) for online PixMix on plain shards.")
+@click.option("--val-shards", type=_DIR, default=None, help="Shard set for the validation error after each epoch.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Default: the preset's.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch (all ranks together).")
+@click.option("--lr", type=float, default=None, help="Base learning rate (cosine to 0, stepped per iteration).")
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--workers", type=click.IntRange(0), default=None, help="Loader worker processes per rank.")
+@click.option("--seed", type=click.IntRange(0), default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (bf16 autocast) on CUDA; always off on the CPU.")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Weights to start from (a state dict or pixmix checkpoint); expected by the imagenet presets.")
+@click.option("--keep-every", type=click.IntRange(0), default=None,
+              help="Keep checkpoints/epoch-NNN.pt every N epochs (and the last); 0: only last.pt. Default: the preset's.")
+@click.option("--partners", type=click.Choice(["both", "augmented", "mixing"]), default=None,
+              help="Online PixMix's mixing partners: both (PixMix), augmented inputs only (no --mixset needed), or "
+                   "the mixing set only (the paper's Table 5). Default: both.")
+@click.option("--k", type=click.IntRange(1), default=None, help="Online PixMix rounds (default: the recipe's, 4).")
+@click.option("--beta", type=float, default=None, help="Online PixMix beta (default: the recipe's).")
+@click.option("--severity", type=float, default=None, help="Online PixMix op severity (default: the recipe's).")
+@click.option("--sync-bn/--no-sync-bn", default=None,
+              help="Synchronise BatchNorm statistics across GPUs under DDP (default: off, as each GPU's own).")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines (the final summary still prints).")
+def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards: Path | None, epochs: int | None,
+          batch_size: int | None, lr: float | None, weight_decay: float | None, workers: int | None,
+          seed: int | None, device: str | None, amp: bool | None, pretrained: str | None, keep_every: int | None,
+          partners: str | None, k: int | None, beta: float | None, severity: float | None, sync_bn: bool | None,
+          quiet: bool) -> None:
+    """Train (or resume) a PixMix or baseline model on a shard set; run under torchrun for DDP.
+
+    Checkpoints go to OUT/checkpoints/last.pt (and epoch-NNN.pt), one JSON line per epoch to OUT/log.jsonl.
+    """
+    from pixmix.train.trainer import TrainError, preset_config
+    from pixmix.train.trainer import train as run_training
+
+    try:
+        config = preset_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                               workers=workers, seed=seed, device=device, amp=amp, pretrained=pretrained,
+                               keep_every=keep_every, partners=partners, k=k, beta=beta, severity=severity,
+                               sync_bn=sync_bn)
+        lines: list[str] = []
+        run_training(config, shards, out, mixset=mixset, val_shards=val_shards,
+                     log=lines.append if quiet else click.echo, progress=not quiet)
+    except (TrainError, ValueError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+    if quiet and lines:
+        click.echo(lines[-1])  # the final summary line
+
+
+if __name__ == "__main__":  # `python -m pixmix.cli.train ...`, before the command is on the `pixmix` group
+    from pixmix.utils.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    train()

@@ -1,0 +1,693 @@
+"""Streaming a shard set (``mixset shard`` output) into training or evaluation batches.
+
+Three layers:
+
+* :func:`epoch_assignment` (pure): which samples each (rank, DataLoader worker) reads in one epoch.
+  Every rank gets exactly the same number of batches, since a rank with fewer batches hangs DDP.
+* :class:`ShardStream`: an ``IterableDataset`` that, inside a worker, reads its pieces with
+  webdataset's tar iteration, shuffles with webdataset's buffer shuffle, decodes and (mode
+  ``"online"``) draws each sample's PixMix inputs, and yields whole :class:`Batch` es.
+* :class:`ShardLoader` (a DataLoader around the stream) and :func:`finish_batch`, which runs the
+  batched PixMix and the normalisation on the training device, in the main process.
+
+Randomness: the shard order and the skipped samples come from ``(seed, epoch)``; the shuffle buffer
+from ``(seed, epoch, rank, worker)``; a sample's augmentation from ``(seed, epoch, shard, index)``
+alone, so an image does not depend on the number of ranks, workers or the batching.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tarfile
+import warnings
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image
+
+from pixmix.augment.params import PixMixParams, sample_params
+from pixmix.augment.recipes import Recipe, get_recipe
+from pixmix.utils.seeding import derive_seed, generator_for
+from pixmix.data.shards.shard_set import ShardRecord, ShardSet
+from pixmix.augment.transforms import SeededTransform, to_uint8_tensor
+
+log = logging.getLogger("pixmix.data.loader")
+
+MODES = ("auto", "views", "online")
+# Leading stream coordinates for the loader's own random streams. derive_seed ignores trailing zero
+# coordinates, so without a tag the shard order of epoch e would be the stream of sample (e, 0, 0).
+_ORDER_STREAM = 1 << 40
+_SHUFFLE_STREAM = (1 << 40) + 1
+_LOADER_STREAM = (1 << 40) + 2
+# Good samples a worker keeps (raw bytes) to repeat in place of lost ones.
+_REPEAT_POOL = 32
+
+
+class Piece(NamedTuple):
+    """Samples ``start`` to ``stop - 1`` of shard ``shard`` (an index into the epoch's shard list).
+
+    ``repeat``: the samples are wrap-around padding (``drop_last=False``), already read this epoch.
+    """
+
+    shard: int
+    start: int
+    stop: int
+    repeat: bool = False
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def batches_per_rank(total: int, *, world_size: int, batch_size: int, drop_last: bool = True) -> int:
+    """Batches every rank gets from ``total`` samples (the same number on every rank)."""
+    per_step = world_size * batch_size
+    return total // per_step if drop_last else -(-total // per_step)
+
+
+def epoch_order(n_shards: int, total: int, *, seed: int, epoch: int, shuffle: bool = True) -> tuple[list[int], int]:
+    """The epoch's shard order and the offset into the concatenated samples where the epoch starts.
+
+    The offset rotates which samples ``drop_last`` skips (and which are padded) from epoch to epoch.
+    """
+    if not shuffle:
+        return list(range(n_shards)), 0
+    rng = random.Random(derive_seed(seed, _ORDER_STREAM, epoch))
+    order = list(range(n_shards))
+    rng.shuffle(order)
+    return order, rng.randrange(total) if total else 0
+
+
+def epoch_assignment(
+    counts: Sequence[int],
+    *,
+    seed: int,
+    epoch: int,
+    world_size: int,
+    batch_size: int,
+    num_workers: int = 1,
+    drop_last: bool = True,
+    shuffle: bool = True,
+) -> list[list[list[Piece]]]:
+    """``[rank][worker]`` -> the pieces of shards (``counts[i]`` samples each) it reads this epoch.
+
+    Shards are concatenated in an order drawn from ``(seed, epoch)``, the sequence is rotated by an
+    offset from the same stream, and cut into ``world_size`` equal contiguous ranges of whole batches.
+    ``drop_last``: the fewer than ``world_size * batch_size`` samples left over are skipped;
+    otherwise the sequence wraps around to its start to fill the last batches (``Piece.repeat``).
+    A rank's batches are split among its workers in contiguous runs (sizes differ by at most one).
+    ``shuffle=False`` keeps the listed shard order and starts at sample 0 (evaluation).
+    """
+    world_size = _check_int("world_size", world_size, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    num_workers = _check_int("num_workers", num_workers, 1)
+    _check_int("seed", seed, 0)
+    _check_int("epoch", epoch, 0)
+    counts = [_check_int(f"counts[{i}]", c, 0) for i, c in enumerate(counts)]
+    total = sum(counts)
+    n_batches = batches_per_rank(total, world_size=world_size, batch_size=batch_size, drop_last=drop_last)
+    if n_batches == 0:
+        raise ValueError(
+            f"{total} samples are fewer than world_size * batch_size = {world_size * batch_size}: "
+            "lower batch_size or use drop_last=False"
+        )
+    order, offset = epoch_order(len(counts), total, seed=seed, epoch=epoch, shuffle=shuffle)
+    starts: list[int] = []  # position of each ordered shard's first sample in the sequence
+    position = 0
+    for shard in order:
+        starts.append(position)
+        position += counts[shard]
+
+    def pieces(lo: int, hi: int) -> list[Piece]:
+        out: list[Piece] = []
+        p = lo
+        while p < hi:
+            q = (offset + p) % total
+            # bisect_right picks the last shard starting at or before q: empty shards are passed over.
+            j = bisect_right(starts, q) - 1
+            shard, first = order[j], starts[j]
+            end_of_part = hi if p >= total else min(hi, total)  # padding gets its own pieces
+            n = min(end_of_part - p, first + counts[shard] - q)
+            out.append(Piece(shard, q - first, q - first + n, repeat=p >= total))
+            p += n
+        return out
+
+    span = n_batches * batch_size
+    plan: list[list[list[Piece]]] = []
+    for rank in range(world_size):
+        workers = []
+        for worker in range(num_workers):
+            b0, b1 = worker * n_batches // num_workers, (worker + 1) * n_batches // num_workers
+            workers.append(pieces(rank * span + b0 * batch_size, rank * span + b1 * batch_size))
+        plan.append(workers)
+    return plan
+
+
+# The shuffle buffer holds raw sample bytes: about this much per worker by default.
+SHUFFLE_BUFFER_BYTES = 64 << 20
+SHUFFLE_BUFFER_SAMPLES = (1_000, 10_000)
+
+
+def auto_shuffle_buffer(shardset: ShardSet) -> int:
+    """Samples in a worker's shuffle buffer: as many as fit ``SHUFFLE_BUFFER_BYTES`` (from the manifest's mean
+    sample size), between 1,000 and 10,000, so small images (CIFAR, whose 50k samples may sit in a few shards
+    of fixed order) are mixed far more than a fixed 1,000 would, while ImageNet-sized ones stay bounded."""
+    total = sum(s.bytes for s in shardset.shards)
+    mean = total / max(1, shardset.samples)
+    low, high = SHUFFLE_BUFFER_SAMPLES
+    return int(min(high, max(low, SHUFFLE_BUFFER_BYTES // max(1.0, mean))))
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One batch as a worker makes it (all on the CPU; :func:`finish_batch` takes it to the device).
+
+    ``repeat`` marks samples that are not new this epoch: wrap-around padding and substitutes for
+    lost samples (evaluation should leave them out). ``errors``: ``"shard: message"`` lines new in
+    this batch; ``substituted``: how many samples stand in for lost ones.
+    """
+
+    images: torch.Tensor  # uint8 [B, 3, H, W]
+    labels: torch.Tensor  # int64 [B]
+    keys: list[str]
+    repeat: torch.Tensor  # bool [B]
+    mixing: torch.Tensor | None = None  # uint8 [B, 3, H, W], mode "online"
+    params: PixMixParams | None = None  # per-sample PixMix choices, mode "online"
+    substituted: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread (``pin_memory=True``)."""
+        return replace(
+            self,
+            images=self.images.pin_memory(),
+            labels=self.labels.pin_memory(),
+            mixing=self.mixing.pin_memory() if self.mixing is not None else None,
+        )
+
+
+_CONFIGS: dict[Recipe, Any] = {}
+
+
+def _pixmix_config(recipe: Recipe):  # -> PixMixConfig
+    if recipe not in _CONFIGS:
+        _CONFIGS[recipe] = recipe.pixmix().config
+    return _CONFIGS[recipe]
+
+
+def finish_batch(
+    batch: Batch,
+    device: torch.device | str,
+    recipe: str | Recipe,
+    normalize: bool = True,
+    compile: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(float images [B, 3, H, W], int64 labels)`` on ``device``: PixMix (online batches) and
+    normalisation run there, so workers only ship uint8 pictures.
+
+    ``compile``: see :func:`pixmix.augment.pixmix.apply_batch`.
+    """
+    from pixmix.augment.pixmix import apply_batch
+
+    recipe = get_recipe(recipe)
+    device = torch.device(device)
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+            t = t.pin_memory()  # a pinned source lets the copy overlap with compute
+        return t.to(device, non_blocking=True)
+
+    images = move(batch.images)
+    labels = move(batch.labels)
+    if batch.mixing is not None:
+        if batch.params is None:
+            raise ValueError("finish_batch: an online batch (with mixing pictures) must carry params")
+        out = apply_batch(images, move(batch.mixing), batch.params, _pixmix_config(recipe), compile=compile)
+    else:
+        out = images.float().div_(255)
+    if normalize:
+        # In place, but the same float operations as Recipe.normalize: (x - mean) / std.
+        mean = torch.tensor(recipe.mean, dtype=out.dtype, device=device).view(3, 1, 1)
+        std = torch.tensor(recipe.std, dtype=out.dtype, device=device).view(3, 1, 1)
+        out.sub_(mean).div_(std)
+    return out, labels
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _sample_offset(path: Path, index: int) -> int:
+    """Byte offset of the first header of sample ``index``, found from the tar headers alone."""
+    from webdataset.tariterators import base_plus_ext
+
+    count, last = -1, None
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:  # "r:" seeks over member data: only headers are read
+            if not member.isreg():
+                continue
+            key, _ = base_plus_ext(member.name)
+            if key != last:
+                count, last = count + 1, key
+                if count == index:
+                    return member.offset
+    raise ValueError(f"has only {count + 1} samples, cannot start at sample {index}")
+
+
+def _read_range(path: Path, start: int, stop: int) -> Iterator[dict[str, Any]]:
+    """Samples ``start`` to ``stop - 1`` of a shard as webdataset dicts (``__key__`` and raw fields).
+
+    Samples before ``start`` are skipped by seeking; reading stops after ``stop - 1``.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    with open(path, "rb") as fh:
+        if start:
+            fh.seek(_sample_offset(path, start))
+        samples = group_by_keys(tar_file_expander([{"url": str(path), "stream": fh}]))
+        for _, sample in zip(range(stop - start), samples):  # range first: no sample is read past stop
+            yield sample
+
+
+def _check_header(data: bytes, field_name: str) -> None:
+    """Refuse an image whose header announces too many pixels (a decompression bomb) or another format
+    than its field says, before anything is decoded (shards are untrusted input like any other)."""
+    from pixmix.data.images import ImageError, open_image
+
+    expected = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(field_name)
+    try:
+        with open_image(data, formats=[expected] if expected else None, name=field_name, decode=False):
+            pass
+    except ImageError as exc:
+        raise _Lost(f"undecodable {field_name}: {exc}") from exc
+
+
+def _message(exc: BaseException) -> str:
+    # webdataset appends " @ <stream>" and extra args to the message; keep the first line only.
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.split(" @ ")[0].splitlines()[0] if text else type(exc).__name__
+
+
+class _Raw(NamedTuple):
+    shard: int  # index into the manifest's shard list
+    index: int  # index in the shard
+    name: str  # the shard's name, for messages
+    sample: dict[str, Any]
+    repeat: bool
+
+
+class _Item(NamedTuple):
+    image: torch.Tensor
+    label: int
+    key: str
+    repeat: bool
+    mixing: torch.Tensor | None
+    params: PixMixParams | None
+
+
+class _Lost(Exception):
+    """A sample that cannot be used (bad image, missing field): dropped and reported."""
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """The batches of one rank, made inside DataLoader workers (use ``DataLoader(batch_size=None)``).
+
+    ``mode``: ``"views"`` (images as stored, or through ``transform``, which must make them one size)
+    or ``"online"`` (plain shards: the recipe's train transform, a mixing picture from ``mixset`` and
+    PixMix params per sample; :func:`finish_batch` mixes). ``num_workers`` must match the DataLoader's.
+    """
+
+    def __init__(
+        self,
+        shardset: ShardSet,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        mode: str = "views",
+        mixset: str | Path | Sequence[Image.Image] | None = None,
+        recipe: str | Recipe = "imagenet",
+        transform: SeededTransform | None = None,
+        drop_last: bool = True,
+        shuffle: bool = True,
+        shuffle_buffer: int | None = None,
+        epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        if mode not in ("views", "online"):
+            raise ValueError(f"mode must be 'views' or 'online', got {mode!r}")
+        if mode == "online":
+            if shardset.kind != "plain":
+                raise ValueError(f"{shardset.folder}: mode 'online' needs a plain shard set, this one is {shardset.kind!r}")
+            if mixset is None and get_recipe(recipe).partners != "augmented":
+                raise ValueError("mode 'online' needs a mixset (a `mixset build` folder or a sequence of pictures), "
+                                 "unless the recipe's partners are 'augmented'")
+            if transform is not None:
+                raise ValueError("mode 'online' applies the recipe's train transform; pass transform=None")
+        _check_int("world_size", world_size, 1)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
+        self.shardset = shardset
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.rank, self.world_size = rank, world_size
+        self.workers = max(1, _check_int("num_workers", num_workers, 0))
+        self.mode = mode
+        self.mixset = mixset
+        self.recipe = get_recipe(recipe)
+        self.transform = transform
+        self.drop_last, self.shuffle = drop_last, shuffle
+        self.shuffle_buffer = (auto_shuffle_buffer(shardset) if shuffle_buffer is None
+                               else _check_int("shuffle_buffer", shuffle_buffer, 1))
+        self._pictures: Sequence[Image.Image] | None = None
+        self._train_transform = self.recipe.train_transform()
+        self._mixing_transform = self.recipe.mixing_transform()
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Plan ``epoch`` (workers started after this call read it)."""
+        self.epoch = _check_int("epoch", epoch, 0)
+        view = epoch % self.shardset.views
+        self.shard_ids = [i for i, s in enumerate(self.shardset.shards) if s.view == view]
+        self.records: list[ShardRecord] = [self.shardset.shards[i] for i in self.shard_ids]
+        self.plan = epoch_assignment(
+            [r.samples for r in self.records], seed=self.seed, epoch=epoch, world_size=self.world_size,
+            batch_size=self.batch_size, num_workers=self.workers, drop_last=self.drop_last, shuffle=self.shuffle,
+        )[self.rank]
+
+    def __len__(self) -> int:
+        return sum(sum(p.stop - p.start for p in pieces) for pieces in self.plan) // self.batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != self.workers:
+            raise ValueError(f"ShardStream was planned for {self.workers} workers, but runs in {workers}: "
+                             "pass the DataLoader's num_workers")
+        return self._batches(worker)
+
+    # Inside one worker.
+
+    def _batches(self, worker: int) -> Iterator[Batch]:
+        from webdataset.filters import _shuffle
+
+        pieces = self.plan[worker]
+        quota = sum(p.stop - p.start for p in pieces)
+        errors: list[str] = []
+        raws: Iterator[_Raw] = self._read(pieces, errors)
+        if self.shuffle:
+            rng = random.Random(derive_seed(self.seed, _SHUFFLE_STREAM, self.epoch, self.rank, worker))
+            raws = _shuffle(raws, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+        pool: list[_Raw] = []
+        items: list[_Item] = []
+        produced = substituted = 0
+        for raw in raws:
+            try:
+                item = self._process(raw)
+            except _Lost as exc:
+                self._report(errors, raw.name, f"sample {raw.sample.get('__key__')!r}: {exc}; lost 1 sample")
+                continue
+            if len(pool) < _REPEAT_POOL:
+                pool.append(raw)
+            items.append(item)
+            produced += 1
+            if len(items) == self.batch_size:
+                yield self._collate(items, 0, errors)
+                items = []
+                errors.clear()  # in place: the reader appends to this list
+        # Top up to the quota with samples already read, so this rank's batch count stays exact.
+        shortfall = quota - produced
+        if shortfall and not pool:
+            # Nothing of this worker's own range could be read: borrow repeats from the epoch's other shards
+            # rather than fail, since one failing rank takes a whole torchrun job down.
+            pool = self._borrow(pieces, min(shortfall, _REPEAT_POOL))
+        if shortfall and not pool:
+            names = sorted({self.records[p.shard].name for p in pieces})
+            raise ValueError(f"{self.shardset.folder}: rank {self.rank} worker {worker} read no usable sample "
+                             f"from {', '.join(names)} nor any other shard of the epoch ({'; '.join(errors)})")
+        for i in range(shortfall):
+            items.append(self._process(pool[i % len(pool)])._replace(repeat=True))
+            substituted += 1
+            if len(items) == self.batch_size:
+                yield self._collate(items, substituted, errors)
+                items, substituted = [], 0
+                errors.clear()
+        assert not items, "a worker's quota is whole batches"
+
+    def _borrow(self, pieces: list[Piece], wanted: int) -> list[_Raw]:
+        """Up to ``wanted`` usable samples from the epoch's shards outside ``pieces`` (their errors are
+        other workers' to report)."""
+        own = {p.shard for p in pieces}
+        others = [Piece(i, 0, r.samples, repeat=True) for i, r in enumerate(self.records) if i not in own]
+        borrowed: list[_Raw] = []
+        for raw in self._read(others, []):
+            try:
+                self._process(raw)
+            except _Lost:
+                continue
+            borrowed.append(raw._replace(repeat=True))
+            if len(borrowed) >= wanted:
+                break
+        return borrowed
+
+    def _read(self, pieces: list[Piece], errors: list[str]) -> Iterator[_Raw]:
+        for piece in pieces:
+            record = self.records[piece.shard]
+            shard_id = self.shard_ids[piece.shard]
+            got = 0
+            try:
+                for sample in _read_range(self.shardset.path(record), piece.start, piece.stop):
+                    yield _Raw(shard_id, piece.start + got, record.name, sample, piece.repeat)
+                    got += 1
+                if got < piece.stop - piece.start:
+                    raise ValueError(f"ends after sample {piece.start + got}, the manifest says {record.samples}")
+            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+                lost = piece.stop - piece.start - got
+                self._report(errors, record.name, f"{_message(exc)}; lost {lost} of its samples "
+                                                  f"{piece.start}-{piece.stop - 1}")
+
+    @staticmethod
+    def _report(errors: list[str], shard: str, message: str) -> None:
+        line = f"{shard}: {message}"
+        log.warning("%s", line)
+        errors.append(line)
+
+    def _decode(self, raw: _Raw) -> tuple[torch.Tensor, int]:
+        from torchvision.io import ImageReadMode, decode_image
+
+        sample = raw.sample
+        field_name = self.shardset.image_field
+        if field_name not in sample or "cls" not in sample:
+            raise _Lost(f"no {field_name!r} or 'cls' field")
+        try:
+            label = int(bytes(sample["cls"]).decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _Lost(f"cls {bytes(sample['cls'])[:20]!r} is not a class index") from exc
+        if not 0 <= label < len(self.shardset.classes):
+            raise _Lost(f"class index {label} is outside the manifest's {len(self.shardset.classes)} classes")
+        raw_bytes = bytes(sample[field_name])
+        _check_header(raw_bytes, field_name)
+        try:
+            data = torch.frombuffer(bytearray(raw_bytes), dtype=torch.uint8)
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_image(data, mode=ImageReadMode.RGB)  # greyscale, CMYK, alpha -> RGB
+        except (RuntimeError, ValueError) as exc:
+            raise _Lost(f"undecodable {field_name} ({_message(exc)})") from exc
+        if image.dtype == torch.uint16:  # 16-bit PNG: keep the high byte, as an 8-bit encoder would
+            image = image.to(torch.int32).div_(256, rounding_mode="floor").to(torch.uint8)
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise _Lost(f"{field_name} decodes to {image.dtype} {list(image.shape)}, not one 8-bit RGB image")
+        return image, label
+
+    def _process(self, raw: _Raw) -> _Item:
+        image, label = self._decode(raw)
+        key = str(raw.sample["__key__"])
+        if self.mode == "views":
+            if self.transform is not None:
+                image = self.transform(image, generator_for(self.seed, self.epoch, raw.shard, raw.index))
+            return _Item(image, label, key, raw.repeat, None, None)
+        gen = generator_for(self.seed, self.epoch, raw.shard, raw.index)
+        # The same draw order as PixMixTransform: train transform, picture index, picture transform, PixMix.
+        image = self._train_transform(image, gen)
+        if self.recipe.partners == "augmented":  # no mixing set: every partner is an augmented input
+            params = sample_params(_pixmix_config(self.recipe), 1, gen)
+            return _Item(image, label, key, raw.repeat, image, params)
+        pictures = self._mixing_pictures()
+        picture = pictures[int(torch.randint(len(pictures), (1,), generator=gen))]
+        picture = self._mixing_transform(picture if picture.mode == "RGB" else picture.convert("RGB"), gen)
+        params = sample_params(_pixmix_config(self.recipe), 1, gen)
+        return _Item(image, label, key, raw.repeat, to_uint8_tensor(picture), params)
+
+    def _mixing_pictures(self) -> Sequence[Image.Image]:
+        # Opened lazily, in each worker: only tar headers are read, and no file handle is inherited.
+        if self._pictures is None:
+            if isinstance(self.mixset, (str, os.PathLike)):
+                from pixmix.data.shards.mixing_set import MixingShards
+
+                self._pictures = MixingShards(self.mixset)
+            else:
+                assert self.mixset is not None
+                if len(self.mixset) == 0:
+                    raise ValueError("mixset is empty: PixMix needs at least one mixing picture")
+                self._pictures = self.mixset
+        return self._pictures
+
+    def _collate(self, items: list[_Item], substituted: int, errors: list[str]) -> Batch:
+        sizes = {tuple(it.image.shape) for it in items}
+        if len(sizes) > 1:
+            shown = ", ".join(f"{s[1]}x{s[2]}" for s in sorted(sizes)[:4])
+            raise ValueError(
+                f"{self.shardset.folder}: images of different sizes in one batch ({shown}): mode 'views' needs "
+                "same-size images; use mode='online' with a mixset, or a transform such as recipe.test_transform()"
+            )
+        online = self.mode == "online"
+        return Batch(
+            images=torch.stack([it.image for it in items]),
+            labels=torch.tensor([it.label for it in items], dtype=torch.int64),
+            keys=[it.key for it in items],
+            repeat=torch.tensor([it.repeat for it in items], dtype=torch.bool),
+            mixing=torch.stack([it.mixing for it in items]) if online else None,  # type: ignore[misc]
+            params=PixMixParams.cat([it.params for it in items]) if online else None,  # type: ignore[misc]
+            substituted=substituted,
+            errors=list(errors),
+        )
+
+
+# --- the loader ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamStats:
+    """What a :class:`ShardLoader` has delivered so far (over all epochs)."""
+
+    samples: int = 0
+    batches: int = 0
+    substituted: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def default_rank_world() -> tuple[int, int]:
+    """(rank, world size): from torch.distributed if initialised, else torchrun's RANK/WORLD_SIZE, else
+    SLURM's SLURM_PROCID/SLURM_NTASKS, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    env = os.environ
+    try:
+        return (int(env.get("RANK", env.get("SLURM_PROCID", "0"))),
+                int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1"))))
+    except ValueError as exc:
+        raise ValueError(f"environment RANK/WORLD_SIZE (or SLURM_PROCID/SLURM_NTASKS) must be integers ({exc})") from exc
+
+
+class ShardLoader:
+    """Batches of a shard set for one rank: ``for batch in loader`` then :func:`finish_batch`.
+
+    ``mode="auto"``: ``"online"`` for a plain set with a ``mixset``, else ``"views"``. Call
+    :meth:`set_epoch` before each epoch; pixmix sets read view ``epoch % views``. Evaluation:
+    ``shuffle=False, drop_last=False`` (listed shard order; ``batch.repeat`` marks the padding).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_workers: int = 2,
+        mode: str = "auto",
+        mixset: str | Path | Sequence[Image.Image] | None = None,
+        recipe: str | Recipe = "imagenet",
+        transform: SeededTransform | None = None,
+        drop_last: bool = True,
+        shuffle: bool = True,
+        shuffle_buffer: int | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.shardset = ShardSet.load(folder)
+        default_rank, default_world = default_rank_world()
+        rank = default_rank if rank is None else rank
+        world_size = default_world if world_size is None else world_size
+        if mode == "auto":
+            mode = "online" if self.shardset.kind == "plain" and mixset is not None else "views"
+        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.stream = ShardStream(
+            self.shardset, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+            num_workers=num_workers, mode=mode, mixset=mixset, recipe=recipe, transform=transform,
+            drop_last=drop_last, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+        )
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.stats = StreamStats()
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    @property
+    def mode(self) -> str:
+        return self.stream.mode
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.stream.recipe
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Batches per rank this epoch: the same on every rank."""
+        return len(self.stream)
+
+    def __iter__(self) -> Iterator[Batch]:
+        s = self.stream
+        # The DataLoader draws a base seed for its workers; an explicit generator keeps that off the global RNG.
+        gen = generator_for(s.seed, _LOADER_STREAM, s.epoch, s.rank)
+        loader = torch.utils.data.DataLoader(
+            s, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+            pin_memory=self.pin_memory, generator=gen,
+        )
+        for batch in loader:
+            self.stats.samples += len(batch)
+            self.stats.batches += 1
+            self.stats.substituted += batch.substituted
+            self.stats.errors.extend(batch.errors)
+            yield batch
+
+
+__all__ = [
+    "Batch",
+    "Piece",
+    "ShardLoader",
+    "ShardStream",
+    "StreamStats",
+    "auto_shuffle_buffer",
+    "batches_per_rank",
+    "default_rank_world",
+    "epoch_assignment",
+    "epoch_order",
+    "finish_batch",
+]

@@ -1,0 +1,170 @@
+"""Readers for the datasets in their usual on-disk formats: CIFAR python batches, CIFAR-10/100-C
+``.npy`` files, and ImageNet-style class folders.
+
+All are random-access sequences of ``(PIL RGB image, label)``; the CIFAR ones also expose the raw
+``uint8 [N, 32, 32, 3]`` array. Input is treated as untrusted: the CIFAR pickles are read with an
+unpickler that only rebuilds dicts, lists, strings, bytes, numbers and numpy arrays (a pickle can
+otherwise run code), and image files go through the decompression-bomb check of
+:func:`pixmix.data.images.load_rgb`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pixmix.data.images import IMAGE_SUFFIXES, load_rgb
+from pixmix.data.benchmarks import CORRUPTIONS
+
+CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
+}
+CORRUPTED_LAYOUT = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C"}
+PER_SEVERITY = 10_000
+
+# The only globals a CIFAR pickle may name: what numpy needs to rebuild an array.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"), ("builtins", "bytes"), ("_codecs", "encode"),
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a dataset pickle")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            data = _SafeUnpickler(fh, encoding="bytes").load()
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path} not found: point --data at the folder that holds it") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{path}: not a CIFAR python batch ({exc}); re-download it") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a CIFAR python batch (a {type(data).__name__}, not a dict)")
+    return data
+
+
+class _ArrayDataset(Sequence[tuple[Image.Image, int]]):
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    labels: np.ndarray  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:  # type: ignore[override]
+        return Image.fromarray(np.ascontiguousarray(self.images[index])), int(self.labels[index])
+
+
+class CIFAR(_ArrayDataset):
+    """CIFAR-10/100 from the python batches (``cifar-10-batches-py`` / ``cifar-100-python``) under ``root``."""
+
+    def __init__(self, root: str | Path, name: str = "cifar10", train: bool = True) -> None:
+        if name not in CIFAR_LAYOUT:
+            raise ValueError(f"name must be one of {sorted(CIFAR_LAYOUT)}, got {name!r}")
+        folder, train_files, test_files, label_key, classes = CIFAR_LAYOUT[name]
+        base = Path(root) / folder
+        if not base.is_dir():
+            raise ValueError(f"{base} does not exist: expected the extracted {name} python batches under {root}")
+        images, labels = [], []
+        for file in train_files if train else test_files:
+            path = base / file
+            batch = _load_batch(path)
+            data, lab = batch.get(b"data"), batch.get(label_key)
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                raise ValueError(f"{path}: b'data' must be a uint8 array [N, 3072]")
+            lab = np.asarray(lab, dtype=np.int64)
+            if lab.shape != (data.shape[0],) or lab.min(initial=0) < 0 or lab.max(initial=0) >= classes:
+                raise ValueError(f"{path}: {label_key!r} must hold {data.shape[0]} labels in [0, {classes})")
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(lab)
+        self.images = np.ascontiguousarray(np.concatenate(images))
+        self.labels = np.concatenate(labels)
+        self.classes = classes
+
+
+class CIFARCorrupted(_ArrayDataset):
+    """One corruption at one severity (1-5) of CIFAR-10-C / CIFAR-100-C (``<corruption>.npy`` + ``labels.npy``).
+
+    Each ``.npy`` holds the 5 severities one after the other, 10,000 images each; it is memory-mapped.
+    """
+
+    def __init__(self, root: str | Path, name: str, corruption: str, severity: int) -> None:
+        if name not in CORRUPTED_LAYOUT:
+            raise ValueError(f"name must be one of {sorted(CORRUPTED_LAYOUT)}, got {name!r}")
+        if corruption not in CORRUPTIONS:
+            raise ValueError(f"corruption must be one of {list(CORRUPTIONS)}, got {corruption!r}")
+        if severity not in (1, 2, 3, 4, 5):
+            raise ValueError(f"severity must be 1..5, got {severity!r}")
+        folder = Path(root) / CORRUPTED_LAYOUT[name]
+        images = load_npy(folder / f"{corruption}.npy")
+        labels = load_npy(folder / "labels.npy")
+        per = images.shape[0] // 5 if images.shape[0] % 5 == 0 else 0
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or per == 0:
+            raise ValueError(f"{folder / (corruption + '.npy')}: expected uint8 [5*N, 32, 32, 3], got "
+                             f"{images.dtype} {list(images.shape)}")
+        if labels.shape[0] not in (per, 5 * per):
+            raise ValueError(f"{folder / 'labels.npy'}: {labels.shape[0]} labels for {per} images per severity")
+        rows = slice((severity - 1) * per, severity * per)
+        self.images = images[rows]
+        self.labels = np.asarray(labels[rows] if labels.shape[0] == 5 * per else labels, dtype=np.int64)
+        self.corruption, self.severity = corruption, severity
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A memory-mapped ``.npy`` array, never unpickled; one-line ValueError naming the file otherwise."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle object arrays
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path} not found: point --data at the folder that holds it") from exc
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .npy array ({exc}); re-download it") from exc
+
+
+@dataclass(frozen=True)
+class ClassFolderItem:
+    path: Path
+    label: int
+
+
+class ClassFolders(Sequence[tuple[Image.Image, int]]):
+    """``root/<class>/**/<image>`` (ImageNet's ``train/<wnid>/*.JPEG``, any ImageFolder tree).
+
+    Classes are the sorted sub-folder names (for ImageNet: the standard class indices of the wnids).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"{self.root} does not exist or is not a folder of class folders")
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not self.classes:
+            raise ValueError(f"{self.root} holds no class folders (expected root/<class>/<image>)")
+        self.class_to_index = {name: i for i, name in enumerate(self.classes)}
+        self.items = [
+            ClassFolderItem(p, self.class_to_index[name])
+            for name in self.classes
+            for p in sorted((self.root / name).rglob("*"))
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not self.items:
+            raise ValueError(f"{self.root}: no images under its class folders ({', '.join(sorted(IMAGE_SUFFIXES))})")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:  # type: ignore[override]
+        item = self.items[index]
+        return load_rgb(item.path), item.label

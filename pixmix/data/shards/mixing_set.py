@@ -1,0 +1,57 @@
+"""Reading a mixing set built by ``mixset build`` as a random-access sequence of PIL images.
+
+Plugs into :class:`pixmix.data.wrappers.PixMixDataset` / :class:`PixMixTransform` as their ``mixing_set``
+(they draw pictures uniformly with replacement, so random access matters). Only the tar headers
+are read at open; each picture is read and decoded on access.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from pixmix.data.images import open_image
+from pixmix.data.shards.tar import MemberRef, index_shard, read_member
+
+IMAGE_FIELDS = ("png", "jpg", "webp")
+MANIFEST_FORMAT = "pixmix-mixset"  # what mixset build writes; the reader checks it
+MANIFEST_VERSION = 1
+
+
+class MixingShards(Sequence[Image.Image]):
+    """The pictures of a built mixing set (``folder/manifest.json`` and its shards), optionally only some sources."""
+
+    def __init__(self, folder: str | Path, sources: Sequence[str] | None = None) -> None:
+        self.folder = Path(folder)
+        manifest_path = self.folder / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{manifest_path}: not a readable mixset manifest ({exc}); build it with mixset build") from exc
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"{manifest_path}: not a {MANIFEST_FORMAT} manifest")
+        self.refs: list[MemberRef] = []
+        for entry in manifest["shards"]:
+            for key, fields in index_shard(self.folder / entry["name"]):
+                image = next((f for f in IMAGE_FIELDS if f in fields), None)
+                if image is None:
+                    continue
+                if sources is not None:
+                    source = json.loads(read_member(fields["json"]))["source"]
+                    if source not in sources:
+                        continue
+                self.refs.append(fields[image])
+        if not self.refs:
+            raise ValueError(f"{self.folder}: no pictures{' of ' + ','.join(sources) if sources else ''} in this mixing set")
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
+        ref = self.refs[index]
+        # Shards are untrusted input too: allow-listed formats, bomb check before decoding.
+        with open_image(read_member(ref), name=f"{ref.shard}@{ref.offset}") as im:
+            return im.convert("RGB")

@@ -1,0 +1,223 @@
+"""Evaluation reports: ``results.json``, ``results.md`` (laid out like the paper's Table 2, with the paper's
+numbers beside ours) and ``results.png``; and :func:`compare` to put several runs side by side.
+
+Plots use matplotlib's object API on an Agg canvas (no pyplot, no display, no global backend switch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pixmix.utils.jsonfiles import json_safe, write_json
+
+# The Table 2 columns: (summary key, header, lower is better).
+COLUMNS = (
+    ("clean_error", "Clean Error (%)", True),
+    ("mce", "Corruptions mCE (%)", True),
+    ("mfr", "Consistency mFR (%)", True),
+    ("pgd_error", "Adversaries PGD error (%)", True),
+    ("rms_calibration_c", "Calibration RMS on C (%)", True),
+    ("auroc", "Anomaly Detection AUROC (%)", False),
+)
+KEYS = tuple(key for key, _, _ in COLUMNS)
+
+
+def _row(*values: float) -> dict[str, float]:
+    return dict(zip(KEYS, values, strict=True))
+
+
+# WRN-40-4, spec section 8: CIFAR-100 Tables 2/7, CIFAR-10 Table 8.
+PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
+    "cifar100": {
+        "Baseline": _row(21.3, 50.0, 10.7, 96.8, 31.2, 77.7),
+        "AugMix": _row(20.6, 35.4, 6.5, 95.6, 18.8, 84.9),
+        "PixMix": _row(20.3, 30.5, 5.7, 92.9, 8.1, 89.3),
+    },
+    "cifar10": {
+        "Baseline": _row(4.4, 26.4, 3.4, 91.3, 22.7, 91.9),
+        "PixMix": _row(4.2, 9.5, 1.7, 82.1, 3.7, 97.0),
+    },
+}
+# CIFAR-100 ablations (Table 4: mixing sets; Table 5: mixing strategies), for the ablation pipeline.
+PAPER_ABLATIONS: dict[str, dict[str, float]] = {
+    "Dead Leaves (Squares)": _row(21.3, 36.2, 6.3, 94.1, 15.8, 81.8),
+    "Spectrum+Color+WMM": _row(20.7, 36.1, 6.6, 94.4, 15.9, 85.8),
+    "StyleGAN (Oriented)": _row(20.4, 37.3, 7.2, 97.0, 14.9, 83.7),
+    "FractalDB": _row(20.3, 33.9, 6.4, 98.2, 12.0, 82.5),
+    "300K Random Images": _row(19.6, 34.5, 6.3, 94.7, 12.9, 86.2),
+    "Fractals": _row(20.3, 32.3, 6.2, 95.5, 8.7, 88.9),
+    "FVis": _row(21.5, 30.3, 5.4, 91.5, 9.9, 88.1),
+    "Fractals + FVis": _row(20.3, 30.5, 5.7, 92.9, 8.1, 89.3),
+    "Mix Input only": _row(19.9, 34.1, 6.4, 96.7, 15.5, 86.5),
+    "Mix Aug only": _row(20.6, 31.1, 6.2, 94.2, 6.0, 89.7),
+}
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def _header() -> list[str]:
+    return [f"{title} {'↓' if lower else '↑'}" for _, title, lower in COLUMNS]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table in the paper's Table 2 layout: one row per name, the six summary numbers."""
+    return _table(["Method", *_header()], [[name, *(_fmt(row.get(k)) for k in KEYS)] for name, row in rows.items()])
+
+
+def summary_rows(results: Mapping[str, Any], name: str = "This run") -> dict[str, Mapping[str, Any]]:
+    rows: dict[str, Mapping[str, Any]] = {name: results["summary"]}
+    for method, row in PAPER_RESULTS.get(results["suite"], {}).items():
+        rows[f"Paper: {method}"] = row
+    return rows
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The whole ``results.md``: the Table 2 layout with the paper's rows, then detail tables and notes."""
+    ckpt = results.get("checkpoint", {})
+    model = ckpt.get("model") or {}
+    out = [f"# PixMix evaluation: {results['suite']}", "",
+           (f"Checkpoint `{ckpt.get('path')}` ({model.get('arch', '?')}, {model.get('num_classes', '?')} classes, "
+            f"recipe {ckpt.get('recipe', {}).get('name', '?')}); seed {results['settings']['seed']}, "
+            f"device {results['settings']['device']}, {results.get('seconds', '?')} s."), "",
+           "## Summary (the paper's Table 2 layout; ↓ lower is better, ↑ higher is better)", "",
+           summary_table(summary_rows(results)), ""]
+    if results["suite"] not in PAPER_RESULTS:
+        out += ["The spec lists no paper numbers for this suite.", ""]
+    if results["suite"] == "imagenet":
+        c = results["corruptions"]
+        out += [(f"ImageNet-C: mCE {_fmt(c['mce'])}% is normalised by AlexNet's errors; the unnormalised mean "
+                 f"error is {_fmt(c['mean_error'])}%."), ""]
+    out += ["## Clean", "", _table(["Error (%)", "RMS calibration (%)", "Images"],
+                                   [[_fmt(results["clean"]["error"], 2), _fmt(results["clean"]["rms_calibration"], 2),
+                                     str(results["clean"]["samples"])]]), ""]
+    for key, title in (("corruptions", "Corruptions"), ("c_bar", "Corruptions (-C-Bar)")):
+        if key in results:
+            out += [f"## {title}", "", _corruption_table(results[key]), ""]
+    if "perturbations" in results:
+        p = results["perturbations"]
+        rows = [[name, "noise" if v["noise"] else "temporal", _fmt(v["flip_rate"], 2), _fmt(v["t5d"], 3),
+                 str(v["sequences"]), "yes" if v["in_mean"] else "no"] for name, v in p["per_perturbation"].items()]
+        rows.append(["**mean**", "", _fmt(p["mfr"], 2), _fmt(p["mt5d"], 3), "", ""])
+        out += ["## Consistency (-P)", "", _table(["Perturbation", "Kind", "Flip rate (%)", "T5D", "Sequences",
+                                                   "In mean"], rows), ""]
+    a = results["adversarial"]
+    out += ["## Adversaries", "", (f"PGD L-inf, epsilon {a['epsilon'] * 255:g}/255, {a['steps']} steps of "
+                                   f"{a['step_size'] * 255:g}/255, random start: error {_fmt(a['pgd_error'], 2)}% "
+                                   f"on {a['samples']} images."), ""]
+    an = results["anomaly"]
+    rows = [[name, _fmt(v["auroc"], 2), _fmt(v["aupr"], 2), _fmt(v["fpr95"], 2), str(v["samples"])]
+            for name, v in an["per_set"].items()]
+    rows.append(["**mean**", _fmt(an["auroc"], 2), _fmt(an["aupr"], 2), _fmt(an["fpr95"], 2), ""])
+    out += ["## Anomaly detection (score: negative max softmax probability)", "",
+            _table(["OOD set", "AUROC (%) ↑", "AUPR (%) ↑", "FPR95 (%) ↓", "Images"], rows), ""]
+    out += ["## Notes", ""] + [f"- {note}" for note in results.get("notes", [])] + (
+        [] if results.get("notes") else ["- none"])
+    return "\n".join(out) + "\n"
+
+
+def _corruption_table(c: Mapping[str, Any]) -> str:
+    rows = [[name, *(_fmt(e, 1) for e in errs), _fmt(c["per_corruption"][name], 2)] for name, errs in c["errors"].items()]
+    rows.append(["**mean**", "", "", "", "", "", _fmt(c["mean_error"], 2)])
+    extra = "" if c.get("mce_normalisation") != "alexnet" else f"\n\nmCE (AlexNet-normalised): {_fmt(c['mce'], 2)}%"
+    return (_table(["Corruption", "s1", "s2", "s3", "s4", "s5", "Mean error (%)"], rows)
+            + f"\n\nRMS calibration on these images: {_fmt(c['rms_calibration'], 2)}%" + extra)
+
+
+def plot(rows: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """One bar panel per Table 2 column, a bar per row name; missing values are marked n/a."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(rows)
+    fig = Figure(figsize=(4 * 3, 3.2 * 2 + 0.25 * len(names)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
+    colors = [f"C{i % 10}" for i in range(len(names))]
+    for ax, (key, header, lower) in zip(axes.ravel(), COLUMNS, strict=True):
+        values = [rows[n].get(key) for n in names]
+        heights = [v if v is not None else 0.0 for v in values]
+        bars = ax.bar(range(len(names)), heights, color=colors)
+        for bar, v in zip(bars, values, strict=True):
+            ax.annotate("n/a" if v is None else f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_title(f"{header} {'↓' if lower else '↑'}", fontsize=9)
+        ax.set_xticks(range(len(names)), [str(i + 1) for i in range(len(names))], fontsize=8)
+        ax.margins(y=0.15)
+    fig.legend(bars, [f"{i + 1}: {n}" for i, n in enumerate(names)], loc="outside lower center",
+               ncol=min(3, len(names)), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``results.png`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
+    write_json(paths["json"], json_safe(results), sort_keys=False)
+    paths["md"].write_text(markdown(results))
+    plot(summary_rows(results), paths["png"], title=f"{results['suite']}: this run vs the paper")
+    return paths
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A ``results.json`` (or the folder holding one), with a one-line error if it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path} not found: pass a results.json written by `pixmix eval`") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(results, dict) or "summary" not in results or "suite" not in results:
+        raise ValueError(f"{path}: not a pixmix results.json (no suite / summary)")
+    return results
+
+
+def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, paper: bool = True,
+            paper_ablations: bool = False) -> dict[str, Path]:
+    """Several runs (name -> results dict) side by side: ``comparison.{json,md,png}`` in ``out_dir``.
+
+    With ``paper`` the paper's rows for the runs' suite are added (when all runs share one suite), and
+    with ``paper_ablations`` the paper's CIFAR-100 ablation rows (Tables 4 and 5).
+    """
+    if not results:
+        raise ValueError("compare needs at least one results dict")
+    suites = {r["suite"] for r in results.values()}
+    rows: dict[str, Mapping[str, Any]] = {name: r["summary"] for name, r in results.items()}
+    if paper and len(suites) == 1:
+        rows.update({f"Paper: {m}": row for m, row in PAPER_RESULTS.get(next(iter(suites)), {}).items()})
+    if paper_ablations and suites == {"cifar100"}:
+        rows.update({f"Paper: {m}": row for m, row in PAPER_ABLATIONS.items()})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "comparison.json", "md": out / "comparison.md", "png": out / "comparison.png"}
+    write_json(paths["json"], json_safe({"suites": sorted(suites), "rows": rows}), sort_keys=False)
+    notes = [f"- {name}: {note}" for name, r in results.items() for note in r.get("notes", [])]
+    paths["md"].write_text(f"# Comparison ({', '.join(sorted(suites))})\n\n" + summary_table(rows) + "\n"
+                           + ("\n## Notes\n\n" + "\n".join(notes) + "\n" if notes else ""))
+    plot(rows, paths["png"], title=", ".join(sorted(suites)))
+    return paths
+
+
+__all__ = ["COLUMNS", "PAPER_ABLATIONS", "PAPER_RESULTS", "compare", "load_results", "markdown", "plot", "summary_rows",
+           "summary_table", "write_report"]
