@@ -46,3 +46,86 @@ def tune_cpu_allocator() -> bool:
             mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
         )
     return _tuned
+
+
+# --- how many CPUs this process may use ----------------------------------------------------------------
+# torch and the BLAS libraries start one thread per core of the machine, whatever the process may use:
+# with worker processes, on a shared node or in a cgroup-limited container that oversubscribes the CPU
+# (measured on a 2-core machine under load: several times slower). Every command that starts processes
+# or threads plans them from the CPUs it may really use.
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _positive_int(value: str | None) -> int | None:
+    try:
+        number = int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= 1 else None
+
+
+def _cgroup_cpus(root: str = "/sys/fs/cgroup") -> int | None:
+    """CPUs allowed by a cgroup CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), rounded up; None if
+    there is no quota."""
+    import math
+
+    try:
+        with open(os.path.join(root, "cpu.max")) as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as fh:
+            quota_us = int(fh.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as fh:
+            period_us = int(fh.read())
+        return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(env: dict[str, str] | None = None, cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may really use: the smallest of its CPU affinity, its cgroup quota,
+    ``SLURM_CPUS_PER_TASK`` and ``OMP_NUM_THREADS`` (each when set)."""
+    env = dict(os.environ) if env is None else env
+    try:
+        limits = [len(os.sched_getaffinity(0))]
+    except (AttributeError, OSError):  # not Linux
+        limits = [os.cpu_count() or 1]
+    limits += [n for n in (_cgroup_cpus(cgroup_root), _positive_int(env.get("SLURM_CPUS_PER_TASK")),
+                           _positive_int(env.get("OMP_NUM_THREADS"))) if n is not None]
+    return max(1, min(limits))
+
+
+def plan_workers(requested: int | None, *, cpus: int | None = None, oversubscribe: bool = False) -> tuple[int, int]:
+    """``(processes, threads per process)`` so that processes x threads <= the usable CPUs.
+
+    ``requested`` None means one process per usable CPU. More processes than CPUs only with
+    ``oversubscribe`` (then each gets one thread).
+    """
+    budget = usable_cpus() if cpus is None else max(1, cpus)
+    workers = budget if requested is None else max(1, requested)
+    if not oversubscribe:
+        workers = min(workers, budget)
+    return workers, max(1, budget // workers)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap this process's torch and BLAS threads at ``threads``, and its future children's (environment)."""
+    threads = max(1, int(threads))
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # numpy's BLAS then keeps its own default
+        return
+    threadpool_limits(threads)
