@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from pixmix.utils.jsonfiles import json_safe, write_json
-from pixmix.evaluate.report import COLUMNS, KEYS, PAPER_ABLATIONS, PAPER_RESULTS
+from typing import TYPE_CHECKING, Any
 
 from pipelines.graph import Stage
+from pixmix.evaluate.report import COLUMNS, KEYS, PAPER_ABLATIONS, PAPER_RESULTS
+from pixmix.utils.jsonfiles import json_safe, write_json
+
+if TYPE_CHECKING:
+    from matplotlib.container import BarContainer
 
 SHORT = {"clean_error": "Clean err.", "mce": "C mCE", "mfr": "P mFR", "pgd_error": "PGD err.",
          "rms_calibration_c": "Calib. RMS", "auroc": "AUROC"}
@@ -86,8 +88,8 @@ def markdown(results: Mapping[str, Any]) -> str:
                  "synthetic data): its numbers check the plumbing and are not comparable with the paper's."), ""]
     out += ["## Variants", ""]
     for name, v in results["variants"].items():
-        what = ("baseline (no PixMix)" if v["baseline"] else
-                f"PixMix, partners {v['partners']}" + (f", mixing set {' + '.join(v['sources'])}" if v["sources"] else ""))
+        mixing_set = f", mixing set {' + '.join(v['sources'])}" if v["sources"] else ""
+        what = "baseline (no PixMix)" if v["baseline"] else f"PixMix, partners {v['partners']}{mixing_set}"
         line = f"- `{name}` ({v['row']}): {what}"
         if v["status"] != "ok":
             line += f". **Not run**: {v['reason']}"
@@ -117,7 +119,7 @@ def plot(results: Mapping[str, Any], path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
     width = 0.4
-    handles = []
+    handles: list[BarContainer] = []
     for ax, (key, header, lower) in zip(axes.ravel(), COLUMNS, strict=True):
         for offset, source, style in ((-width / 2, "summary", {"color": "C0"}),
                                       (width / 2, "paper", {"color": "C1", "hatch": "//", "alpha": 0.7})):
@@ -132,7 +134,8 @@ def plot(results: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_title(f"{header} {'↓' if lower else '↑'}", fontsize=9)
         ax.set_xticks(range(len(variants)), labels, rotation=35, ha="right", fontsize=7)
         ax.margins(y=0.15)
-    fig.legend(handles, ["this run", "paper"], loc="outside upper right", fontsize=8)
+    # matplotlib's stubs type handles as Artists; legend() takes the BarContainers too (and draws their patches).
+    fig.legend(handles, ["this run", "paper"], loc="outside upper right", fontsize=8)  # type: ignore[call-overload]
     fig.suptitle(f"{results['title']} (profile {results['profile']})")
     path = Path(path)
     fig.savefig(path, format="png", dpi=100)
@@ -163,7 +166,8 @@ def summary_text(results: Mapping[str, Any]) -> str:
         cells += [f"{_fmt(ours.get(k))} ({_fmt(paper.get(k))})" for k in KEYS]
         rows.append(cells)
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in [head, *rows]]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 

@@ -70,7 +70,7 @@ def write_cifar100(root: Path, train: int = 200, test: int = 100, seed: int = 0)
 
 def _corrupt(images: np.ndarray, kind: int, severity: int, rng: np.random.Generator) -> np.ndarray:
     """A severity-graded corruption of one of three families (noise, blur-like contrast, brightness)."""
-    x = images.astype(np.float32)
+    x: np.ndarray = images.astype(np.float32)  # the noise branch makes it float64: kept, so the data stay the same
     s = severity / 5.0
     if kind == 0:
         x = x + rng.normal(0, 60 * s, x.shape)
@@ -109,6 +109,7 @@ def write_cifar100_p(root: Path, test_images: np.ndarray, names: tuple[str, ...]
     base = test_images[:sequences].astype(np.float32)
     for p, name in enumerate(names):
         rng = np.random.default_rng([seed, 23, p])
+        video: list[np.ndarray]
         if "noise" in name:
             video = [base + rng.normal(0, 12, base.shape) for _ in range(frames)]
         else:

@@ -1,4 +1,5 @@
-"""The untrusted-input edge of ``mixset build``: downloads (mixset.sources.fetch), archives and images (mixset.sources.archives).
+"""The untrusted-input edge of ``mixset build``: downloads (mixset.sources.fetch), archives and images
+(mixset.sources.archives).
 
 Every download test talks to a real HTTP server on 127.0.0.1 (tests/http_server.py) that the test starts
 and stops; nothing else on the network is contacted.
@@ -21,13 +22,12 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+from http_server import Route, serve
 from PIL import Image
 
 from mixset.sources import fetch as fetch_mod
 from mixset.sources.archives import ArchiveError, ImageError, check_image, safe_extract
 from mixset.sources.fetch import FetchError, FetchResult, download
-
-from http_server import Route, serve
 
 DATA = bytes((i * 7 + i // 256) % 256 for i in range(300_000))
 DATA_SHA = hashlib.sha256(DATA).hexdigest()

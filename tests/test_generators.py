@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from mixset.sources import deadleaves as gen_deadleaves, fractaldb as gen_fractaldb, spectrum as gen_spectrum, stylegan as gen_stylegan
 from mixset.build.builder import BuildConfig, build
+from mixset.sources import deadleaves as gen_deadleaves
+from mixset.sources import fractaldb as gen_fractaldb
+from mixset.sources import spectrum as gen_spectrum
+from mixset.sources import stylegan as gen_stylegan
 from mixset.sources.catalog import DEFAULT_MANIFESTS, load_collection, load_collections
 from mixset.sources.generators import MIN_STD, NAMES, generate, generate_with_tries
 from mixset.verify import verify
@@ -288,7 +291,8 @@ def test_fractaldb_category_search_and_instances():
         assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])
         assert set(np.unique(image)) <= {0, 255}
         fill = float((image[..., 0] > 0).mean())
-        assert fill == pytest.approx(params["fill"], abs=1e-4) and gen_fractaldb.MIN_FILL <= fill <= gen_fractaldb.MAX_FILL
+        assert fill == pytest.approx(params["fill"], abs=1e-4)
+        assert gen_fractaldb.MIN_FILL <= fill <= gen_fractaldb.MAX_FILL
         assert params["factor"] in gen_fractaldb.FACTORS and 0 <= params["param"] < maps.size
     assert generate("fractaldb", 0, 4, SIZE)[1]["category"] == 4
 
@@ -344,7 +348,8 @@ def test_generator_manifests_are_validated(tmp_path):
 
 
 def test_shipped_ablation_manifests():
-    found = {c.source: c for c in load_collections(DEFAULT_MANIFESTS, ("deadleaves", "spectrum", "stylegan", "fractaldb"))}
+    sources = ("deadleaves", "spectrum", "stylegan", "fractaldb")
+    found = {c.source: c for c in load_collections(DEFAULT_MANIFESTS, sources)}
     assert set(found) == set(NAMES)
     for source, c in found.items():
         assert c.kind == "generator" and c.generator == source and c.count >= 100_000

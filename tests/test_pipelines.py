@@ -159,7 +159,8 @@ def test_mixing_strategies_share_stages_with_mixing_sets(smoke) -> None:
     for name in expected:
         summary = result.results["variants"][name]["summary"]
         assert all(math.isfinite(summary[k]) for k in KEYS), (name, summary)
-    assert result.results["variants"]["fractals-fvis"]["summary"] == first.results["variants"]["fractals-fvis"]["summary"]
+    shared = "fractals-fvis"
+    assert result.results["variants"][shared]["summary"] == first.results["variants"][shared]["summary"]
     table = (strategies.work / "results.md").read_text()
     for row in ("Mix Input only", "Mix Aug only", "PixMix (both)", "Baseline"):
         assert f"| {row} |" in table
@@ -288,7 +289,8 @@ def test_torchrun_command_construction(tmp_path: Path) -> None:
         "--rdzv_endpoint", "node0:29400", "--rdzv_id", "pixmix-abc", "--no-python", "pixmix", *args]
     # A job-wide id (SLURM's) still gives each training stage its own rendezvous.
     slurm = Launch(nodes=2, nproc_per_node=8, rdzv_endpoint="node0:29400", rdzv_id="77", torchrun=["t"], pixmix="p")
-    ids = {c[c.index("--rdzv_id") + 1] for c in (torchrun_command(args, slurm, run_id=r) for r in ("pixmix-a", "pixmix-b"))}
+    commands = [torchrun_command(args, slurm, run_id=r) for r in ("pixmix-a", "pixmix-b")]
+    ids = {c[c.index("--rdzv_id") + 1] for c in commands}
     assert ids == {"77-pixmix-a", "77-pixmix-b"}
     single = Launch(nproc_per_node=4, torchrun=["torchrun"], pixmix="pixmix")
     assert torchrun_command(["train"], single, run_id="x") == [
@@ -390,7 +392,8 @@ def test_a_degraded_build_fails_when_the_profile_wants_the_real_thing(tmp_path: 
     monkeypatch.setattr(torchvision.models, "get_model", offline)
     overrides = {None: {"allow_degraded": False, "fvis_weights": "default"}}
     runner = Run(tmp_path / "work")
-    with pytest.raises(PipelineError, match=r"build fvis is degraded \(fvis-.*fallback weights.*--set allow_degraded=true"):
+    degraded = r"build fvis is degraded \(fvis-.*fallback weights.*--set allow_degraded=true"
+    with pytest.raises(PipelineError, match=degraded):
         runner(only=["fvis"], overrides=overrides)
     plan = make_plan(load("mixing-sets", "smoke", overrides), runner.work, only=["fvis"])
     assert not plan.variants["fvis"].stages["build"].stamp.exists()

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from http_server import Route, serve
 from PIL import Image
 
-from http_server import Route, serve
 from mixset.build.builder import BuildConfig, BuildError, build
 from mixset.sources.catalog import load_collection
 from mixset.verify import verify
@@ -47,7 +47,8 @@ def test_urls_collection_downloads_checks_and_reports(tmp_path: Path) -> None:
     routes = {"/a.jpg": a, "/wrong.jpg": b, "/b.jpg": b, "/c.jpg": Route(c, fail_first=1),
               "/gone.jpg": Route(status=404), "/text.jpg": b"just text, not an image"}
     with serve(routes) as base:
-        listing = f"# photos\n{base}/b.jpg?x=1\n\n{base}/c.jpg {hashlib.sha256(c).hexdigest()}\n{base}/gone.jpg\n{base}/text.jpg\n"
+        listing = (f"# photos\n{base}/b.jpg?x=1\n\n{base}/c.jpg {hashlib.sha256(c).hexdigest()}\n"
+                   f"{base}/gone.jpg\n{base}/text.jpg\n")
         routes_list = {"/list.txt": listing.encode()}
         with serve(routes_list) as list_base:
             manifests = tmp_path / "m"
@@ -91,7 +92,8 @@ def test_urls_manifest_errors_are_one_line(tmp_path: Path) -> None:
         load_collection(path)
     manifests = tmp_path / "m"
     manifests.mkdir()
-    (manifests / "x.toml").write_text('name = "x"\nsource = "natural"\nkind = "urls"\nlicence = "l"\nlist = "urls.txt"\n')
+    (manifests / "x.toml").write_text('name = "x"\nsource = "natural"\nkind = "urls"\nlicence = "l"\n'
+                                      'list = "urls.txt"\n')
     (manifests / "urls.txt").write_text("https://example.org/a.jpg\nftp://example.org/b.jpg\n")
     lines: list[str] = []
     with pytest.raises(BuildError, match="nothing to build"):

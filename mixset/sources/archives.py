@@ -38,8 +38,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO, cast
 
 from pixmix.data.images import DEFAULT_IMAGE_FORMATS, ImageError, check_image  # re-exported
+from pixmix.utils.errors import PixmixError
 
 __all__ = [
     "DEFAULT_IMAGE_FORMATS",
@@ -59,11 +61,11 @@ DEFAULT_MAX_TOTAL_BYTES = 64 * 2**30
 _CHUNK = 1 << 20
 
 
-class ArchiveError(Exception):
+class ArchiveError(PixmixError):
     """An archive or image was refused. The message is one line naming the file (and member) and the reason."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(" ".join(str(message).split()), param=param)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class _Member:
     name: str  # normalised, relative, '/'-separated
     is_dir: bool
     size: int  # declared uncompressed size (0 for folders)
-    handle: object  # TarInfo or ZipInfo
+    handle: tarfile.TarInfo | zipfile.ZipInfo
 
 
 def _show(name: str) -> str:
@@ -167,7 +169,9 @@ def _check_layout(members: list[_Member], archive: Path) -> None:
         parents = ["/".join(m.name.split("/")[:i]) for i in range(1, m.name.count("/") + 1)]
         for p in parents:
             if p in files:
-                raise ArchiveError(f"member {_show(m.name)} in {archive} is inside {_show(p)}, which is a file; refused")
+                raise ArchiveError(
+                    f"member {_show(m.name)} in {archive} is inside {_show(p)}, which is a file; refused"
+                )
             dirs.add(p)
         if m.is_dir:
             if m.name in files:
@@ -181,7 +185,7 @@ def _check_layout(members: list[_Member], archive: Path) -> None:
             files.add(m.name)
 
 
-def _copy(src, dst_path: Path, limit: int, member: str, archive: Path, what: str) -> int:
+def _copy(src: IO[bytes], dst_path: Path, limit: int, member: str, archive: Path, what: str) -> int:
     written = 0
     with open(dst_path, "xb") as out:
         while True:
@@ -213,42 +217,11 @@ def safe_extract(
     paths under ``out_dir``, in archive order. See the module docstring for the safety policy.
     """
     archive, out_dir = Path(archive), Path(out_dir)
-    if not archive.is_file():
-        raise ArchiveError(f"archive {archive} does not exist or is not a file")
-    if out_dir.exists() or out_dir.is_symlink():
-        if out_dir.is_symlink() or not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise ArchiveError(f"output folder {out_dir} already exists and is not empty; remove it or choose another")
-
-    if tarfile.is_tarfile(archive):
-        kind = "tar"
-    elif zipfile.is_zipfile(archive):
-        kind = "zip"
-    else:
-        raise ArchiveError(f"{archive} is not a tar (plain, gz, bz2, xz) or zip archive; check the download")
-
+    kind = _check_paths(archive, out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".extracting", dir=out_dir.parent))
     try:
-        try:
-            if kind == "tar":
-                with tarfile.open(archive, "r:*") as tf:
-                    members = _tar_members(tf, archive, max_members)
-                    written = _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
-                                       lambda m: tf.extractfile(m.handle))
-            else:
-                with zipfile.ZipFile(archive) as zf:
-                    members = _zip_members(zf, archive, max_members)
-                    written = _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
-                                       lambda m: zf.open(m.handle))
-        except ArchiveError:
-            raise
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error,
-                lzma.LZMAError) as exc:
-            raise ArchiveError(f"{archive} is corrupt or unsupported ({type(exc).__name__}: {exc})") from None
-        except OSError as exc:
-            if exc.filename is None:  # decompressor errors (zlib, lzma, bz2) surface as OSError without a file
-                raise ArchiveError(f"{archive} is corrupt ({type(exc).__name__}: {exc})") from None
-            raise
+        written = _unpack(kind, archive, tmp, include, max_members, max_total_bytes, max_member_bytes)
         if out_dir.is_dir() and not out_dir.is_symlink():
             out_dir.rmdir()  # empty (checked above); fails loudly if something appeared meanwhile
         os.rename(tmp, out_dir)
@@ -258,7 +231,47 @@ def safe_extract(
     return [out_dir / rel for rel in written]
 
 
-def _extract(members, tmp: Path, archive: Path, include, max_total_bytes, max_member_bytes, opener) -> list[str]:
+def _check_paths(archive: Path, out_dir: Path) -> str:
+    """The archive's kind (``"tar"`` or ``"zip"``, by content); refuses a missing archive or a used ``out_dir``."""
+    if not archive.is_file():
+        raise ArchiveError(f"archive {archive} does not exist or is not a file")
+    if out_dir.exists() or out_dir.is_symlink():
+        if out_dir.is_symlink() or not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise ArchiveError(f"output folder {out_dir} already exists and is not empty; remove it or choose another")
+    if tarfile.is_tarfile(archive):
+        return "tar"
+    if zipfile.is_zipfile(archive):
+        return "zip"
+    raise ArchiveError(f"{archive} is not a tar (plain, gz, bz2, xz) or zip archive; check the download")
+
+
+def _unpack(kind: str, archive: Path, tmp: Path, include: Callable[[str], bool] | None, max_members: int,
+            max_total_bytes: int, max_member_bytes: int) -> list[str]:
+    """Check every member, then write the chosen ones into ``tmp``; a corrupt archive is an ArchiveError."""
+    try:
+        if kind == "tar":
+            with tarfile.open(archive, "r:*") as tf:
+                members = _tar_members(tf, archive, max_members)
+                return _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
+                                lambda m: tf.extractfile(cast(tarfile.TarInfo, m.handle)))
+        with zipfile.ZipFile(archive) as zf:
+            members = _zip_members(zf, archive, max_members)
+            return _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
+                            lambda m: zf.open(cast(zipfile.ZipInfo, m.handle)))
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error,
+            lzma.LZMAError) as exc:
+        raise ArchiveError(f"{archive} is corrupt or unsupported ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        if exc.filename is None:  # decompressor errors (zlib, lzma, bz2) surface as OSError without a file
+            raise ArchiveError(f"{archive} is corrupt ({type(exc).__name__}: {exc})") from None
+        raise
+
+
+def _extract(members: list[_Member], tmp: Path, archive: Path, include: Callable[[str], bool] | None,
+             max_total_bytes: int, max_member_bytes: int, opener: Callable[[_Member], IO[bytes] | None]) -> list[str]:
+    """Refuse a bad layout or sizes over the limits, then write the chosen members: their names, in order."""
     _check_layout(members, archive)
     chosen = [m for m in members if m.name and (include is None or include(m.name))]
     total = 0

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pixmix.utils.errors import PixmixError
 
 KINDS = ("procedural", "archive", "folder", "generator", "urls")
 DEFAULT_MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -26,6 +30,8 @@ DEFAULT_MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 @dataclass(frozen=True)
 class Artefact:
+    """One remote file of an archive collection, with the checksums that verify it."""
+
     url: str
     filename: str
     sha256: str | None = None
@@ -34,6 +40,8 @@ class Artefact:
 
 @dataclass(frozen=True)
 class Collection:
+    """One validated manifest: a named collection of one source, with where its images come from."""
+
     name: str
     source: str
     kind: str
@@ -55,85 +63,110 @@ class Collection:
         return any(fnmatch.fnmatchcase(member, pattern) for pattern in self.include)
 
 
-def load_collection(path: Path) -> Collection:
-    """Parse and validate one manifest; errors are one line naming the file and the field."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable TOML manifest ({exc})") from exc
+class ManifestError(PixmixError):
+    """A collection manifest (or their folder) is unreadable or invalid; one line naming the file and field."""
 
-    def need(key: str) -> str:
-        value = data.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{path}: field {key!r} is required and must be a non-empty string")
-        return value
 
-    name, source, kind, licence = need("name"), need("source"), need("kind"), need("licence")
-    if "." in name or "/" in name:
-        raise ValueError(f"{path}: name {name!r} must not contain '.' or '/' (it becomes part of sample keys)")
-    if kind not in KINDS:
-        raise ValueError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
-    include = tuple(data.get("filters", {}).get("include", ["*"]))
-    common = dict(
-        name=name, source=source, kind=kind, licence=licence, source_page=data.get("source_page", ""),
-        description=data.get("description", ""), include=include, origin_file=path.name,
-    )
-    if kind == "procedural":
-        table = data.get("procedural", {})
-        count = table.get("count")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"{path}: [procedural] count must be a positive integer, got {count!r}")
-        return Collection(**common, count=count, generator_kinds=tuple(table.get("kinds", ["ifs", "julia"])))
-    if kind == "generator":
-        from mixset.sources.generators import NAMES
+def _need(data: dict[str, Any], path: Path, key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(f"{path}: field {key!r} is required and must be a non-empty string")
+    return value
 
-        table = data.get("generator")
-        if not isinstance(table, dict):
-            raise ValueError(f"{path}: a generator collection needs a [generator] table with name and count")
-        gen, count = table.get("name"), table.get("count")
-        if gen not in NAMES:
-            raise ValueError(f"{path}: [generator] name must be one of {NAMES}, got {gen!r}")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{path}: [generator] count must be a positive integer, got {count!r}")
-        return Collection(**common, count=count, generator=gen)
-    if kind == "folder":
-        return Collection(**common, path=need("path"))
-    if kind == "urls":
-        urls = []
-        for i, item in enumerate(data.get("images", [])):
-            url, sha = item.get("url"), item.get("sha256") or None
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ValueError(f"{path}: images[{i}].url must be an http(s) URL, got {url!r}")
-            urls.append((url, sha))
-        listed = data.get("list", "")
-        if not isinstance(listed, str):
-            raise ValueError(f"{path}: list must be a path or an http(s) URL of a text file, got {listed!r}")
-        if not urls and not listed:
-            raise ValueError(f"{path}: a urls collection needs [[images]] entries or a list file")
-        return Collection(**common, urls=tuple(urls), url_list=listed)
+
+def _procedural_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    table = data.get("procedural", {})
+    count = table.get("count")
+    if not isinstance(count, int) or count < 1:
+        raise ManifestError(f"{path}: [procedural] count must be a positive integer, got {count!r}")
+    return {"count": count, "generator_kinds": tuple(table.get("kinds", ["ifs", "julia"]))}
+
+
+def _generator_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    from mixset.sources.generators import NAMES
+
+    table = data.get("generator")
+    if not isinstance(table, dict):
+        raise ManifestError(f"{path}: a generator collection needs a [generator] table with name and count")
+    gen, count = table.get("name"), table.get("count")
+    if gen not in NAMES:
+        raise ManifestError(f"{path}: [generator] name must be one of {NAMES}, got {gen!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ManifestError(f"{path}: [generator] count must be a positive integer, got {count!r}")
+    return {"count": count, "generator": gen}
+
+
+def _folder_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    return {"path": _need(data, path, "path")}
+
+
+def _urls_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    urls = []
+    for i, item in enumerate(data.get("images", [])):
+        url, sha = item.get("url"), item.get("sha256") or None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ManifestError(f"{path}: images[{i}].url must be an http(s) URL, got {url!r}")
+        urls.append((url, sha))
+    listed = data.get("list", "")
+    if not isinstance(listed, str):
+        raise ManifestError(f"{path}: list must be a path or an http(s) URL of a text file, got {listed!r}")
+    if not urls and not listed:
+        raise ManifestError(f"{path}: a urls collection needs [[images]] entries or a list file")
+    return {"urls": tuple(urls), "url_list": listed}
+
+
+def _archive_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
     artefacts = []
     for i, item in enumerate(data.get("artefacts", [])):
         url, filename = item.get("url"), item.get("filename")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"{path}: artefacts[{i}].url must be an http(s) URL, got {url!r}")
+            raise ManifestError(f"{path}: artefacts[{i}].url must be an http(s) URL, got {url!r}")
         if not isinstance(filename, str) or "/" in filename or filename in ("", ".", ".."):
-            raise ValueError(f"{path}: artefacts[{i}].filename must be a plain file name, got {filename!r}")
-        artefacts.append(Artefact(url=url, filename=filename, sha256=item.get("sha256") or None, md5=item.get("md5") or None))
+            raise ManifestError(f"{path}: artefacts[{i}].filename must be a plain file name, got {filename!r}")
+        artefacts.append(Artefact(url=url, filename=filename, sha256=item.get("sha256") or None,
+                                  md5=item.get("md5") or None))
     if not artefacts:
-        raise ValueError(f"{path}: an archive collection needs at least one [[artefacts]] entry")
-    return Collection(**common, artefacts=tuple(artefacts))
+        raise ManifestError(f"{path}: an archive collection needs at least one [[artefacts]] entry")
+    return {"artefacts": tuple(artefacts)}
+
+
+# The fields each kind adds to the common ones, read (and checked) from its own table(s).
+_KIND_FIELDS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
+    "procedural": _procedural_fields,
+    "archive": _archive_fields,
+    "folder": _folder_fields,
+    "generator": _generator_fields,
+    "urls": _urls_fields,
+}
+
+
+def load_collection(path: Path) -> Collection:
+    """Parse and validate one manifest; errors (:class:`ManifestError`) are one line naming the file and the field."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ManifestError(f"{path}: not a readable TOML manifest ({exc})") from exc
+    name, source, kind, licence = (_need(data, path, key) for key in ("name", "source", "kind", "licence"))
+    if "." in name or "/" in name:
+        raise ManifestError(f"{path}: name {name!r} must not contain '.' or '/' (it becomes part of sample keys)")
+    if kind not in KINDS:
+        raise ManifestError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
+    include = tuple(data.get("filters", {}).get("include", ["*"]))
+    return Collection(name=name, source=source, kind=kind, licence=licence, source_page=data.get("source_page", ""),
+                      description=data.get("description", ""), include=include, origin_file=path.name,
+                      **_KIND_FIELDS[kind](data, path))
 
 
 def load_collections(folder: Path, sources: tuple[str, ...] | None = None) -> list[Collection]:
     """Every manifest in ``folder`` (sorted by file name), optionally only those of ``sources``."""
     if not folder.is_dir():
-        raise ValueError(f"manifest folder {folder} does not exist; pass --manifests DIR")
+        raise ManifestError(f"manifest folder {folder} does not exist; pass --manifests DIR", param="manifests")
     found = [load_collection(p) for p in sorted(folder.glob("*.toml"))]
     names = [c.name for c in found]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"{folder}: collection names must be unique, repeated: {duplicates}")
+        raise ManifestError(f"{folder}: collection names must be unique, repeated: {duplicates}")
     return [c for c in found if sources is None or c.source in sources]
 
 
-__all__ = ["Artefact", "Collection", "load_collection", "load_collections", "DEFAULT_MANIFESTS"]
+__all__ = ["Artefact", "Collection", "ManifestError", "load_collection", "load_collections", "DEFAULT_MANIFESTS"]

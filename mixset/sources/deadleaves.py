@@ -56,7 +56,7 @@ def _union(x0: np.ndarray, x1: np.ndarray, y0: np.ndarray, y1: np.ndarray, size:
     return np.cumsum(np.cumsum(diff, axis=0), axis=1)[:size, :size] > 0.5
 
 
-def leaves(rng: np.random.Generator, size: int) -> dict[str, np.ndarray | bool]:
+def leaves(rng: np.random.Generator, size: int) -> dict[str, Any]:
     """The leaves of one image, in painting order, up to the one that completes the cover.
 
     Returns ``x0, x1, y0, y1`` (half-open pixel boxes), ``side`` (pixels), ``radius`` (fraction of
@@ -100,7 +100,8 @@ def leaves(rng: np.random.Generator, size: int) -> dict[str, np.ndarray | bool]:
 def paint(leaf: dict[str, Any], size: int) -> np.ndarray:
     """Paint ``leaf`` (from :func:`leaves`) in order on a black canvas: later leaves cover earlier ones."""
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
-    boxes = zip(leaf["x0"].tolist(), leaf["x1"].tolist(), leaf["y0"].tolist(), leaf["y1"].tolist(), leaf["colour"], strict=True)
+    boxes = zip(leaf["x0"].tolist(), leaf["x1"].tolist(), leaf["y0"].tolist(), leaf["y1"].tolist(), leaf["colour"],
+                strict=True)
     for x0, x1, y0, y1, colour in boxes:
         canvas[y0:y1, x0:x1] = colour
     return canvas

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from pixmix.utils.errors import PixmixError
+
 __all__ = ["DEFAULT_MAX_BYTES", "FetchError", "FetchResult", "download", "sha256_file"]
 
 #: Default size cap for one artefact (curated collections are at most a few GiB).
@@ -47,11 +49,15 @@ _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNOR
 _UNSATISFIED_RANGE_RE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
-class FetchError(Exception):
+#: ``progress(done, total)``: bytes of the file so far, and its size when the server says.
+Progress = Callable[[int, int | None], None]
+
+
+class FetchError(PixmixError):
     """A download failed or was refused. The message is one line naming the URL or file and the fix."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(_one_line(message), param=param)
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,7 @@ def download(
     retries: int = 3,
     backoff: float = 0.5,
     session: requests.Session | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> FetchResult:
     """Download ``url`` to ``dest`` (see the module docstring for the rules).
 
@@ -163,7 +169,7 @@ def download(
         if not _SHA256_RE.match(expected):
             raise FetchError(f"invalid sha256 {sha256!r} for URL {url}: the manifest needs 64 hex digits")
     if max_bytes < 0 or retries < 0 or backoff < 0 or timeout <= 0:
-        raise ValueError("download: max_bytes, retries and backoff must be >= 0 and timeout > 0")
+        raise FetchError("download: max_bytes, retries and backoff must be >= 0 and timeout > 0")
 
     if expected is not None and dest.is_file() and sha256_file(dest) == expected:
         size = dest.stat().st_size
@@ -173,7 +179,7 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     own_session = session is None
-    sess = requests.Session() if own_session else session
+    sess = session if session is not None else requests.Session()
     try:
         return _download(url, dest, part, expected, max_bytes, timeout, retries, backoff, sess, progress)
     finally:
@@ -181,7 +187,9 @@ def download(
             sess.close()
 
 
-def _download(url, dest, part, expected, max_bytes, timeout, retries, backoff, sess, progress) -> FetchResult:
+def _download(url: str, dest: Path, part: Path, expected: str | None, max_bytes: int, timeout: float, retries: int,
+              backoff: float, sess: requests.Session, progress: Progress | None) -> FetchResult:
+    """The retry loop of :func:`download`: attempts until a complete (and, with ``expected``, verified) file."""
     attempts = 0
     kept_old_bytes = False  # some bytes of the final .part came from before the current request
     restarted_after_mismatch = False
@@ -242,7 +250,19 @@ def _body_chunks(resp: requests.Response) -> Iterator[bytes]:
         yield chunk
 
 
-def _attempt(url, part: Path, max_bytes: int, timeout: float, sess, progress) -> bool:
+@dataclass(frozen=True)
+class _Body:
+    """Where a response's body goes and how long it must be."""
+
+    mode: str  # "ab": appended to the kept .part (a 206), "wb": the whole file (a 200)
+    done: int  # bytes of the file already in the .part before the body
+    length: int | None  # bytes the body announced (None: unknown)
+    total: int | None  # bytes of the whole file (None: unknown)
+    encoded: bool  # content-encoded: the announced lengths count encoded bytes, not what we write
+
+
+def _attempt(url: str, part: Path, max_bytes: int, timeout: float, sess: requests.Session,
+             progress: Progress | None) -> bool:
     """One request. Leaves a complete body in ``part`` and returns whether earlier bytes were kept.
 
     Raises _Retryable (the .part keeps what arrived) or _Refused (the caller removes the .part).
@@ -251,87 +271,107 @@ def _attempt(url, part: Path, max_bytes: int, timeout: float, sess, progress) ->
     if offset > max_bytes:
         _remove(part)
         offset = 0
+    resp = _request(url, offset, timeout, sess)
+    with resp:
+        if _already_complete(resp, url, part, offset, progress):
+            return True
+        body = _body(resp, url, part, offset, max_bytes)
+        if progress is not None:
+            progress(body.done, body.total)
+        received, done = _write_body(resp, url, part, body, max_bytes, progress)
+        if body.length is not None and not body.encoded and received != body.length:
+            if received > body.length:  # more than announced: the .part cannot be trusted
+                _remove(part)
+                raise _Retryable(f"body longer than announced: got {received} of {body.length} bytes")
+            raise _Retryable(f"body cut short: got {received} of {body.length} bytes")
+        if body.total is not None and done != body.total:
+            raise _Retryable(f"incomplete file: have {done} of {body.total} bytes")
+        return resp.status_code == 206
+
+
+def _request(url: str, offset: int, timeout: float, sess: requests.Session) -> requests.Response:
+    """The streamed response for the file from byte ``offset`` on (a ``Range`` request when ``offset``)."""
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        resp = sess.get(url, headers=headers, stream=True, timeout=(timeout, timeout))
+        return sess.get(url, headers=headers, stream=True, timeout=(timeout, timeout))
     except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects) as exc:
         raise _Refused(f"cannot download {url}: {_describe(exc)}; fix the manifest's url") from None
     except requests.exceptions.RequestException as exc:
         raise _Retryable(_describe(exc)) from None
 
-    with resp:
-        final_url = resp.url or url
-        if urlsplit(final_url).scheme.lower() not in _ALLOWED_SCHEMES:  # pragma: no cover - requests refuses first
-            raise _Refused(f"{url} redirected to a non-http URL {final_url!r}; fix the manifest's url")
-        status = resp.status_code
 
-        if status == 416 and offset:
-            m = _UNSATISFIED_RANGE_RE.match(resp.headers.get("Content-Range", ""))
-            if m and int(m.group(1)) == offset:
-                if progress is not None:
-                    progress(offset, offset)
-                return True  # the .part was already complete
+def _already_complete(resp: requests.Response, url: str, part: Path, offset: int, progress: Progress | None) -> bool:
+    """Whether a 416 says the .part already holds the whole file; raises for a status without a usable body."""
+    final_url = resp.url or url
+    if urlsplit(final_url).scheme.lower() not in _ALLOWED_SCHEMES:  # pragma: no cover - requests refuses first
+        raise _Refused(f"{url} redirected to a non-http URL {final_url!r}; fix the manifest's url")
+    status = resp.status_code
+    if status == 416 and offset:
+        m = _UNSATISFIED_RANGE_RE.match(resp.headers.get("Content-Range", ""))
+        if m and int(m.group(1)) == offset:
+            if progress is not None:
+                progress(offset, offset)
+            return True
+        _remove(part)
+        raise _Retryable(f"HTTP 416 for a resume at byte {offset}; restarting from zero")
+    if status >= 500 or status in _RETRY_STATUS_4XX:
+        raise _Retryable(f"HTTP {status}")
+    if status not in (200, 206):
+        raise _Refused(f"HTTP {status} for URL {url}: check the manifest's url")
+    return False
+
+
+def _body(resp: requests.Response, url: str, part: Path, offset: int, max_bytes: int) -> _Body:
+    """How a 200 or 206 body is written and checked; a file announced over ``max_bytes`` is refused."""
+    encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    total: int | None
+    if resp.status_code == 206:
+        rng = _parse_content_range(resp.headers.get("Content-Range"))
+        if rng is None or rng[0] != offset:
             _remove(part)
-            raise _Retryable(f"HTTP 416 for a resume at byte {offset}; restarting from zero")
-        if status >= 500 or status in _RETRY_STATUS_4XX:
-            raise _Retryable(f"HTTP {status}")
-        if status not in (200, 206):
-            raise _Refused(f"HTTP {status} for URL {url}: check the manifest's url")
-
-        encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
-        if status == 206:
-            rng = _parse_content_range(resp.headers.get("Content-Range"))
-            if rng is None or rng[0] != offset:
-                _remove(part)
-                raise _Retryable(
-                    f"HTTP 206 with Content-Range {resp.headers.get('Content-Range')!r} for a resume at "
-                    f"byte {offset}; restarting from zero"
-                )
-            start, end, total = rng
-            body_len = end - start + 1
-            mode, done = "ab", offset
-        else:  # 200: the whole file, whether or not we asked for a range
-            start, total = 0, _int_header(resp.headers.get("Content-Length"))
-            if encoded:
-                total = None  # Content-Length counts encoded bytes
-            body_len = total
-            mode, done = "wb", 0
-        if total is not None and total > max_bytes:
-            raise _Refused(
-                f"{url} is {total} bytes, over the {max_bytes}-byte limit; raise max_bytes if the "
-                "manifest's file really is that large"
+            raise _Retryable(
+                f"HTTP 206 with Content-Range {resp.headers.get('Content-Range')!r} for a resume at "
+                f"byte {offset}; restarting from zero"
             )
+        start, end, total = rng
+        body = _Body("ab", offset, end - start + 1, total, encoded)
+    else:  # 200: the whole file, whether or not we asked for a range
+        total = _int_header(resp.headers.get("Content-Length"))
+        if encoded:
+            total = None  # Content-Length counts encoded bytes
+        body = _Body("wb", 0, total, total, encoded)
+    if total is not None and total > max_bytes:
+        raise _Refused(
+            f"{url} is {total} bytes, over the {max_bytes}-byte limit; raise max_bytes if the "
+            "manifest's file really is that large"
+        )
+    return body
 
-        if progress is not None:
-            progress(done, total)
-        received = 0
-        try:
-            with open(part, mode) as f:
-                for chunk in _body_chunks(resp):
-                    if not chunk:
-                        continue
-                    received += len(chunk)
-                    if done + len(chunk) > max_bytes:
-                        raise _Refused(
-                            f"{url} sent more than the {max_bytes}-byte limit; raise max_bytes if the "
-                            "manifest's file really is that large"
-                        )
-                    f.write(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-                f.flush()
-                os.fsync(f.fileno())
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise _Retryable(f"body cut short after {received} bytes ({_describe(exc)})") from None
-        if body_len is not None and not encoded and received != body_len:
-            if received > body_len:  # more than announced: the .part cannot be trusted
-                _remove(part)
-                raise _Retryable(f"body longer than announced: got {received} of {body_len} bytes")
-            raise _Retryable(f"body cut short: got {received} of {body_len} bytes")
-        if total is not None and done != total:
-            raise _Retryable(f"incomplete file: have {done} of {total} bytes")
-        return status == 206
+
+def _write_body(resp: requests.Response, url: str, part: Path, body: _Body, max_bytes: int,
+                progress: Progress | None) -> tuple[int, int]:
+    """Stream the body into ``part`` (synced): ``(bytes received, bytes of the file now in the .part)``."""
+    received, done = 0, body.done
+    try:
+        with open(part, body.mode) as f:
+            for chunk in _body_chunks(resp):
+                if not chunk:
+                    continue
+                received += len(chunk)
+                if done + len(chunk) > max_bytes:
+                    raise _Refused(
+                        f"{url} sent more than the {max_bytes}-byte limit; raise max_bytes if the "
+                        "manifest's file really is that large"
+                    )
+                f.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, body.total)
+            f.flush()
+            os.fsync(f.fileno())
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise _Retryable(f"body cut short after {received} bytes ({_describe(exc)})") from None
+    return received, done

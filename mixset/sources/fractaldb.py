@@ -16,8 +16,8 @@ Categories: image ``index`` is an instance of category ``index % CATEGORIES`` (1
 so the first N images (``--limit N``) span min(N, 1,000) categories and a 100k-image collection has
 100 instances of each. The category's system is searched with an rng seeded by ``(seed, category)``,
 so it is the same for all of its instances; it is cached per process (all 1,000 fit), so the search
-(~0.15 s on average) is paid once per category and process. An instance is accepted when at least ``MIN_FILL`` (20%) and at
-most ``MAX_FILL`` of its pixels are lit; otherwise another instance is drawn.
+(~0.15 s on average) is paid once per category and process. An instance is accepted when at least
+``MIN_FILL`` (20%) and at most ``MAX_FILL`` of its pixels are lit; otherwise another instance is drawn.
 
 Chaos game: ``WALKERS`` walkers run in parallel from the origin; the first ``BURN_IN`` steps are not
 recorded (with one walker the origin's few first images are a negligible part of 100k points; with
@@ -59,7 +59,9 @@ def _probabilities(maps: np.ndarray) -> np.ndarray | None:
     return det / total if total > 1e-12 else None
 
 
-def chaos_game(maps: np.ndarray, probs: np.ndarray, points: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def chaos_game(
+    maps: np.ndarray, probs: np.ndarray, points: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``points`` points of the attractor: ``WALKERS`` walks from the origin in parallel, the first
     ``BURN_IN`` steps not recorded. Returns ``(x, y)`` float64 arrays (may hold huge or non-finite
     values for expanding systems)."""
@@ -116,7 +118,9 @@ def search_category(seed: int, category: int) -> dict[str, Any]:
         fill = search_fill(maps, rng)
         if fill >= SEARCH_FILL:
             return {"maps": maps, "search_fill": fill, "search_tries": tries}
-    raise RuntimeError(f"no FractalDB system with fill >= {SEARCH_FILL} in {MAX_SEARCH} draws (seed={seed}, category={category})")
+    raise RuntimeError(
+        f"no FractalDB system with fill >= {SEARCH_FILL} in {MAX_SEARCH} draws (seed={seed}, category={category})"
+    )
 
 
 def render_instance(maps: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray | None:

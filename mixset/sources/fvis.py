@@ -80,10 +80,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from itertools import groupby
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -91,6 +91,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pixmix.utils.errors import PixmixError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -178,9 +180,9 @@ def plan_units(models: Sequence[str] | None = None, limit: int | None = None) ->
     names = list(DEFAULT_LAYERS) if models is None else list(models)
     unknown = [m for m in names if m not in DEFAULT_LAYERS]
     if unknown:
-        raise ValueError(f"no default layers for model(s) {unknown}; known: {sorted(DEFAULT_LAYERS)}")
+        raise PixmixError(f"no default layers for model(s) {unknown}; known: {sorted(DEFAULT_LAYERS)}", param="models")
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise PixmixError(f"limit must be >= 0, got {limit}", param="limit")
     plan = [(spec, c) for m in names for spec in DEFAULT_LAYERS[m] for c in range(spec.channels)]
     return plan if limit is None else plan[:limit]
 
@@ -233,7 +235,7 @@ def _load_checkpoint(name: str, path: Path) -> tuple[nn.Module, str]:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001 - any failure becomes one line naming the file
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ValueError(f"cannot load {name} checkpoint {path}: {type(exc).__name__}: {reason}") from None
+        raise PixmixError(f"cannot load {name} checkpoint {path}: {type(exc).__name__}: {reason}") from None
     if name == "googlenet":
         model.aux1 = model.aux2 = None  # type: ignore[assignment]  # as torchvision does for pretrained
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -245,8 +247,8 @@ def load_model(name: str, weights: str = "default", checkpoint: Path | None = No
 
     - ``checkpoint``: a local ``state_dict`` (optionally wrapped in ``{"state_dict": ...}`` or saved
       from DDP), loaded with ``torch.load(weights_only=True)``; ``num_classes`` is taken from it for the
-      known architectures. Any failure raises a one-line ``ValueError`` naming the file (a missing file
-      raises ``FileNotFoundError``). ``weights`` is ignored.
+      known architectures. Any failure raises a one-line :class:`~pixmix.utils.errors.PixmixError` naming
+      the file (a missing file raises ``FileNotFoundError``). ``weights`` is ignored.
     - ``weights="default"``: torchvision's DEFAULT weight enum (from the torch hub cache, downloaded
       when the network allows); another string names an enum member (e.g. ``"IMAGENET1K_V1"``);
       ``"random"`` asks for the seeded random initialisation without a warning.
@@ -266,7 +268,8 @@ def load_model(name: str, weights: str = "default", checkpoint: Path | None = No
     try:
         member = enum[key]
     except KeyError:
-        raise ValueError(f"unknown weights {weights!r} for {name}; known: {['default', *enum.__members__]}") from None
+        known = ["default", *enum.__members__]
+        raise PixmixError(f"unknown weights {weights!r} for {name}; known: {known}", param="weights") from None
     try:
         with torch.random.fork_rng(devices=[]):  # builds (random-inits) the model before loading
             model = get_model(name, weights=member)
@@ -341,7 +344,7 @@ def truncated_trunk(model: nn.Module, layer: str) -> nn.Module:
     names = {n for n, _ in model.named_modules()}
     if layer not in names or layer == "":
         close = sorted(n for n in names if n and (n.startswith(layer.rsplit(".", 1)[0]) or layer in n))[:10]
-        raise ValueError(f"model has no module {layer!r}; similar: {close}")
+        raise PixmixError(f"model has no module {layer!r}; similar: {close}", param="layer")
     return _Trunk(model, layer).eval()
 
 
@@ -472,7 +475,7 @@ def _render_batch(
                 raise ValueError(f"the trunk must return a [B, C, ...] tensor, got {type(act).__name__}")
             bad = [u for u in units if not 0 <= u < act.shape[1]]
             if bad:
-                raise ValueError(f"units {bad} out of range for a layer with {act.shape[1]} channels")
+                raise PixmixError(f"units {bad} out of range for a layer with {act.shape[1]} channels", param="units")
         picked = act[rows, cols]  # [B, ...]: slice i's own unit
         loss = -picked.reshape(len(units), -1).mean(dim=1).sum()
         (grad,) = torch.autograd.grad(loss, [spectrum])  # no .grad on the model's parameters
@@ -507,11 +510,11 @@ def render_units(
     numpy RNG states are left unchanged. The result is on the CPU.
     """
     if transforms not in TRANSFORMS:
-        raise ValueError(f"transforms must be one of {TRANSFORMS}, got {transforms!r}")
+        raise PixmixError(f"transforms must be one of {TRANSFORMS}, got {transforms!r}", param="transforms")
     if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
+        raise PixmixError(f"size must be >= 8, got {size}", param="size")
     if steps < 0 or batch < 1 or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"need steps >= 0, batch >= 1 and a finite lr > 0 (got {steps}, {batch}, {lr})")
+        raise PixmixError(f"need steps >= 0, batch >= 1 and a finite lr > 0 (got {steps}, {batch}, {lr})")
     units = [int(u) for u in units]
     if not units:
         return torch.zeros((0, 3, size, size))
@@ -530,8 +533,8 @@ def render_units(
                     torch.cuda.manual_seed(derive_seed(seed, "global"))
             for start in range(0, len(units), batch):
                 chunk = units[start : start + batch]
-                kw = dict(size=size, steps=steps, lr=lr, seed=seed, device=device, transforms=transforms)
-                out.append(_render_batch(trunk, chunk, **kw))
+                out.append(_render_batch(trunk, chunk, size=size, steps=steps, lr=lr, seed=seed, device=device,
+                                         transforms=transforms))
     finally:
         for module, training in flags.items():
             module.training = training

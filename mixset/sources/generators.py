@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from pixmix.utils.errors import PixmixError
+
 __all__ = ["NAMES", "MIN_STD", "MAX_TRIES", "generate", "generate_with_tries", "single_thread"]
 
 NAMES = ("deadleaves", "spectrum", "stylegan", "fractaldb")
@@ -49,13 +51,13 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> i
         high is not None and value > high
     ):
         span = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {span}, got {value!r}")
+        raise PixmixError(f"{name} must be an integer {span}, got {value!r}", param=name)
     return int(value)
 
 
 def _module(name: str) -> Any:
     if name not in _MODULES:
-        raise ValueError(f"generator must be one of {NAMES}, got {name!r}")
+        raise PixmixError(f"generator must be one of {NAMES}, got {name!r}")
     return importlib.import_module(_MODULES[name])
 
 
@@ -109,7 +111,9 @@ def generate_with_tries(
         pixels, params = _draw(module, draw_seed, size, context)
         if pixels.std() >= MIN_STD and (accept is None or accept(pixels, params)):
             return pixels, {"draw_seed": draw_seed, **params}, tries
-    raise RuntimeError(f"no {name!r} image passed the quality checks in {max_tries} tries for seed={seed}, index={index}")
+    raise RuntimeError(
+        f"no {name!r} image passed the quality checks in {max_tries} tries for seed={seed}, index={index}"
+    )
 
 
 def generate(name: str, seed: int, index: int, size: int = 256) -> tuple[np.ndarray, dict[str, Any]]:

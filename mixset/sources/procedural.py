@@ -20,12 +20,14 @@ Sampling is separate from rendering: :func:`sample_fractal_params` draws a :clas
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from pixmix.utils.errors import PixmixError
 
 __all__ = [
     "KINDS",
@@ -179,13 +181,13 @@ def _from_plain(cls: type, data: dict[str, Any]) -> Any:
 
 def _check_kind(kind: object, name: str) -> str:
     if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"{name} must be one of {KINDS}, got {kind!r}")
+        raise PixmixError(f"{name} must be one of {KINDS}, got {kind!r}", param=name)
     return kind
 
 
 def _check_size(size: object) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
+        raise PixmixError(f"size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}", param="size")
     return int(size)
 
 
@@ -288,6 +290,12 @@ def _sample_c(rng: np.random.Generator) -> complex:
     return complex(pick.real, pick.imag * (1 if rng.random() < 0.5 else -1))
 
 
+def _triple(values: Iterable[Any]) -> tuple[float, float, float]:
+    """Three numbers as Python floats (one per colour channel)."""
+    a, b, c = (float(x) for x in values)
+    return a, b, c
+
+
 def _sample_julia(rng: np.random.Generator) -> JuliaParams:
     c = _sample_c(rng)
     max_iter = int(rng.integers(64, 129))
@@ -313,10 +321,10 @@ def _sample_julia(rng: np.random.Generator) -> JuliaParams:
         half_width=half_width,
         rotation=float(rng.uniform(0, 2 * math.pi)),
         max_iter=max_iter,
-        pal_a=tuple(float(x) for x in rng.uniform(0.45, 0.6, 3)),
-        pal_b=tuple(float(x) for x in rng.uniform(0.35, 0.5, 3)),
-        pal_freq=tuple(float(x) for x in freq),
-        pal_phase=tuple(float(x % 1.0) for x in phase),
+        pal_a=_triple(rng.uniform(0.45, 0.6, 3)),
+        pal_b=_triple(rng.uniform(0.35, 0.5, 3)),
+        pal_freq=_triple(freq),
+        pal_phase=_triple(x % 1.0 for x in phase),
         scale=float(rng.uniform(0.4, 1.4)),
         offset=float(rng.random()),
         glow=float(rng.uniform(0.6, 1.6)),
@@ -340,7 +348,7 @@ def sample_fractal_params(rng: np.random.Generator, kind: str) -> FractalParams:
 # Rendering helpers
 
 
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray | float, v: np.ndarray | float) -> np.ndarray:
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray | float, v: np.ndarray | float | np.floating[Any]) -> np.ndarray:
     """Vectorised HSV -> RGB for flat ``h`` (hue wraps), ``s``, ``v`` in [0, 1] (scalars or like ``h``).
 
     Returns planar float32 ``[3, len(h)]``: with the channel axis first every op runs over long
@@ -424,21 +432,35 @@ def _choice_table(weights: np.ndarray) -> np.ndarray:
 
 
 def _render_ifs(p: IFSParams, size: int) -> np.ndarray:
-    coef = np.array(p.maps, dtype=np.float64)  # [n, 6]
+    xs, ys, cs = _chaos_game(p, size)
+    bg = _render_background(p.background, size)
+    splat = _splat(xs, ys, cs, size)
+    if splat is None:
+        return _to_uint8(bg, size)  # a degenerate (point-like) attractor: nothing to draw
+    hits, csum = splat
+    return _to_uint8(_tone_map(p, hits, csum, bg), size)
+
+
+def _map_draws(p: IFSParams, coef: np.ndarray, steps: int) -> tuple[np.ndarray, ...]:
+    """The coefficients a..f and colour of the map each walker applies at each step: 7 arrays [steps, walkers]."""
     det = np.abs(coef[:, 0] * coef[:, 3] - coef[:, 1] * coef[:, 2])
     table = _choice_table(det)
     rng = np.random.default_rng(p.walk_seed)
-
-    n_points = max(_MIN_POINTS, int(_POINTS_PER_PIXEL * size * size))
-    steps = _SKIP_STEPS + -(-n_points // _WALKERS)
     # One bulk draw + gathers for all steps: per-step fancy indexing costs more than the arithmetic.
     # Raw 64-bit draws split into four 12-bit slots each: ~4x cheaper than Generator.integers here.
     raw = rng.bit_generator.random_raw(-(-steps * _WALKERS // 4)).view(np.uint16)[: steps * _WALKERS]
     slot = (raw & (_CHOICE_TABLE - 1)).astype(np.intp).reshape(steps, _WALKERS)
-    cols = {}
-    for k, name in enumerate("abcdef"):
-        cols[name] = np.take(coef[:, k].astype(np.float32)[table], slot)
+    cols = [np.take(coef[:, k].astype(np.float32)[table], slot) for k in range(6)]
     mc = np.take(np.asarray(p.map_colours, dtype=np.float32)[table], slot)
+    return (*cols, mc)
+
+
+def _chaos_game(p: IFSParams, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points ``(xs, ys)`` of every walker after the skipped steps, and their colour coordinates."""
+    coef = np.array(p.maps, dtype=np.float64)  # [n, 6]
+    n_points = max(_MIN_POINTS, int(_POINTS_PER_PIXEL * size * size))
+    steps = _SKIP_STEPS + -(-n_points // _WALKERS)
+    ca, cb, cc, cd, ce, cf, mc = _map_draws(p, coef, steps)
 
     # Start every walker at the fixed point of map 0, which lies on the attractor (no burn-in needed
     # for correctness; the skipped steps only let walkers that share it spread out).
@@ -451,7 +473,6 @@ def _render_ifs(p: IFSParams, size: int) -> np.ndarray:
     y = np.full(_WALKERS, fy, dtype=np.float32)
     c = np.full(_WALKERS, p.map_colours[0], dtype=np.float32)
     tmp = np.empty(_WALKERS, dtype=np.float32)
-    ca, cb, cc, cd, ce, cf = (cols[k] for k in "abcdef")
     for t in range(steps):
         xt, yt, ct = xs[t], ys[t], cs[t]
         np.multiply(ca[t], x, out=xt)
@@ -466,13 +487,15 @@ def _render_ifs(p: IFSParams, size: int) -> np.ndarray:
         np.add(c, mc[t], out=ct)
         ct *= 0.5
         x, y, c = xt, yt, ct
-    xs, ys, cs = xs[_SKIP_STEPS:], ys[_SKIP_STEPS:], cs[_SKIP_STEPS:]
+    return xs[_SKIP_STEPS:], ys[_SKIP_STEPS:], cs[_SKIP_STEPS:]
 
-    bg = _render_background(p.background, size)
+
+def _splat(xs: np.ndarray, ys: np.ndarray, cs: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Blurred hit counts and colour sums per pixel (flat), the attractor fitted to the image; None if degenerate."""
     x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
     extent = max(x1 - x0, y1 - y0)
     if not math.isfinite(extent) or extent < 1e-9:
-        return _to_uint8(bg, size)  # a degenerate (point-like) attractor: nothing to draw
+        return None
     # Fit the bounding box, aspect kept, centred, inside a margin.
     scale = (1 - 2 * _IFS_MARGIN) * size / extent
     ox = size / 2 - scale * (x0 + x1) / 2
@@ -483,7 +506,11 @@ def _render_ifs(p: IFSParams, size: int) -> np.ndarray:
     hits = _blur121(np.bincount(flat, minlength=size * size).astype(np.float32).reshape(size, size)).ravel()
     csum = np.bincount(flat, weights=cs.ravel(), minlength=size * size).astype(np.float32)
     csum = _blur121(csum.reshape(size, size)).ravel()
+    return hits, csum
 
+
+def _tone_map(p: IFSParams, hits: np.ndarray, csum: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """The attractor's colours over the background ``bg`` (planar, flat), opaque where it is dense."""
     # Log-density tone mapping, normalised by a high quantile of the visited pixels rather than the max,
     # so a few hot spots (near fixed points) do not leave the rest of the attractor dim.
     visited = hits > 0
@@ -500,7 +527,7 @@ def _render_ifs(p: IFSParams, size: int) -> np.ndarray:
     fg -= bg
     fg *= opacity
     fg += bg
-    return _to_uint8(fg, size)
+    return fg
 
 
 def _julia_escape(z0: np.ndarray, c: complex, max_iter: int) -> np.ndarray:
@@ -627,16 +654,16 @@ def generate_fractal(
     size = _check_size(size)
     for name, v in (("seed", seed), ("index", index)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+            raise PixmixError(f"{name} must be a non-negative integer, got {v!r}", param=name)
     if isinstance(kinds, str) or not kinds:
-        raise ValueError(f"kinds must be a non-empty sequence of {KINDS}, got {kinds!r}")
+        raise PixmixError(f"kinds must be a non-empty sequence of {KINDS}, got {kinds!r}", param="kinds")
     kinds = tuple(_check_kind(k, "kinds") for k in kinds)
     if isinstance(max_tries, bool) or not isinstance(max_tries, (int, np.integer)) or max_tries < 1:
-        raise ValueError(f"max_tries must be a positive integer, got {max_tries!r}")
+        raise PixmixError(f"max_tries must be a positive integer, got {max_tries!r}", param="max_tries")
     if not 0.0 <= min_fill <= 1.0:
-        raise ValueError(f"min_fill must be in [0, 1], got {min_fill!r}")
+        raise PixmixError(f"min_fill must be in [0, 1], got {min_fill!r}", param="min_fill")
     if not 0.0 <= min_entropy <= 9.0:
-        raise ValueError(f"min_entropy must be in [0, 9] bits, got {min_entropy!r}")
+        raise PixmixError(f"min_entropy must be in [0, 9] bits, got {min_entropy!r}", param="min_entropy")
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
     kind = kinds[int(rng.integers(len(kinds)))]

@@ -259,9 +259,9 @@ def _colour_reference(rng: np.random.Generator, n: int) -> tuple[dict[str, Any],
     counts = rng.multinomial(n * n, probs)
     width = int(rng.integers(1, max(1, n // 8) + 1))
     ref = np.repeat(palette, counts, axis=0).reshape(n, n, 3)
-    ref = _box_blur(ref, width).reshape(-1, 3)
+    blurred = _box_blur(ref, width).reshape(-1, 3)
     params = {"colours": k, "palette": palette.round(4).tolist(), "counts": counts.tolist(), "blur": width}
-    return params, torch.from_numpy(ref).float()
+    return params, torch.from_numpy(blurred).float()
 
 
 def _colour_model(ref: torch.Tensor) -> dict[str, torch.Tensor]:
