@@ -386,3 +386,86 @@ def test_two_ranks_under_torchrun_train_and_resume(data: Data, tmp_path: Path) -
     assert state["epoch"] == 2 and state["config"]["epochs"] == 2
     model, _ = model_from_checkpoint(out / "checkpoints" / "last.pt")
     assert not any(k.startswith("module.") for k in state["model_state"]) and isinstance(model, SmokeNet)
+
+
+# --- placement: torchrun, SLURM ------------------------------------------------------------------
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+def _launcher_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    for name in LAUNCHER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_slurm_placement_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixmix.train.context import open_context
+
+    # One SLURM task: rank 0 of 1 from SLURM's variables, no process group.
+    _launcher_env(monkeypatch, SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0")
+    ctx = open_context("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.owns_group, ctx.device.type) == (0, 1, 0, False, "cpu")
+    # Task 1 of 2 (srun without torchrun): the group is started with SLURM's rank and world size.
+    started: list[tuple] = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: started.append((backend, kw["rank"], kw["world_size"])))
+    _launcher_env(monkeypatch, SLURM_PROCID="1", SLURM_NTASKS="2", SLURM_LOCALID="1")
+    ctx = open_context("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.owns_group) == (1, 2, 1, True)
+    assert started == [("gloo", 1, 2)]
+    # torchrun's variables win over SLURM's.
+    _launcher_env(monkeypatch, RANK="0", WORLD_SIZE="3", SLURM_PROCID="1", SLURM_NTASKS="2")
+    assert (open_context("cpu").rank, open_context("cpu").world_size) == (0, 3)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_slurm_tasks_train_without_torchrun(data: Data, tmp_path: Path) -> None:
+    out = tmp_path / "srun"
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()), SLURM_NTASKS="2")
+    cmd = [*_train_command(), "--preset", "smoke", "--shards", str(data.pixmix), "--out", str(out), "--epochs", "1",
+           "--device", "cpu", "--quiet"]
+    tasks = [subprocess.Popen(cmd, env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outputs = [task.communicate(timeout=180) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert "trained smoke to epoch 1/1" in outputs[0][0] and outputs[1][0] == ""  # rank 0 alone prints
+    (record,) = log_records(out)
+    assert record["world_size"] == 2 and record["batches_per_rank"] == [6, 6]
+
+
+# --- command line: user errors in one line, bugs with their traceback -------------------------------
+
+
+def test_cli_bad_option_is_one_line_and_bugs_propagate(data: Data, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    base = ["--preset", "smoke-baseline", "--shards", str(data.plain), "--out", str(tmp_path / "x"),
+            "--device", "cpu", "--quiet"]
+    result = runner.invoke(train_command, [*base, "--lr", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == ["Error: --lr must be a finite number > 0, got 0.0"]
+    if not torch.cuda.is_available():
+        result = runner.invoke(train_command, [*base[:-3], "--device", "cuda", "--quiet"])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+        assert "--device cuda: CUDA is not available here" in result.output
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in the library")
+
+    monkeypatch.setattr(train_module, "train", broken)
+    result = runner.invoke(train_command, base)
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+    assert not (tmp_path / "x").exists()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from pixmix.cli.errors import user_errors
+
 PRESET_NAMES = ("cifar", "cifar-baseline", "imagenet", "imagenet-baseline", "smoke", "smoke-baseline")
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -17,7 +19,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Training shard set (`mixset shard`): plain, or pre-generated PixMix views.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: checkpoints/ and log.jsonl; an existing run there is resumed.")
-@click.option("--mixset", type=_DIR, default=None, help="Mixing set (`mixset build`) for online PixMix on plain shards.")
+@click.option("--mixset", type=_DIR, default=None,
+              help="Mixing set (`mixset build`) for online PixMix on plain shards.")
 @click.option("--val-shards", type=_DIR, default=None, help="Shard set for the validation error after each epoch.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Default: the preset's.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch (all ranks together).")
@@ -31,7 +34,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Weights to start from (a state dict or pixmix checkpoint); expected by the imagenet presets.")
 @click.option("--keep-every", type=click.IntRange(0), default=None,
-              help="Keep checkpoints/epoch-NNN.pt every N epochs (and the last); 0: only last.pt. Default: the preset's.")
+              help="Keep checkpoints/epoch-NNN.pt every N epochs (and the last); 0: only last.pt. "
+                   "Default: the preset's.")
 @click.option("--partners", type=click.Choice(["both", "augmented", "mixing"]), default=None,
               help="Online PixMix's mixing partners: both (PixMix), augmented inputs only (no --mixset needed), or "
                    "the mixing set only (the paper's Table 5). Default: both.")
@@ -46,23 +50,22 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
           seed: int | None, device: str | None, amp: bool | None, pretrained: str | None, keep_every: int | None,
           partners: str | None, k: int | None, beta: float | None, severity: float | None, sync_bn: bool | None,
           quiet: bool) -> None:
-    """Train (or resume) a PixMix or baseline model on a shard set; run under torchrun for DDP.
+    """Train (or resume) a PixMix or baseline model on a shard set; run under torchrun (or srun) for DDP.
 
     Checkpoints go to OUT/checkpoints/last.pt (and epoch-NNN.pt), one JSON line per epoch to OUT/log.jsonl.
     """
-    from pixmix.train.trainer import TrainError, preset_config
+    from pixmix.train.trainer import preset_config
     from pixmix.train.trainer import train as run_training
 
-    try:
+    lines: list[str] = []
+    # Only the user's mistakes (PixmixError) become one-line errors: anything else is a bug, with its traceback.
+    with user_errors():
         config = preset_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                workers=workers, seed=seed, device=device, amp=amp, pretrained=pretrained,
                                keep_every=keep_every, partners=partners, k=k, beta=beta, severity=severity,
                                sync_bn=sync_bn)
-        lines: list[str] = []
         run_training(config, shards, out, mixset=mixset, val_shards=val_shards,
                      log=lines.append if quiet else click.echo, progress=not quiet)
-    except (TrainError, ValueError) as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     if quiet and lines:
         click.echo(lines[-1])  # the final summary line
 

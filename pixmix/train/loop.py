@@ -1,0 +1,216 @@
+"""The inner loop of ``pixmix train``: the per-step cosine schedule, the trainer's seeds, one training
+epoch (:func:`train_one_epoch`) and the validation error (:func:`validate`).
+
+An epoch re-seeds torch's global RNG from ``(seed, epoch, rank)`` before its first step, so dropout draws do
+not depend on what ran before: a resumed run replays them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixmix.augment.recipes import Recipe
+from pixmix.data.loader import ShardLoader, finish_batch
+from pixmix.train.context import TrainContext
+from pixmix.utils.seeding import derive_seed
+
+# Leading stream coordinates of the trainer's own seeds (apart from the loader's and the samples').
+_INIT_STREAM = (1 << 40) + 16
+_EPOCH_STREAM = (1 << 40) + 17
+
+
+def cosine_factor(step: int, total_steps: int) -> float:
+    """The learning-rate multiplier at ``step``: 1 at step 0, 1/2 at the midpoint, 0 at ``total_steps``."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+
+
+def cosine_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step cosine annealing to 0 over ``total_steps`` (call ``step()`` after every optimiser step)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of torch's global RNG during ``epoch`` on ``rank`` (dropout and any other global draws)."""
+    return derive_seed(seed, _EPOCH_STREAM, epoch, rank)
+
+
+def init_seed(seed: int) -> int:
+    """The seed of torch's global RNG while the model is initialised (the same on every rank)."""
+    return derive_seed(seed, _INIT_STREAM)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How forward passes run: autocast (on CUDA only) in ``dtype``, channels-last inputs (on GPUs)."""
+
+    autocast: bool
+    dtype: torch.dtype
+    channels_last: bool
+
+    @classmethod
+    def of(cls, device: torch.device, amp: bool, amp_dtype: str) -> Precision:
+        """The precision of a run on ``device`` with its ``amp`` options (autocast never on the CPU)."""
+        on_cuda = device.type == "cuda"  # channels-last: faster convolutions under autocast on GPUs
+        return cls(amp and on_cuda, torch.float16 if amp_dtype == "float16" else torch.bfloat16, on_cuda)
+
+    def forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``net(images)`` in this precision."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=self.dtype, enabled=self.autocast):
+            return net(images)
+
+
+@dataclass
+class Learner:
+    """What a training step updates: ``net`` (the model, or its DDP wrapper) through the optimiser, the
+    per-step schedule and (float16 autocast) the gradient scaler; ``step`` counts the optimiser steps."""
+
+    model: nn.Module  # unwrapped: what is validated and saved
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    precision: Precision
+    step: int = 0
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def update(self, loss: torch.Tensor) -> float:
+        """One optimiser step on ``loss`` and one schedule step; the learning rate that step used."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        lr = self.lr
+        self.scheduler.step()
+        self.step += 1
+        return lr
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One training epoch over all ranks: ``samples`` seen, mean loss and top-1 error on the augmented inputs,
+    the lr of its last step; per-rank batches and loader errors in rank order."""
+
+    train_loss: float
+    train_error: float
+    lr: float
+    seconds: float
+    samples: float
+    substituted: float
+    errors: list[str]
+    batches_per_rank: list[int]
+
+
+@dataclass
+class _Tally:
+    """Running sums of one rank's epoch (loss and errors on the device: no sync per step)."""
+
+    device: torch.device
+    loss_sum: torch.Tensor = field(init=False)
+    wrong: torch.Tensor = field(init=False)
+    seen: int = 0
+    substituted: int = 0
+    batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.wrong = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def add(self, batch: Any, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.batches += 1
+        self.seen += len(batch)
+        self.substituted += batch.substituted
+        self.errors.extend(batch.errors)
+        self.loss_sum += loss.detach().double() * len(batch)
+        self.wrong += (logits.detach().argmax(1) != labels).sum()
+
+    def totals(self, ctx: TrainContext) -> list[float]:
+        """``[loss sum, wrong, samples, substituted]`` over all ranks."""
+        counts = [torch.tensor(float(n), dtype=torch.float64, device=self.device)
+                  for n in (self.seen, self.substituted)]
+        return ctx.sum(torch.stack([self.loss_sum, self.wrong.double(), *counts])).tolist()
+
+
+def train_one_epoch(
+    learner: Learner, loader: ShardLoader, ctx: TrainContext, recipe: Recipe, *, epoch: int, epochs: int, seed: int,
+    progress: bool = False,
+) -> EpochStats:
+    """Train ``epoch`` (0-based) of ``epochs`` on this rank's batches; the statistics of all ranks."""
+    loader.set_epoch(epoch)
+    torch.manual_seed(epoch_seed(seed, epoch, ctx.rank))
+    learner.net.train()
+    tick = time.perf_counter()
+    tally = _Tally(ctx.device)
+    lr = learner.lr  # an epoch without batches reports the lr it would have used
+    bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{epochs}") if progress and ctx.rank == 0 else None
+    for batch in loader:
+        images, labels = finish_batch(batch, ctx.device, recipe)
+        logits = learner.precision.forward(learner.net, images)
+        loss = F.cross_entropy(logits.float(), labels)
+        lr = learner.update(loss)
+        tally.add(batch, loss, logits, labels)
+        if bar is not None:
+            bar.update()
+            if tally.batches % 20 == 1:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
+    if bar is not None:
+        bar.close()
+    loss_total, wrong_total, samples, substituted = tally.totals(ctx)
+    seconds = time.perf_counter() - tick
+    per_rank = ctx.gather((tally.batches, tally.errors))
+    return EpochStats(train_loss=loss_total / max(samples, 1), train_error=wrong_total / max(samples, 1), lr=lr,
+                      seconds=seconds, samples=samples, substituted=substituted,
+                      errors=[e for _, errs in per_rank for e in errs], batches_per_rank=[b for b, _ in per_rank])
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+
+
+def validate(model: nn.Module, loader: ShardLoader, ctx: TrainContext, recipe: Recipe, precision: Precision) -> float:
+    """Top-1 error over the loader's samples on all ranks (padding and substitutes left out)."""
+    was_training = model.training
+    model.eval()
+    wrong = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    count = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    with torch.no_grad():
+        for batch in loader:
+            images, labels = finish_batch(batch, ctx.device, recipe)
+            logits = precision.forward(model, images)
+            keep = (~batch.repeat).to(ctx.device)
+            wrong += ((logits.argmax(1) != labels) & keep).sum()
+            count += keep.sum()
+    model.train(was_training)
+    wrong_total, total = ctx.sum(torch.stack([wrong, count])).tolist()
+    return wrong_total / total if total else float("nan")
+
+
+def validation_error(
+    model: nn.Module, loader: ShardLoader, ctx: TrainContext, recipe: Recipe, use_amp: bool, amp_dtype: torch.dtype,
+    channels_last: bool,
+) -> float:
+    """:func:`validate` with the precision given field by field."""
+    return validate(model, loader, ctx, recipe, Precision(use_amp, amp_dtype, channels_last))
+
+
+__all__ = ["EpochStats", "Learner", "Precision", "cosine_factor", "cosine_scheduler", "epoch_seed", "init_seed",
+           "train_one_epoch", "validate", "validation_error"]
