@@ -26,8 +26,9 @@ def test_pgd_stays_in_the_ball_and_moves_against_the_true_class() -> None:
     delta = (adv - images).flatten(1)
     assert delta.abs().max() <= eps + 1e-7 and adv.min() >= 0 and adv.max() <= 1
     # For the linear model the loss gradient's sign is fixed: 20 steps of 0.5/255 saturate at +-epsilon.
-    assert torch.allclose(delta[0, :24], torch.full((24,), -eps)) and torch.allclose(delta[0, 24:], torch.full((24,), eps))
-    assert torch.allclose(delta[1, :24], torch.full((24,), eps)) and torch.allclose(delta[1, 24:], torch.full((24,), -eps))
+    full = torch.full((24,), eps)
+    assert torch.allclose(delta[0, :24], -full) and torch.allclose(delta[0, 24:], full)
+    assert torch.allclose(delta[1, :24], full) and torch.allclose(delta[1, 24:], -full)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 

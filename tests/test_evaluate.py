@@ -22,13 +22,14 @@ from helpers import no_global_rng
 from PIL import Image
 from tiny_datasets import write_cifar10, write_cifar10_c, write_imagenet
 
-from pixmix.evaluate import metrics, ood
-from pixmix.data.readers import CIFAR, CIFARCorrupted
+from pixmix.augment.transforms import CenterCrop, Resize
 from pixmix.cli.evaluate import eval_command
+from pixmix.data.readers import CIFAR, CIFARCorrupted
+from pixmix.evaluate import measures, metrics, ood
+from pixmix.evaluate.report import PAPER_RESULTS, compare, load_results, write_report
 from pixmix.evaluate.suites import evaluate
 from pixmix.models import build_model, save_checkpoint
-from pixmix.evaluate.report import PAPER_RESULTS, compare, load_results, write_report
-from pixmix.augment.transforms import CenterCrop, Resize
+from pixmix.utils.errors import PixmixError
 
 P_FILES = {"gaussian_noise": 5, "rotate": 4, "scale": 3}  # perturbation -> frames
 
@@ -68,7 +69,8 @@ CIFAR_RECIPE = {"name": "cifar", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)
 
 
 def logits_of(model: torch.nn.Module, images_nhwc: np.ndarray, mean=(0.5,) * 3, std=(0.5,) * 3) -> np.ndarray:
-    x = torch.from_numpy(np.array(images_nhwc)).permute(0, 3, 1, 2).float() / 255  # a copy: -C arrays are read-only maps
+    # np.array: a copy, as -C arrays are read-only maps.
+    x = torch.from_numpy(np.array(images_nhwc)).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
         return model(x).numpy()
@@ -124,7 +126,8 @@ def test_clean_and_corruption_numbers_match_an_independent_computation(cifar_roo
     assert got["mce"] == got["mean_error"] and got["mce_normalisation"] == "none"  # CIFAR: no AlexNet
     # Calibration on C: per corruption (its 5 severities together, as the reference evaluates each file),
     # averaged; the pooled error is reported beside it.
-    per = [metrics.rms_calibration_error(np.concatenate(confs[5 * i:5 * i + 5]), np.concatenate(corrects[5 * i:5 * i + 5]))
+    per = [metrics.rms_calibration_error(np.concatenate(confs[5 * i:5 * i + 5]),
+                                         np.concatenate(corrects[5 * i:5 * i + 5]))
            for i in range(len(metrics.CORRUPTIONS))]
     assert got["rms_calibration"] == pytest.approx(np.mean(per))
     assert got["rms_calibration_pooled"] == pytest.approx(
@@ -278,7 +281,65 @@ def test_cli(cifar_root, spread_run, tmp_path) -> None:
     result = runner.invoke(eval_command, [*args[:4], "--data", str(tmp_path / "none"), *args[6:]])
     assert result.exit_code == 1 and "Error:" in result.output and "test_batch not found" in result.output
     code = "import sys, pixmix.cli.evaluate; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_cli_user_errors_are_one_line_and_bugs_keep_their_traceback(cifar_root, spread_run, tmp_path,
+                                                                      monkeypatch) -> None:
+    _, ckpt, _ = spread_run
+    runner = CliRunner()
+    args = ["--checkpoint", str(ckpt), "--suite", "cifar10", "--data", str(cifar_root), "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--limit", "4", "--ood-samples", "4", "--quiet", "--workers", "0"]
+    missing = runner.invoke(eval_command, [*args[:4], "--data", str(tmp_path / "none"), *args[6:]])
+    assert missing.exit_code == 1 and isinstance(missing.exception, SystemExit)
+    assert missing.output.startswith("Error: ") and missing.output.count("\n") == 1
+    assert "test_batch not found" in missing.output and "under --data" in missing.output
+    bad_device = runner.invoke(eval_command, [*args[:8], "--device", "gpu0", *args[10:]])
+    assert bad_device.exit_code == 1 and bad_device.output == (
+        "Error: --device 'gpu0' is not a device (use auto, cpu, cuda or cuda:N)\n")
+    if not torch.cuda.is_available():
+        no_cuda = runner.invoke(eval_command, [*args[:8], "--device", "cuda", *args[10:]])
+        assert no_cuda.exit_code == 1 and no_cuda.output == (
+            "Error: --device cuda: CUDA is not available here (use cpu or auto)\n")
+    # Anything but a PixmixError is a bug of the library: it leaves the command with its traceback,
+    # even a plain ValueError.
+    bug = ValueError("a library bug")
+
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(measures, "clean", broken)
+    result = runner.invoke(eval_command, args)
+    assert result.exception is bug and result.exit_code == 1 and "Error:" not in result.output
+
+
+def test_library_errors_name_the_parameter(cifar_root, spread_run, tmp_path) -> None:
+    _, ckpt, _ = spread_run
+    cases = [(dict(suite="svhn"), "suite", "--suite must be one of cifar10, cifar100, imagenet"),
+             (dict(batch_size=0), "batch_size", "--batch-size must be >= 1, got 0"),
+             (dict(seed=-1), "seed", "--seed must be >= 0"),
+             (dict(data_dir=tmp_path / "none"), "data_dir", "test_batch not found"),
+             (dict(device="gpu0"), "device", "'gpu0' is not a device")]
+    for change, param, message in cases:
+        kwargs = {"checkpoint": ckpt, "suite": "cifar10", "data_dir": cifar_root, "device": "cpu", "progress": False,
+                  **change}
+        with pytest.raises(PixmixError, match=message) as err:
+            evaluate(**kwargs)
+        assert err.value.param == param
+
+
+def test_a_c_bar_folder_without_corruptions_is_skipped_with_a_note(cifar_root, spread_run, tmp_path) -> None:
+    _, ckpt, _ = spread_run
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    (root / "CIFAR-10-C-Bar").mkdir()
+    np.save(root / "CIFAR-10-C-Bar" / "labels.npy", np.zeros(4, np.int64))
+    results = evaluate(ckpt, "cifar10", root, device="cpu", batch_size=16, ood_samples=4, pgd_samples=2, limit=4,
+                       workers=0, progress=False, log=lambda m: None)
+    assert "c_bar" not in results
+    skipped = f"skipped: {root / 'CIFAR-10-C-Bar'} holds none of blue_noise_sample"
+    assert any(n.startswith(skipped) for n in results["notes"])
 
 
 def test_synthetic_ood_sets() -> None:
@@ -294,7 +355,8 @@ def test_synthetic_ood_sets() -> None:
     # std = 0.25 sqrt(E clip(Z, -2, 2)^2) = 0.25 sqrt(0.9545 - 4 phi(2) + 4 * 0.0455) = 0.2399.
     x = gauss / 255
     assert x.mean() == pytest.approx(0.5, abs=0.005) and x.std() == pytest.approx(0.2399, abs=0.003)
-    assert (gauss == 0).mean() == pytest.approx(0.02275, abs=0.002) and (gauss == 255).mean() == pytest.approx(0.02275, abs=0.002)
+    assert (gauss == 0).mean() == pytest.approx(0.02275, abs=0.002)
+    assert (gauss == 255).mean() == pytest.approx(0.02275, abs=0.002)
     assert set(np.unique(rade)) == {0, 255} and (rade == 255).mean() == pytest.approx(0.5, abs=0.01)
     # Blobs: zero, or at least 0.75 after the blur; a minority of values lit.
     values = np.unique(blob)
@@ -330,11 +392,12 @@ def test_imagenet_suite_maps_wnids_and_normalises_by_alexnet(tmp_path) -> None:
     assert results["clean"]["error"] == pytest.approx(metrics.top1_error(logits, np.array([lab for _, lab in val])))
     c = results["corruptions"]
     fractions = {k: [e / 100 for e in v] for k, v in c["errors"].items()}
-    assert c["mce"] == pytest.approx(metrics.mce(fractions, metrics.ALEXNET_ERRORS)) and c["mce_normalisation"] == "alexnet"
+    assert c["mce"] == pytest.approx(metrics.mce(fractions, metrics.ALEXNET_ERRORS))
+    assert c["mce_normalisation"] == "alexnet"
     assert c["mean_error"] == pytest.approx(metrics.mce(fractions))
     fog1 = np.stack([np.asarray(Image.open(root / "ImageNet-C" / "fog" / "1" / w / "a.JPEG")) for w in wnids[1:]])
-    assert c["errors"]["fog"][0] == pytest.approx(np.mean(logits_of(model, fog1, recipe["mean"], recipe["std"]).argmax(1)
-                                                          != np.array([1, 2])) * 100)
+    fog1_preds = logits_of(model, fog1, recipe["mean"], recipe["std"]).argmax(1)
+    assert c["errors"]["fog"][0] == pytest.approx(np.mean(fog1_preds != np.array([1, 2])) * 100)
     assert any("ImageNet-P not found" in n for n in results["notes"])
     assert results["summary"]["mfr"] is None and results["anomaly"]["per_set"]["blobs"]["samples"] == 6
     # ImageNet-P averages its own ten (snow in, spatter a validation sequence); a broken optional file is skipped.

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from pixmix.utils.runtime import tune_cpu_allocator
-
 from pixmix import __version__
+from pixmix.cli.errors import user_errors
+from pixmix.utils.runtime import tune_cpu_allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +35,8 @@ def demo(out_dir: Path, recipe: str, rows: int, samples: int, seed: int) -> None
     """
     from pixmix.demo import run_demo
 
-    summary = run_demo(out_dir, recipe=recipe, rows=rows, samples_per_row=samples, seed=seed)
+    with user_errors({"samples_per_row": "--samples", "out_dir": "--out"}):
+        summary = run_demo(out_dir, recipe=recipe, rows=rows, samples_per_row=samples, seed=seed)
     click.echo(
         f"wrote {summary.grid_png} ({rows} rows x {samples} samples, recipe {recipe}: k={summary.k}, "
         f"beta={summary.beta}, severity={summary.severity}, {len(summary.ops)} ops) in {summary.seconds:.2f}s"

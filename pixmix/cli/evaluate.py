@@ -1,6 +1,7 @@
 """``pixmix eval``: the paper's safety evaluation of one checkpoint. Registered by ``pixmix.cli``.
 
-Only click is imported here: torch loads when the command runs, so ``pixmix --help`` stays instant.
+Only click (and the one-line error helper) is imported here: torch loads when the command runs, so
+``pixmix --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -8,6 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
+from pixmix.cli.errors import user_errors
+
+# evaluate()'s parameters whose flag is not their name with dashes.
+FLAGS = {"data_dir": "--data", "out_dir": "--out", "drop_last_bin": "--reference-calibration"}
 
 
 @click.command("eval")
@@ -40,17 +46,15 @@ def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, de
 
     Missing optional sets (-C-Bar, -P, folder OOD sets) are skipped and noted in the report.
     """
-    from pixmix.evaluate.suites import evaluate
     from pixmix.evaluate.report import summary_rows, summary_table, write_report
+    from pixmix.evaluate.suites import evaluate
 
-    try:
+    with user_errors(FLAGS):
         results = evaluate(checkpoint, suite, data_dir, device=device, batch_size=batch_size, seed=seed,
                            pgd_samples=pgd_samples, ood_samples=ood_samples, limit=limit,
                            drop_last_bin=reference_calibration, workers=workers, progress=not quiet,
                            log=lambda m: click.echo(m, err=True))
         paths = write_report(results, out_dir)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(summary_table(summary_rows(results)))
     for note in results["notes"]:
         click.echo(f"note: {note}")

@@ -3,7 +3,12 @@
 - :mod:`~pixmix.evaluate.metrics`: error, mCE, flip rate, mT5D, RMS calibration, AUROC/AUPR/FPR95;
 - :mod:`~pixmix.evaluate.attacks`: L-inf PGD;
 - :mod:`~pixmix.evaluate.ood`: synthetic and folder out-of-distribution sets;
-- :mod:`~pixmix.evaluate.suites`: :func:`evaluate`, one checkpoint on a suite (CIFAR-10/100, ImageNet);
+- :mod:`~pixmix.evaluate.options`: the suites (CIFAR-10/100, ImageNet), PGD's settings, a run's options;
+- :mod:`~pixmix.evaluate.inputs`: the image sources, as batches;
+- :mod:`~pixmix.evaluate.net`: the checkpoint's network, batched inference and PGD predictions;
+- :mod:`~pixmix.evaluate.measures`: one function per measure (clean, -C, -C-Bar, -P, PGD, calibration, anomaly);
+- :mod:`~pixmix.evaluate.suites`: :func:`evaluate`, one checkpoint on a suite, every measure in turn;
+- :mod:`~pixmix.evaluate.paper`: the paper's reference numbers (Tables 2, 4, 5, 7, 8);
 - :mod:`~pixmix.evaluate.report`: ``results.json``/``.md``/``.png`` with the paper's rows beside ours.
 """
 
@@ -11,10 +16,13 @@ from pixmix.utils.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "evaluate": "suites",
-    "Suite": "suites",
-    "SUITES": "suites",
+    "EvalOptions": "options",
+    "Suite": "options",
+    "SUITES": "options",
     "pgd_linf": "attacks",
     "write_report": "report",
     "load_results": "report",
     "compare": "report",
+    "PAPER_RESULTS": "paper",
+    "PAPER_ABLATIONS": "paper",
 })

@@ -39,10 +39,10 @@ def corruption_errors(errors: Mapping[str, Sequence[float]]) -> dict[str, float]
     """Per corruption, the mean error over its severities, in percent."""
     out = {}
     for name, values in errors.items():
-        values = np.asarray(values, dtype=float)
-        if values.ndim != 1 or values.size == 0 or np.any((values < 0) | (values > 1)):
-            raise ValueError(f"errors[{name!r}] must be error rates in [0, 1], one per severity, got {values}")
-        out[name] = float(values.mean() * 100)
+        rates = np.asarray(values, dtype=float)
+        if rates.ndim != 1 or rates.size == 0 or np.any((rates < 0) | (rates > 1)):
+            raise ValueError(f"errors[{name!r}] must be error rates in [0, 1], one per severity, got {rates}")
+        out[name] = float(rates.mean() * 100)
     return out
 
 
@@ -113,8 +113,8 @@ def anomaly_metrics(in_scores: np.ndarray, out_scores: np.ndarray, recall: float
     scores = np.concatenate([ins, outs])
     fpr, tpr, _ = roc_curve(labels, scores)
     fpr_at = float(fpr[np.searchsorted(tpr, recall, side="left")])
-    return {"auroc": float(roc_auc_score(labels, scores) * 100), "aupr": float(average_precision_score(labels, scores) * 100),
-            "fpr95": fpr_at * 100}
+    return {"auroc": float(roc_auc_score(labels, scores) * 100),
+            "aupr": float(average_precision_score(labels, scores) * 100), "fpr95": fpr_at * 100}
 
 
 def is_noise_perturbation(name: str) -> bool:
@@ -143,7 +143,8 @@ def top5_distance(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     """
     a, b = np.asarray(reference), np.asarray(other)
     if a.shape != b.shape or a.ndim < 1 or not 1 <= a.shape[-1] <= 5:
-        raise ValueError(f"rankings must be [..., k] of one shape with 1 <= k <= 5, got {list(a.shape)}, {list(b.shape)}")
+        raise ValueError(f"rankings must be [..., k] of one shape with 1 <= k <= 5, got {list(a.shape)}, "
+                         f"{list(b.shape)}")
     k = a.shape[-1]
     same = a[..., :, None] == b[..., None, :]
     moved_to = np.where(same.any(axis=-1), same.argmax(axis=-1), 5)  # 0-based rank under `other`, capped

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pixmix.data.images import IMAGE_SUFFIXES, load_rgb
+from pixmix.utils.errors import PixmixError
 from pixmix.utils.seeding import derive_seed
 
 SYNTHETIC_SETS = ("gaussian", "rademacher", "blobs")
@@ -90,7 +91,8 @@ SYNTHETIC = {"gaussian": gaussian_noise, "rademacher": rademacher_noise, "blobs"
 def synthetic_set(name: str, count: int, size: int, seed: int) -> np.ndarray:
     """One of :data:`SYNTHETIC_SETS` as ``uint8 [count, size, size, 3]``; the same for the same seed."""
     if name not in SYNTHETIC:
-        raise ValueError(f"synthetic OOD set must be one of {', '.join(SYNTHETIC_SETS)}, got {name!r}")
+        raise PixmixError(f"synthetic OOD set must be one of {', '.join(SYNTHETIC_SETS)}, got {name!r}",
+                          param="name")
     return SYNTHETIC[name](count, size, seed)
 
 
@@ -105,10 +107,10 @@ class ImageFiles(Sequence[Image.Image]):
     def __init__(self, root: str | Path, limit: int | None = None, seed: int = 0) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise ValueError(f"{self.root} not found: expected a folder of OOD images")
+            raise PixmixError(f"{self.root} not found: expected a folder of OOD images")
         files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
-            raise ValueError(f"{self.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise PixmixError(f"{self.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         if limit is not None and limit < len(files):
             # The reference takes the first batches of a shuffled loader: a uniform subset, here from the seed.
             rng = np.random.default_rng(derive_seed(seed, 0x00D, 100))

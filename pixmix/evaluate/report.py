@@ -12,49 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pixmix.evaluate.paper import COLUMNS, KEYS, PAPER_ABLATIONS, PAPER_RESULTS
+from pixmix.utils.errors import PixmixError
 from pixmix.utils.jsonfiles import json_safe, write_json
-
-# The Table 2 columns: (summary key, header, lower is better).
-COLUMNS = (
-    ("clean_error", "Clean Error (%)", True),
-    ("mce", "Corruptions mCE (%)", True),
-    ("mfr", "Consistency mFR (%)", True),
-    ("pgd_error", "Adversaries PGD error (%)", True),
-    ("rms_calibration_c", "Calibration RMS on C (%)", True),
-    ("auroc", "Anomaly Detection AUROC (%)", False),
-)
-KEYS = tuple(key for key, _, _ in COLUMNS)
-
-
-def _row(*values: float) -> dict[str, float]:
-    return dict(zip(KEYS, values, strict=True))
-
-
-# WRN-40-4, spec section 8: CIFAR-100 Tables 2/7, CIFAR-10 Table 8.
-PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
-    "cifar100": {
-        "Baseline": _row(21.3, 50.0, 10.7, 96.8, 31.2, 77.7),
-        "AugMix": _row(20.6, 35.4, 6.5, 95.6, 18.8, 84.9),
-        "PixMix": _row(20.3, 30.5, 5.7, 92.9, 8.1, 89.3),
-    },
-    "cifar10": {
-        "Baseline": _row(4.4, 26.4, 3.4, 91.3, 22.7, 91.9),
-        "PixMix": _row(4.2, 9.5, 1.7, 82.1, 3.7, 97.0),
-    },
-}
-# CIFAR-100 ablations (Table 4: mixing sets; Table 5: mixing strategies), for the ablation pipeline.
-PAPER_ABLATIONS: dict[str, dict[str, float]] = {
-    "Dead Leaves (Squares)": _row(21.3, 36.2, 6.3, 94.1, 15.8, 81.8),
-    "Spectrum+Color+WMM": _row(20.7, 36.1, 6.6, 94.4, 15.9, 85.8),
-    "StyleGAN (Oriented)": _row(20.4, 37.3, 7.2, 97.0, 14.9, 83.7),
-    "FractalDB": _row(20.3, 33.9, 6.4, 98.2, 12.0, 82.5),
-    "300K Random Images": _row(19.6, 34.5, 6.3, 94.7, 12.9, 86.2),
-    "Fractals": _row(20.3, 32.3, 6.2, 95.5, 8.7, 88.9),
-    "FVis": _row(21.5, 30.3, 5.4, 91.5, 9.9, 88.1),
-    "Fractals + FVis": _row(20.3, 30.5, 5.7, 92.9, 8.1, 89.3),
-    "Mix Input only": _row(19.9, 34.1, 6.4, 96.7, 15.5, 86.5),
-    "Mix Aug only": _row(20.6, 31.1, 6.2, 94.2, 6.0, 89.7),
-}
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -68,7 +28,8 @@ def _header() -> list[str]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -130,7 +91,8 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 
 def _corruption_table(c: Mapping[str, Any]) -> str:
-    rows = [[name, *(_fmt(e, 1) for e in errs), _fmt(c["per_corruption"][name], 2)] for name, errs in c["errors"].items()]
+    rows = [[name, *(_fmt(e, 1) for e in errs), _fmt(c["per_corruption"][name], 2)]
+            for name, errs in c["errors"].items()]
     rows.append(["**mean**", "", "", "", "", "", _fmt(c["mean_error"], 2)])
     extra = "" if c.get("mce_normalisation") != "alexnet" else f"\n\nmCE (AlexNet-normalised): {_fmt(c['mce'], 2)}%"
     return (_table(["Corruption", "s1", "s2", "s3", "s4", "s5", "Mean error (%)"], rows)
@@ -185,11 +147,11 @@ def load_results(path: str | Path) -> dict[str, Any]:
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ValueError(f"{path} not found: pass a results.json written by `pixmix eval`") from exc
+        raise PixmixError(f"{path} not found: pass a results.json written by `pixmix eval`") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from exc
+        raise PixmixError(f"{path}: not JSON ({exc})") from exc
     if not isinstance(results, dict) or "summary" not in results or "suite" not in results:
-        raise ValueError(f"{path}: not a pixmix results.json (no suite / summary)")
+        raise PixmixError(f"{path}: not a pixmix results.json (no suite / summary)")
     return results
 
 
@@ -201,7 +163,7 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, pa
     with ``paper_ablations`` the paper's CIFAR-100 ablation rows (Tables 4 and 5).
     """
     if not results:
-        raise ValueError("compare needs at least one results dict")
+        raise PixmixError("compare needs at least one results dict", param="results")
     suites = {r["suite"] for r in results.values()}
     rows: dict[str, Mapping[str, Any]] = {name: r["summary"] for name, r in results.items()}
     if paper and len(suites) == 1:
@@ -219,5 +181,6 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, pa
     return paths
 
 
-__all__ = ["COLUMNS", "PAPER_ABLATIONS", "PAPER_RESULTS", "compare", "load_results", "markdown", "plot", "summary_rows",
-           "summary_table", "write_report"]
+# COLUMNS, KEYS and the paper's rows are defined in pixmix.evaluate.paper and stay importable from here.
+__all__ = ["COLUMNS", "KEYS", "PAPER_ABLATIONS", "PAPER_RESULTS", "compare", "load_results", "markdown", "plot",
+           "summary_rows", "summary_table", "write_report"]
