@@ -4,36 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pixmix.data.shards.mixing_set import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
-from pixmix.data.shards.tar import file_sha256, iter_shard
 from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
+from pixmix.data.shards.tar import file_sha256, iter_shard
+from pixmix.utils.errors import PixmixError
 
 # What `mixset build` (mixing sets) and `mixset shard` (datasets) write; verify and info read both.
 KNOWN = {MANIFEST_FORMAT: MANIFEST_VERSION, SHARDS_FORMAT: SHARDS_VERSION}
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a finished set (``mixset build`` or ``mixset shard``); a one-line error otherwise."""
     path = folder / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ValueError(f"{path} not found: is {folder} a finished mixset build? (re-run mixset build to finish it)") from exc
+        raise PixmixError(f"{path} not found: is {folder} a finished mixset build? "
+                          "(re-run mixset build to finish it)") from exc
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable manifest ({exc})") from exc
+        raise PixmixError(f"{path}: unreadable manifest ({exc})") from exc
     if KNOWN.get(manifest.get("format")) != manifest.get("version"):
-        raise ValueError(f"{path}: not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} or {SHARDS_FORMAT} v{SHARDS_VERSION} "
-                         f"manifest (format={manifest.get('format')!r}, version={manifest.get('version')!r})")
+        raise PixmixError(f"{path}: not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} or {SHARDS_FORMAT} v{SHARDS_VERSION} "
+                          f"manifest (format={manifest.get('format')!r}, version={manifest.get('version')!r})")
     return manifest
 
 
 def verify(folder: Path, decode: bool = True) -> list[str]:
     """Every problem found, one line each (empty: the set matches its manifest)."""
-    from PIL import Image
-    import io
-
     manifest = read_manifest(folder)
     problems: list[str] = []
     keys: set[str] = set()
@@ -46,34 +47,7 @@ def verify(folder: Path, decode: bool = True) -> list[str]:
         digest, size = file_sha256(path)
         if size != entry["bytes"] or digest != entry["sha256"]:
             problems.append(f"{path}: sha256/size differ from the manifest (got {size} bytes, {digest[:12]}...)")
-        count = 0
-        try:
-            for sample in iter_shard(path):
-                count += 1
-                if sample.key in keys:
-                    problems.append(f"{path}: duplicate key {sample.key}")
-                keys.add(sample.key)
-                if "json" not in sample.fields:
-                    problems.append(f"{path}: sample {sample.key} has no json field")
-                    continue
-                meta = json.loads(sample.fields["json"])
-                images = [f for f in sample.fields if f in IMAGE_FIELDS]
-                if len(images) != 1:
-                    problems.append(f"{path}: sample {sample.key} has {len(images)} image fields")
-                    continue
-                data = sample.fields[images[0]]
-                if manifest["format"] == SHARDS_FORMAT:
-                    problems.extend(_check_labelled(path, sample.key, sample.fields, meta, manifest))
-                if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-                    problems.append(f"{path}: sample {sample.key}: image sha256 differs from its json")
-                if decode:
-                    try:
-                        with Image.open(io.BytesIO(data)) as im:
-                            im.load()
-                    except Exception as exc:  # noqa: BLE001
-                        problems.append(f"{path}: sample {sample.key}: image does not decode ({exc})")
-        except ValueError as exc:
-            problems.append(str(exc))
+        count = _check_shard(path, manifest, keys, decode, problems)
         if count != entry["samples"]:
             problems.append(f"{path}: {count} samples, manifest says {entry['samples']}")
         total += count
@@ -82,7 +56,49 @@ def verify(folder: Path, decode: bool = True) -> list[str]:
     return problems
 
 
-def _check_labelled(path: Path, key: str, fields: dict[str, bytes], meta: dict[str, Any],
+def _check_shard(path: Path, manifest: dict[str, Any], keys: set[str], decode: bool, problems: list[str]) -> int:
+    """Check every sample of one shard (keys unique across the set); returns how many samples it holds."""
+    count = 0
+    try:
+        for sample in iter_shard(path):
+            count += 1
+            if sample.key in keys:
+                problems.append(f"{path}: duplicate key {sample.key}")
+            keys.add(sample.key)
+            problems.extend(_check_sample(path, sample.key, sample.fields, manifest, decode))
+    except ValueError as exc:  # an unreadable shard (iter_shard), or a sample json that is not JSON
+        problems.append(str(exc))
+    return count
+
+
+def _check_sample(path: Path, key: str, fields: Mapping[str, bytes], manifest: dict[str, Any],
+                  decode: bool) -> list[str]:
+    """One sample: a json, one image field whose sha256 its json records (and that decodes), and, in a
+    dataset, a label that agrees with the manifest."""
+    if "json" not in fields:
+        return [f"{path}: sample {key} has no json field"]
+    meta = json.loads(fields["json"])
+    images = [f for f in fields if f in IMAGE_FIELDS]
+    if len(images) != 1:
+        return [f"{path}: sample {key} has {len(images)} image fields"]
+    data = fields[images[0]]
+    problems = _check_labelled(path, key, fields, meta, manifest) if manifest["format"] == SHARDS_FORMAT else []
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        problems.append(f"{path}: sample {key}: image sha256 differs from its json")
+    if decode:
+        import io
+
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a problem to report
+            problems.append(f"{path}: sample {key}: image does not decode ({exc})")
+    return problems
+
+
+def _check_labelled(path: Path, key: str, fields: Mapping[str, bytes], meta: dict[str, Any],
                     manifest: dict[str, Any]) -> list[str]:
     """A dataset sample: the manifest's image field, and a ``cls`` that agrees with its json and the classes."""
     problems = []
@@ -93,11 +109,13 @@ def _check_labelled(path: Path, key: str, fields: dict[str, bytes], meta: dict[s
     except (KeyError, ValueError):
         return problems + [f"{path}: sample {key} has no integer cls field"]
     if label != meta.get("label") or not 0 <= label < len(manifest["classes"]):
-        problems.append(f"{path}: sample {key}: cls {label} disagrees with its json or the {len(manifest['classes'])} classes")
+        problems.append(f"{path}: sample {key}: cls {label} disagrees with its json or the "
+                        f"{len(manifest['classes'])} classes")
     return problems
 
 
 def info(folder: Path) -> str:
+    """A summary of a finished set: counts, options, collections (mixing sets) or views (shard sets)."""
     m = read_manifest(folder)
     if m["format"] == SHARDS_FORMAT:
         return _shard_set_info(folder, m)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import kill_when
 from PIL import Image
 
-from helpers import kill_when
 from mixset.build.builder import BuildConfig, build
 from mixset.cli import main as mixset_main
 from mixset.verify import verify
@@ -78,7 +78,8 @@ def test_build_writes_shards_manifest_and_contact_sheet(tmp_path) -> None:
 
 def test_same_seed_gives_byte_identical_shards_for_any_worker_count(tmp_path) -> None:
     manifests = write_manifests(tmp_path / "m", count=9)
-    a = build(BuildConfig(out=tmp_path / "a", manifests=manifests, shard_size=4, image_size=48), log=quiet, progress=False)
+    a = build(BuildConfig(out=tmp_path / "a", manifests=manifests, shard_size=4, image_size=48), log=quiet,
+              progress=False)
     b = build(BuildConfig(out=tmp_path / "b", manifests=manifests, shard_size=4, image_size=48, workers=2),
               log=quiet, progress=False)
     assert a.samples == b.samples == 9
@@ -90,7 +91,8 @@ def test_same_seed_gives_byte_identical_shards_for_any_worker_count(tmp_path) ->
 
 def test_limit_caps_items_per_source(tmp_path) -> None:
     manifests = write_manifests(tmp_path / "m", count=50)
-    summary = build(BuildConfig(out=tmp_path / "s", manifests=manifests, limit=6, image_size=32), log=quiet, progress=False)
+    summary = build(BuildConfig(out=tmp_path / "s", manifests=manifests, limit=6, image_size=32), log=quiet,
+                    progress=False)
     assert summary.samples == 6
 
 
@@ -121,8 +123,8 @@ def test_cli_build_info_and_bad_input(tmp_path) -> None:
     manifests = write_manifests(tmp_path / "m", count=5)
     out = tmp_path / "s"
     runner = CliRunner()
-    result = runner.invoke(mixset_main, ["build", "--out", str(out), "--manifests", str(manifests), "--image-size", "32",
-                                         "--quiet"])
+    result = runner.invoke(mixset_main, ["build", "--out", str(out), "--manifests", str(manifests),
+                                         "--image-size", "32", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "built 5 samples in 1 shard(s)" in result.output
     result = runner.invoke(mixset_main, ["info", str(out)])
@@ -221,7 +223,8 @@ def test_remote_archives_are_ingested_and_failures_reported(tmp_path) -> None:
         manifests = write_manifests(tmp_path / "m", count=2, extra={
             "a-remote.toml": ARCHIVE.format(name="remote", url=base + "/set.tar", checksum=good_sum),
             "c-gone.toml": ARCHIVE.format(name="gone", url=base + "/gone.tar", checksum=""),
-            "d-badsum.toml": ARCHIVE.format(name="badsum", url=base + "/copy.tar", checksum='sha256 = "' + "0" * 64 + '"'),
+            "d-badsum.toml": ARCHIVE.format(name="badsum", url=base + "/copy.tar",
+                                            checksum='sha256 = "' + "0" * 64 + '"'),
         })
         out = tmp_path / "s"
         summary = build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
@@ -306,8 +309,8 @@ def test_a_built_set_feeds_the_pixmix_dataset(tmp_path) -> None:
 def test_fvis_source_renders_units_with_their_provenance(tmp_path) -> None:
     manifests = write_manifests(tmp_path / "m", count=1)
     out = tmp_path / "s"
-    config = BuildConfig(out=out, manifests=manifests, sources=("fvis",), limit=3, image_size=32, fvis_models=("alexnet",),
-                         fvis_steps=2, fvis_size=16, fvis_weights="random", device="cpu")
+    config = BuildConfig(out=out, manifests=manifests, sources=("fvis",), limit=3, image_size=32,
+                         fvis_models=("alexnet",), fvis_steps=2, fvis_size=16, fvis_weights="random", device="cpu")
     summary = build(config, log=quiet, progress=False)
     assert summary.samples == 3 and summary.reports["fvis-alexnet"].status == "ok"
     samples = [s for p in sorted((out / "shards").glob("*.tar")) for s in iter_shard(p)]
@@ -386,3 +389,43 @@ def test_fvis_fallback_weights_are_reported_also_after_a_resume(tmp_path, monkey
     assert summary.resumed_shards == 2
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["collections"]["fvis-alexnet"]["status"] == "ok, fallback weights"
+
+
+def test_cli_shows_user_errors_on_one_line_and_bugs_with_their_traceback(tmp_path, monkeypatch) -> None:
+    manifests = write_manifests(tmp_path / "m", count=2)
+    runner = CliRunner()
+    args = ["build", "--out", str(tmp_path / "s"), "--manifests", str(manifests), "--quiet"]
+    result = runner.invoke(mixset_main, [*args, "--device", "tpu"])
+    assert result.exit_code == 1
+    assert result.output == "Error: --device must be auto, cpu or cuda[:N], got 'tpu'\n"
+
+    def bug(*_args, **_kwargs):
+        raise KeyError("a bug of the library")
+
+    monkeypatch.setattr("mixset.build.builder.plan", bug)
+    result = runner.invoke(mixset_main, args)
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)  # not turned into a one-line error
+    assert "Error:" not in result.output
+
+    def bad_value(*_args, **_kwargs):
+        raise ValueError("a plain ValueError is a bug too")
+
+    monkeypatch.setattr("mixset.build.builder.plan", bad_value)
+    result = runner.invoke(mixset_main, args)
+    assert isinstance(result.exception, ValueError) and "Error:" not in result.output
+
+
+def test_build_errors_name_the_parameter_at_fault(tmp_path) -> None:
+    from mixset.build.builder import BuildError
+    from pixmix.utils.errors import PixmixError
+
+    with pytest.raises(BuildError) as info:
+        BuildConfig(out=tmp_path, photo_format="png")
+    assert isinstance(info.value, PixmixError) and info.value.param == "photo_format"
+    with pytest.raises(BuildError, match="--workers must be >= 1") as info:
+        BuildConfig(out=tmp_path, workers=0)
+    assert info.value.param == "workers"
+    args = ["build", "--out", str(tmp_path / "o"), "--source", "fvis", "--fvis-models", "nonet", "--manifests",
+            str(write_manifests(tmp_path / "m"))]
+    result = CliRunner().invoke(mixset_main, args)
+    assert result.exit_code == 1 and result.output.startswith("Error: --fvis-models: no default layers for model(s)")

@@ -12,16 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from tiny_datasets import write_cifar10, write_cifar10_c, write_imagenet, write_mixset
 
 from mixset.cli import main as mixset_main
 from mixset.shard.sharder import ShardConfig, ShardError, merge, plan_shards, shard
 from mixset.verify import info, verify
-from pixmix.data.wrappers import PixMixTransform
 from pixmix.data.shards.mixing_set import MixingShards
-from pixmix.utils.seeding import generator_for
-from pixmix.data.shards.tar import iter_shard
 from pixmix.data.shards.shard_set import ShardSet
-from tiny_datasets import write_cifar10, write_cifar10_c, write_imagenet, write_mixset
+from pixmix.data.shards.tar import iter_shard
+from pixmix.data.wrappers import PixMixTransform
+from pixmix.utils.seeding import generator_for
 
 
 def quiet(_: str) -> None:
@@ -256,8 +256,8 @@ def test_cli_takes_rank_and_world_size_from_torchrun_env(imagenet: Path, tmp_pat
 
 def test_threaded_and_chunked_makers_make_the_same_samples(tmp_path: Path, mixset: Path, monkeypatch) -> None:
     # The GPU strategy: one process, threads decode and encode; on the CPU it must give the same bytes.
-    from mixset.shard.sharder import Maker
     from mixset.shard.listing import open_source
+    from mixset.shard.maker import Maker
 
     write_cifar10(tmp_path / "c", per_batch=3)
     config = ShardConfig(dataset="cifar10", data_dir=tmp_path / "c", out=tmp_path / "o", pixmix=True, mixset=mixset)
@@ -267,7 +267,7 @@ def test_threaded_and_chunked_makers_make_the_same_samples(tmp_path: Path, mixse
     threaded, _ = Maker(config, source, threads=3).all_samples(task)
     assert [s.key for s in serial] == [s.key for s in threaded] and len(serial) == 9
     assert all(a.fields == b.fields for a, b in zip(serial, threaded, strict=True))
-    monkeypatch.setattr("mixset.shard.sharder.CHUNK", 4)  # a shard made in chunks of 4, 4, 1
+    monkeypatch.setattr("mixset.shard.maker.CHUNK", 4)  # a shard made in chunks of 4, 4, 1
     chunked, _ = Maker(config, source, threads=2).all_samples(task)
     assert [(a.key, a.fields) for a in chunked] == [(a.key, a.fields) for a in serial]
 
@@ -321,3 +321,12 @@ def test_a_changed_dataset_is_refused_on_resume(imagenet: Path, tmp_path: Path) 
     shutil.copy(next((data / "train" / wnid).iterdir()), data / "train" / wnid / "zz-extra.JPEG")
     with pytest.raises(ShardError, match=r"changed since .* \(items, listing differ"):
         run(**common)
+
+
+def test_cli_bad_rank_is_a_one_line_error(imagenet: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(mixset_main, ["shard", "imagenet", "--data-dir", str(imagenet), "--out",
+                                              str(tmp_path / "o"), "--rank", "3", "--world-size", "2"])
+    assert result.exit_code == 1 and result.output == "Error: --rank 3 is not in 0..1 (world size 2)\n"
+    result = CliRunner().invoke(mixset_main, ["shard", "imagenet", "--data-dir", str(tmp_path), "--out",
+                                              str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--data-dir must hold ImageNet's train/ and val/" in result.output

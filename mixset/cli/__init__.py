@@ -7,7 +7,12 @@ from pathlib import Path
 import click
 
 from mixset import __version__
+from pixmix.cli.errors import user_errors
 from pixmix.utils.runtime import tune_cpu_allocator
+
+# Library parameters whose flag is not ``--`` + the name with dashes (see pixmix.cli.errors).
+FLAGS = {"sources": "--source", "photo_format": "--format", "image_format": "--format",
+         "fvis_checkpoints": "--fvis-checkpoint"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,10 +41,14 @@ def main() -> None:
 @click.option("--manifests", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of collection manifests (default: the project's manifests/).")
 @click.option("--strict", is_flag=True, help="Fail when a collection is unreachable instead of reporting it.")
-@click.option("--device", default="auto", show_default=True, help="Where FVis render: auto (cuda when available), cpu, cuda[:N].")
-@click.option("--fvis-models", default=None, help="Comma-separated models for FVis (default: all known early-layer models).")
-@click.option("--fvis-steps", type=click.IntRange(1), default=512, show_default=True, help="Optimisation steps per FVis.")
-@click.option("--fvis-size", type=click.IntRange(16, 1024), default=128, show_default=True, help="FVis render size (px).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where FVis render: auto (cuda when available), cpu, cuda[:N].")
+@click.option("--fvis-models", default=None,
+              help="Comma-separated models for FVis (default: all known early-layer models).")
+@click.option("--fvis-steps", type=click.IntRange(1), default=512, show_default=True,
+              help="Optimisation steps per FVis.")
+@click.option("--fvis-size", type=click.IntRange(16, 1024), default=128, show_default=True,
+              help="FVis render size (px).")
 @click.option("--fvis-batch", type=click.IntRange(1), default=64, show_default=True, help="Units rendered together.")
 @click.option("--fvis-weights", type=click.Choice(["default", "random"]), default="default", show_default=True,
               help="torchvision's pretrained weights (random-init fallback when unavailable), or random init.")
@@ -51,16 +60,17 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
           fvis_models: str | None, fvis_steps: int, fvis_size: int, fvis_batch: int, fvis_weights: str,
           fvis_checkpoints: tuple[str, ...], quiet: bool) -> None:
     """Assemble a PixMix mixing set as WebDataset shards with a manifest and a contact sheet."""
-    from mixset.build.builder import BuildConfig, BuildError, build as run_build
+    from mixset.build.builder import build as run_build
+    from mixset.build.config import BuildConfig
     from mixset.sources.catalog import DEFAULT_MANIFESTS
 
-    try:
-        checkpoints = []
-        for spec in fvis_checkpoints:
-            model, sep, path = spec.partition("=")
-            if not sep or not model or not path:
-                raise click.BadParameter(f"expected MODEL=PATH, got {spec!r}", param_hint="--fvis-checkpoint")
-            checkpoints.append((model, path))
+    checkpoints = []
+    for spec in fvis_checkpoints:
+        model, sep, path = spec.partition("=")
+        if not sep or not model or not path:
+            raise click.BadParameter(f"expected MODEL=PATH, got {spec!r}", param_hint="--fvis-checkpoint")
+        checkpoints.append((model, path))
+    with user_errors(FLAGS):
         config = BuildConfig(out=out, sources=sources, seed=seed, limit=limit, image_size=image_size,
                              shard_size=shard_size, quality=quality, photo_format=photo_format, strict=strict,
                              manifests=manifests or DEFAULT_MANIFESTS, workers=workers, device=device,
@@ -68,10 +78,8 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
                              fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
                              fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints))
         summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
-    except (BuildError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"built {summary.samples} samples in {summary.shards} shard(s) at {out} "
-               f"({summary.resumed_shards} resumed, {summary.duplicates} duplicates removed, {summary.rejected} rejected)")
+    click.echo(f"built {summary.samples} samples in {summary.shards} shard(s) at {out} ({summary.resumed_shards} "
+               f"resumed, {summary.duplicates} duplicates removed, {summary.rejected} rejected)")
     for r in summary.reports.values():
         note = f": {r.error}" if r.error else ""
         click.echo(f"  {r.source}/{r.name} [{r.kind}] {r.status}: {r.samples} samples{note}")
@@ -132,16 +140,15 @@ def shard() -> None:
 
 
 def _run_shard(dataset: str, split: str, corrupted: bool = False, **opts) -> None:
-    from mixset.shard.sharder import ShardConfig, ShardError, distributed_defaults, shard as run_shard
+    from mixset.shard.config import ShardConfig, distributed_defaults
+    from mixset.shard.sharder import shard as run_shard
 
     quiet = opts.pop("quiet")
-    rank, world_size = distributed_defaults(opts.pop("rank"), opts.pop("world_size"))
-    try:
+    with user_errors(FLAGS):
+        rank, world_size = distributed_defaults(opts.pop("rank"), opts.pop("world_size"))
         config = ShardConfig(dataset=dataset, split=split, corrupted=corrupted, rank=rank, world_size=world_size,
                              **opts)
         s = run_shard(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
-    except (ShardError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
     rate = s.samples_written / s.seconds if s.seconds > 0 else 0.0
     click.echo(f"rank {s.rank}/{s.world_size}: wrote {s.shards_written} shard(s) ({s.samples_written} samples, "
                f"{rate:.1f}/s), {s.shards_resumed} already complete, {len(s.failures)} image(s) skipped")
@@ -190,12 +197,10 @@ def cifar100(split: str, corrupted: bool, **opts) -> None:
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def shard_merge(out: Path) -> None:
     """Write OUT/manifest.json once every rank has written its shards."""
-    from mixset.shard.sharder import ShardError, merge
+    from mixset.shard.sharder import merge
 
-    try:
+    with user_errors(FLAGS):
         path = merge(out)
-    except ShardError as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(f"manifest: {path}")
 
 
@@ -206,10 +211,8 @@ def verify(folder: Path, no_decode: bool) -> None:
     """Recheck every shard and sample of a built set against its manifest."""
     from mixset.verify import verify as run_verify
 
-    try:
+    with user_errors(FLAGS):
         problems = run_verify(folder, decode=not no_decode)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
     for line in problems:
         click.echo(line, err=True)
     if problems:
@@ -223,10 +226,8 @@ def info(folder: Path) -> None:
     """Summarise a built set: sources, collections, counts, licences."""
     from mixset.verify import info as run_info
 
-    try:
+    with user_errors(FLAGS):
         click.echo(run_info(folder))
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 # Registered last: its module imports only click; the pipeline machinery loads inside the command.

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pixmix.data.readers import CIFAR, CIFARCorrupted, ClassFolders
+from mixset.shard.errors import ShardError
 from pixmix.data.benchmarks import CORRUPTIONS
+from pixmix.data.readers import CIFAR, CIFARCorrupted, ClassFolders
 
 DATASETS = ("imagenet", "imagefolder", "cifar10", "cifar100")
 
@@ -104,22 +105,22 @@ def open_source(dataset: str, data_dir: Path, split: str, corrupted: bool = Fals
     data_dir = Path(data_dir)
     if dataset in ("imagenet", "imagefolder"):
         if corrupted:
-            raise ValueError("--corrupted applies to cifar10/cifar100 only (ImageNet-C is a folder tree: "
+            raise ShardError("--corrupted applies to cifar10/cifar100 only (ImageNet-C is a folder tree: "
                              "shard each corruption/severity folder with `mixset shard imagefolder`)")
         return _folder_source(dataset, data_dir, split)
     if dataset in ("cifar10", "cifar100"):
         return _corrupted_source(dataset, data_dir) if corrupted else _cifar_source(dataset, data_dir, split)
-    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    raise ShardError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
 
 
 def _folder_source(dataset: str, data_dir: Path, split: str) -> Source:
     if dataset == "imagenet":
         if split not in ("train", "val"):
-            raise ValueError(f"--split for imagenet must be train or val, got {split!r}")
+            raise ShardError(f"--split for imagenet must be train or val, got {split!r}", param="split")
         root = data_dir / split
         if not root.is_dir():
-            raise ValueError(f"{root} does not exist: --data-dir must hold ImageNet's train/ and val/ "
-                             "folders of <wnid>/*.JPEG")
+            raise ShardError(f"{root} does not exist: --data-dir must hold ImageNet's train/ and val/ "
+                             "folders of <wnid>/*.JPEG", param="data_dir")
         # Class indices are the sorted wnids of train/ (the standard mapping), so a val/ tree that
         # lacks some classes still gets the right labels.
         train = data_dir / "train"
@@ -133,7 +134,7 @@ def _folder_source(dataset: str, data_dir: Path, split: str) -> Source:
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(listing.classes) - set(index))
     if unknown:
-        raise ValueError(f"{root}: class folder(s) {', '.join(unknown[:3])} are not in {data_dir / 'train'}; "
+        raise ShardError(f"{root}: class folder(s) {', '.join(unknown[:3])} are not in {data_dir / 'train'}; "
                          "use the train/ wnids for val/ (or shard it with `mixset shard imagefolder`)")
     labels = np.array([index[listing.classes[item.label]] for item in listing.items], dtype=np.int64)
     paths = [str(item.path.relative_to(root)) for item in listing.items]
@@ -142,7 +143,7 @@ def _folder_source(dataset: str, data_dir: Path, split: str) -> Source:
 
 def _cifar_source(dataset: str, data_dir: Path, split: str) -> Source:
     if split not in ("train", "test"):
-        raise ValueError(f"--split for {dataset} must be train or test, got {split!r}")
+        raise ShardError(f"--split for {dataset} must be train or test, got {split!r}", param="split")
     return _array_source(dataset, data_dir, split, corrupted=False)
 
 

@@ -1,10 +1,14 @@
-"""The shard format, one concept in three parts: the tar shard itself (deterministic writer, verifier,
-random-access reader), the manifest of a sharded dataset, and a built mixing set read as pictures.
+"""The shard format, one concept in four parts: the tar shard itself (deterministic writer, verifier,
+random-access reader), the manifest of a sharded dataset, a built mixing set read as pictures, and the
+resumable writer of a whole set.
 
 - :mod:`~pixmix.data.shards.tar`: ``<key>.<field>`` tar members, written byte-for-byte reproducibly;
 - :mod:`~pixmix.data.shards.shard_set`: :class:`ShardSet`, the manifest ``mixset shard`` writes;
 - :mod:`~pixmix.data.shards.mixing_set`: :class:`MixingShards`, a ``mixset build`` output as a
-  random-access sequence of PIL images.
+  random-access sequence of PIL images;
+- :mod:`~pixmix.data.shards.writer`: :class:`ShardSetWriter`, the resumable writer of a set of shards
+  (atomic shards, a journal entry per shard, the manifest last) that ``mixset build`` and ``mixset shard``
+  share, and :class:`WriterOptions`, the options both take.
 """
 
 from pixmix.utils.lazy import lazy_exports
@@ -22,4 +26,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ShardSet": "shard_set",
     "ShardRecord": "shard_set",
     "MixingShards": "mixing_set",
+    "ShardSetWriter": "writer",
+    "WriterOptions": "writer",
+    "package_versions": "writer",
 })

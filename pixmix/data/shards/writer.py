@@ -1,0 +1,271 @@
+"""Writing a set of shards resumably: one protocol for ``mixset build`` and ``mixset shard``.
+
+A shard set is a folder of ``shards/<prefix>-<id>.tar`` files, a hidden state folder (``.build`` or
+``.shard``) and, last, ``manifest.json``. The protocol, in the spirit of mosaicml/streaming's writer
+(the index is written after every shard it names):
+
+1. each shard is written to ``<name>.tar.tmp``, fsynced and renamed (:func:`~pixmix.data.shards.tar.write_shard`);
+2. then its journal entry ``<state>/shard-<id>.json`` records it (``{"shard": ShardInfo, ...the caller's}``);
+3. a re-run trusts a shard only when its journal entry exists and its tar matches it (size, or sha256);
+   partial ``.tmp`` files are removed and the shard is written again, byte for byte the same;
+4. the options that decide the bytes are stored in ``<state>/config.json``: a re-run with other ones is
+   refused rather than mixing two sets in one folder;
+5. ``manifest.json`` is written last (:meth:`ShardSetWriter.finish`): its presence means "complete".
+
+Shards are either written by id, in any order and by several processes (``mixset shard``:
+:meth:`~ShardSetWriter.write`), or appended sample by sample and rolled over into the next shard
+(``mixset build``: :meth:`~ShardSetWriter.add`, :meth:`~ShardSetWriter.roll_over`). No lock: several
+ranks share one folder by writing disjoint shard ids.
+
+:class:`WriterOptions` holds the options every writing command takes (output folder, seed, limit,
+quality, workers, device), validated once; the commands' configurations extend it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+from pixmix.data.shards.tar import Sample, ShardInfo, file_sha256, write_shard
+from pixmix.utils.errors import PixmixError
+from pixmix.utils.jsonfiles import write_json
+
+MANIFEST = "manifest.json"
+OPTIONS = "config.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriterOptions:
+    """The options of every command that writes a shard set; validated once, in ``__post_init__``.
+
+    ``seed`` and ``limit`` decide the bytes; ``workers`` and ``device`` only how fast they are made.
+    Subclasses set ``error`` to their own :class:`PixmixError` subclass and call ``super().__post_init__()``.
+    """
+
+    error: ClassVar[type[PixmixError]] = PixmixError
+
+    out: Path
+    seed: int = 0
+    limit: int | None = None
+    quality: int = 90
+    workers: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise self.error(f"--limit must be >= 1, got {self.limit}", param="limit")
+        if not 1 <= self.quality <= 100:
+            raise self.error(f"--quality must be in [1, 100], got {self.quality}", param="quality")
+        if self.workers < 1:
+            raise self.error(f"--workers must be >= 1, got {self.workers}", param="workers")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise self.error(f"--device must be auto, cpu or cuda[:N], got {self.device!r}", param="device")
+
+
+class ShardSetWriter:
+    """The resumable writer of one shard set (see the module's docstring for the protocol).
+
+    ``root``: the set's folder; ``prefix``: shard file names (``shards/<prefix>-000000.tar``); ``state``: the
+    hidden folder of journal entries and stored options; ``checksum``: whether a re-run recomputes the sha256
+    of every journalled shard (small sets) or trusts its size (sets of hundreds of MB per shard); ``error``:
+    the :class:`PixmixError` subclass raised for a folder that cannot be resumed.
+
+    A context manager: leaving it by an exception drops the samples not rolled over yet (a shard interrupted
+    while being written never leaves its ``.tmp`` behind, except when the process is killed: then the next run
+    removes it); leaving it normally with samples not rolled over is a bug of the caller. It is picklable, so
+    worker processes can write shards.
+    """
+
+    def __init__(self, root: Path, *, prefix: str, state: str, checksum: bool = False,
+                 error: type[PixmixError] = PixmixError) -> None:
+        self.root = Path(root)
+        self.prefix = prefix
+        self.state = state
+        self.checksum = checksum
+        self.error = error
+        self._buffer: list[Sample] = []
+        self._next = 0  # the id :meth:`roll_over` writes next
+
+    def __enter__(self) -> ShardSetWriter:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None:
+            self._buffer.clear()
+        elif self._buffer:
+            raise RuntimeError(f"{len(self._buffer)} sample(s) added but not rolled over into a shard")
+
+    # --- names ---------------------------------------------------------------------------------------
+
+    def shard_path(self, shard_id: int) -> Path:
+        return self.root / "shards" / f"{self.prefix}-{shard_id:06d}.tar"
+
+    def journal_path(self, shard_id: int) -> Path:
+        return self.root / self.state / f"shard-{shard_id:06d}.json"
+
+    def state_path(self, name: str) -> Path:
+        """A file of the state folder (``config.json``, ``plan.json``, ...)."""
+        return self.root / self.state / name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    # --- state ---------------------------------------------------------------------------------------
+
+    def read_state(self, name: str) -> Any | None:
+        """The JSON content of a state file, or None when there is none yet."""
+        path = self.state_path(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_state(self, name: str, data: Any) -> Path:
+        return write_json(self.state_path(name), data)
+
+    def check_options(self, options: Mapping[str, Any], *, what: str,
+                      derived: Sequence[str] = ()) -> dict[str, Any] | None:
+        """The options an earlier run stored (None for a new set); refuses a set made with other options.
+
+        ``derived``: stored keys that an earlier run worked out itself (left out of the comparison, kept
+        in the returned dict). ``what`` names the set in the message ("a build", "shards").
+        """
+        stored = self.read_state(OPTIONS)
+        if stored is None:
+            return None
+        if {k: v for k, v in stored.items() if k not in derived} != dict(options):
+            # No param: the folder is not a wrong value, its content is in the way.
+            raise self.error(f"{self.root} holds {what} made with other options ({self.state_path(OPTIONS)}); "
+                             "use a new --out folder or delete it")
+        return stored
+
+    def store_options(self, options: Mapping[str, Any]) -> None:
+        self.write_state(OPTIONS, dict(options))
+
+    # --- resume --------------------------------------------------------------------------------------
+
+    def entry(self, shard_id: int) -> dict[str, Any] | None:
+        """The journal entry of a complete shard, or None: no (readable) entry, or a tar that is missing or
+        does not match it. Reads only: safe while other ranks write."""
+        path = self.journal_path(shard_id)
+        try:
+            entry = json.loads(path.read_text())
+            info = ShardInfo(**entry["shard"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return entry if self._intact(info) else None
+
+    def _intact(self, info: ShardInfo) -> bool:
+        path = self.root / info.name
+        if not path.exists():
+            return False
+        if self.checksum:
+            return file_sha256(path) == (info.sha256, info.bytes)
+        return path.stat().st_size == info.bytes
+
+    def completed(self, shard_ids: Iterable[int],
+                  accept: Callable[[int, dict[str, Any]], bool] | None = None) -> dict[int, dict[str, Any]]:
+        """The journal entries of the complete shards among ``shard_ids`` (this process's shards) that
+        ``accept(id, entry)`` (say, of the planned items); the partial ``.tmp`` of each of the others is
+        removed, as it is about to be written again."""
+        done: dict[int, dict[str, Any]] = {}
+        for shard_id in shard_ids:
+            entry = self.entry(shard_id)
+            if entry is not None and accept is not None and not accept(shard_id, entry):
+                entry = None
+            if entry is None:
+                self._tmp(shard_id).unlink(missing_ok=True)
+            else:
+                done[shard_id] = entry
+        return done
+
+    def resume(self) -> list[dict[str, Any]]:
+        """For a set written in order (:meth:`roll_over`): the entries of the complete shards ``0, 1, ...``
+        up to the first gap. Whatever follows (journal entries, shards, partial ``.tmp`` files) is stale and
+        removed, so it is written again; the next :meth:`roll_over` continues after the last complete shard."""
+        entries: list[dict[str, Any]] = []
+        while (entry := self.entry(len(entries))) is not None:
+            entries.append(entry)
+        self._next = len(entries)
+        self._drop_from(self._next)
+        return entries
+
+    def _drop_from(self, first: int) -> None:
+        state = self.root / self.state
+        for stale in sorted(state.glob("shard-*.json")) if state.is_dir() else []:
+            if _number(stale.name, "shard") >= first:
+                stale.unlink()
+        shards = self.root / "shards"
+        for stale in sorted(shards.glob(f"{self.prefix}-*.tar*")) if shards.is_dir() else []:
+            if stale.suffix == ".tmp" or _number(stale.name, self.prefix) >= first:
+                stale.unlink()
+
+    def _tmp(self, shard_id: int) -> Path:
+        path = self.shard_path(shard_id)
+        return path.with_name(path.name + ".tmp")
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def write(self, shard_id: int, samples: Iterable[Sample], journal: Mapping[str, Any]) -> dict[str, Any]:
+        """Write shard ``shard_id`` (atomically), then its journal entry ``{"shard": ShardInfo, **journal}``.
+
+        ``journal`` is serialised after the samples are consumed, so it may hold lists that the sample
+        iterator fills (failures found while making them). Returns the journal entry.
+        """
+        assert "shard" not in journal, "the journal key 'shard' is the writer's (its ShardInfo)"
+        try:
+            info = write_shard(self.shard_path(shard_id), samples, root=self.root)
+        except BaseException:
+            self._tmp(shard_id).unlink(missing_ok=True)
+            raise
+        entry = {"shard": asdict(info), **journal}
+        write_json(self.journal_path(shard_id), entry)
+        return entry
+
+    def add(self, sample: Sample) -> int:
+        """Append one sample to the shard being filled (sets written in order); returns how many it holds."""
+        self._buffer.append(sample)
+        return len(self._buffer)
+
+    @property
+    def pending(self) -> int:
+        """Samples added since the last roll-over."""
+        return len(self._buffer)
+
+    def roll_over(self, journal: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the samples added so far as the next shard (after :meth:`resume`'s), with its journal entry."""
+        entry = self.write(self._next, self._buffer, journal)
+        self._buffer = []
+        self._next += 1
+        return entry
+
+    def finish(self, manifest: Mapping[str, Any]) -> Path:
+        """Write ``manifest.json``, the last file of a complete set. Every added sample must be rolled over."""
+        if self._buffer:
+            raise RuntimeError(f"{len(self._buffer)} sample(s) added but not rolled over into a shard")
+        return write_json(self.manifest_path, manifest)
+
+
+def _number(name: str, prefix: str) -> int:
+    """The id in ``<prefix>-<id>.<suffixes>``."""
+    return int(name[len(prefix) + 1:].split(".")[0])
+
+
+def package_versions() -> dict[str, str]:
+    """The versions a manifest records (Python and the packages that decide the bytes)."""
+    import importlib.metadata as md
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for name in ("pixmix-data", "numpy", "Pillow", "webdataset", "torch"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+__all__ = ["MANIFEST", "ShardSetWriter", "WriterOptions", "package_versions"]
