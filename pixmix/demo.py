@@ -10,9 +10,17 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from pixmix.utils.errors import PixmixError
+
+if TYPE_CHECKING:  # torch is imported lazily: the demo's image helpers run without it
+    import torch
+
+    from pixmix.augment.pixmix import PixMix
 
 
 def synthetic_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -86,6 +94,8 @@ def synthetic_mixing_pictures(n: int, size: int, seed: int = 0) -> list[Image.Im
 
 @dataclass
 class DemoSummary:
+    """What :func:`run_demo` made: the recipe's PixMix settings, the grid's file and output statistics."""
+
     recipe: str
     k: int
     beta: float
@@ -101,39 +111,26 @@ class DemoSummary:
     unmixed_fraction_expected: float
 
 
-def run_demo(out_dir: Path, recipe: str = "cifar", rows: int = 6, samples_per_row: int = 6, seed: int = 0) -> DemoSummary:
+def run_demo(
+    out_dir: Path, recipe: str = "cifar", rows: int = 6, samples_per_row: int = 6, seed: int = 0
+) -> DemoSummary:
     """Write ``out_dir/pixmix-demo.png`` (original | mixing picture | PixMix samples) and a JSON summary."""
     import torch
-    from torchvision.utils import make_grid
 
-    from pixmix.augment.pixmix import PixMix, pil_to_float
+    from pixmix.augment.pixmix import PixMix
 
     start = time.perf_counter()
-    pixmix = {"cifar": PixMix.cifar, "imagenet": PixMix.imagenet}[recipe]()
+    factories = {"cifar": PixMix.cifar, "imagenet": PixMix.imagenet}
+    if recipe not in factories:
+        raise PixmixError(f"recipe must be one of {sorted(factories)}, got {recipe!r}", param="recipe")
+    pixmix = factories[recipe]()
     size = pixmix.image_size or 32
-    display = max(size, 96)
     images = synthetic_images(rows, size, seed=seed)
     mixing = synthetic_mixing_pictures(rows, size, seed=seed + 1)
-    gen = torch.Generator().manual_seed(seed)
-    tiles, outputs = [], []
-    for image, pic in zip(images, mixing):
-        row = [pil_to_float(image), pil_to_float(pic)]
-        for _ in range(samples_per_row):
-            out = pixmix(image, pic, gen)
-            outputs.append(out)
-            row.append(out)
-        tiles += row
-    grid = make_grid(
-        torch.nn.functional.interpolate(torch.stack(tiles), size=display, mode="nearest"),
-        nrow=samples_per_row + 2,
-        padding=4,
-        pad_value=1.0,
-    )
+    tiles, outputs = _demo_rows(pixmix, images, mixing, samples_per_row, torch.Generator().manual_seed(seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / "pixmix-demo.png"
-    tmp = png.with_suffix(".png.tmp")
-    Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-    tmp.replace(png)
+    _write_grid(tiles, png, display=max(size, 96), columns=samples_per_row + 2)
     stacked = torch.stack(outputs)
     cfg = pixmix.config
     summary = DemoSummary(
@@ -151,8 +148,45 @@ def run_demo(out_dir: Path, recipe: str = "cifar", rows: int = 6, samples_per_ro
         output_std=round(float(stacked.std()), 4),
         unmixed_fraction_expected=1.0 / (cfg.k + 1),
     )
-    summary_path = out_dir / "pixmix-demo.json"
-    tmp_json = summary_path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    tmp_json.replace(summary_path)
+    _write_text(out_dir / "pixmix-demo.json", json.dumps(asdict(summary), indent=2) + "\n")
     return summary
+
+
+def _demo_rows(
+    pixmix: PixMix, images: list[Image.Image], mixing: list[Image.Image], samples_per_row: int, gen: torch.Generator
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The grid's tiles (per row: the image, its mixing picture, its PixMix samples) and the samples alone."""
+    from pixmix.augment.pixmix import pil_to_float
+
+    tiles, outputs = [], []
+    for image, pic in zip(images, mixing):
+        row = [pil_to_float(image), pil_to_float(pic)]
+        for _ in range(samples_per_row):
+            out = pixmix(image, pic, gen)
+            outputs.append(out)
+            row.append(out)
+        tiles += row
+    return tiles, outputs
+
+
+def _write_grid(tiles: list[torch.Tensor], png: Path, *, display: int, columns: int) -> None:
+    """The tiles as one PNG grid, each scaled to ``display`` px (nearest, so pixels stay visible)."""
+    import torch
+    from torchvision.utils import make_grid
+
+    grid = make_grid(
+        torch.nn.functional.interpolate(torch.stack(tiles), size=display, mode="nearest"),
+        nrow=columns,
+        padding=4,
+        pad_value=1.0,
+    )
+    tmp = png.with_suffix(".png.tmp")
+    Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    tmp.replace(png)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename, so a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from pixmix import PixMix, apply_batch, pixmix_batch, sample_params
-from pixmix.demo import synthetic_images, synthetic_mixing_pictures
 from pixmix.augment.transforms import to_uint8_tensor
+from pixmix.demo import synthetic_images, synthetic_mixing_pictures
 
 
 def test_empty_batch_gives_an_empty_float_batch() -> None:

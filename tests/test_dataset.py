@@ -9,11 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pixmix.data.wrappers import MixingFolder, PixMixDataset, PixMixTransform, load_rgb
-from pixmix.demo import synthetic_images, synthetic_mixing_pictures
+from pixmix.augment.pixmix import PixMix
 from pixmix.augment.recipes import CIFAR, IMAGENET, get_recipe
-from pixmix.utils.seeding import derive_seed, generator_for
 from pixmix.augment.transforms import RandomCrop, RandomHorizontalFlip, RandomResizedCrop, Resize
+from pixmix.data.images import ImageError
+from pixmix.data.wrappers import MixingFolder, PixMixDataset, PixMixOptions, PixMixTransform, load_rgb
+from pixmix.demo import synthetic_images, synthetic_mixing_pictures
+from pixmix.utils.errors import PixmixError
+from pixmix.utils.seeding import derive_seed, generator_for
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,8 @@ def test_transform_streams_differ_per_worker_and_repeat_per_seed(small_data, mix
             return self.transform(small_data[0][0])
 
     def run(seed: int) -> torch.Tensor:
-        loader = torch.utils.data.DataLoader(Plain(PixMixTransform(mixing_set, "cifar", seed=seed)), batch_size=4, num_workers=2)
+        loader = torch.utils.data.DataLoader(Plain(PixMixTransform(mixing_set, "cifar", seed=seed)), batch_size=4,
+                                             num_workers=2)
         return torch.cat(list(loader))
 
     a, b = run(1), run(1)
@@ -188,6 +192,39 @@ def test_empty_mixing_set_is_refused(small_data) -> None:
         PixMixDataset(small_data, [], "cifar")
 
 
+def test_options_are_shared_validated_once_and_give_the_same_samples(small_data, mixing_set) -> None:
+    options = PixMixOptions("cifar", seed=4, normalize=False, pixmix=PixMix(k=2, ops="basic"))
+    by_options = PixMixDataset.from_options(small_data, mixing_set, options)
+    by_keywords = PixMixDataset(small_data, mixing_set, "cifar", seed=4, normalize=False, pixmix=options.pixmix)
+    assert by_options.transform.options == options == by_keywords.options
+    for epoch in (0, 2):
+        by_options.set_epoch(epoch)
+        by_keywords.set_epoch(epoch)
+        for i in (0, 5):
+            assert torch.equal(by_options[i][0], by_keywords[i][0])
+    image = small_data[0][0]
+    by_keywords_transform = PixMixTransform(mixing_set, "cifar", 4, False, options.pixmix)
+    assert torch.equal(PixMixTransform.from_options(mixing_set, options)(image, generator_for(1)),
+                       by_keywords_transform(image, generator_for(1)))
+    for fields, param in (({"recipe": "svhn"}, "recipe"), ({"seed": -1}, "seed"), ({"seed": True}, "seed"),
+                          ({"pixmix": "strong"}, "pixmix")):
+        with pytest.raises(PixmixError) as err:
+            PixMixOptions(**fields)
+        assert err.value.param == param
+    with pytest.raises(PixmixError) as err:
+        PixMixTransform([], "cifar")
+    assert err.value.param == "mixing_set"
+    with pytest.raises(PixmixError, match="epoch must be >= 0") as err:
+        by_options.set_epoch(-1)
+    assert err.value.param == "epoch"
+
+
+def test_image_errors_are_user_errors(tmp_path) -> None:
+    assert issubclass(ImageError, PixmixError)
+    with pytest.raises(ImageError, match="does not exist"):
+        load_rgb(tmp_path / "nothing.png")
+
+
 def test_mixing_folder_loads_sorted_rgb_images_and_refuses_bad_files(tmp_path) -> None:
     (tmp_path / "b").mkdir()
     Image.new("L", (20, 10), 128).save(tmp_path / "b" / "grey.png")
@@ -205,7 +242,8 @@ def test_mixing_folder_loads_sorted_rgb_images_and_refuses_bad_files(tmp_path) -
         load_rgb(fake)
     big = tmp_path / "big.png"
     Image.new("RGB", (300, 300)).save(big)
-    with pytest.raises(ValueError, match=r"big.png refused as a possible decompression bomb: 300x300 = 90000 pixels, over the limit of 50000"):
+    with pytest.raises(ValueError, match=r"big.png refused as a possible decompression bomb: 300x300 = 90000 pixels, "
+                                         r"over the limit of 50000"):
         load_rgb(big, max_pixels=50_000)
     with pytest.raises(ValueError, match="does not exist"):
         MixingFolder(tmp_path / "missing")

@@ -8,9 +8,10 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_datasets import write_cifar10
 
 from pixmix.data.readers import CIFAR, CORRUPTIONS, CIFARCorrupted, ClassFolders
-from tiny_datasets import write_cifar10
+from pixmix.utils.errors import PixmixError
 
 
 def test_cifar10_reads_the_python_batches(tmp_path) -> None:
@@ -109,3 +110,15 @@ def test_class_folders_map_sorted_names_to_indices_and_convert_modes(tmp_path) -
     assert red[0] > 200 and red[1] < 60 and red[2] < 60  # CMYK (0, 255, 255, 0) is red
     with pytest.raises(ValueError, match="holds no class folders"):
         ClassFolders(train / "n01")
+
+
+def test_reader_errors_are_pixmix_errors_naming_the_parameter(tmp_path) -> None:
+    for make, param in ((lambda: CIFAR(tmp_path, "svhn"), "name"),
+                        (lambda: CIFARCorrupted(tmp_path, "cifar10", "rain", 1), "corruption"),
+                        (lambda: CIFARCorrupted(tmp_path, "cifar10", "fog", 0), "severity")):
+        with pytest.raises(PixmixError) as err:
+            make()
+        assert err.value.param == param
+    with pytest.raises(PixmixError, match="does not exist") as err:  # a bad folder: the message names it
+        CIFAR(tmp_path, "cifar10")
+    assert err.value.param is None

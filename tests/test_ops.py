@@ -10,8 +10,8 @@ from PIL import Image
 
 from pixmix.augment import batched_ops, pil_ops
 from pixmix.augment import ops as O
-from pixmix.augment.pixmix import PixMix
 from pixmix.augment.config import PixMixConfig
+from pixmix.augment.pixmix import PixMix
 from pixmix.augment.transforms import to_uint8_tensor
 
 
@@ -87,7 +87,8 @@ def test_default_and_presets_follow_the_paper_recipes():
 
 @pytest.mark.parametrize(
     "level, bits",
-    [(0.1, 4), (1.0, 4), (2.499, 4), (2.5, 3), (3.0, 3), (4.999, 3), (5.0, 2), (7.499, 2), (7.5, 1), (9.999, 1), (10.0, 0)],
+    [(0.1, 4), (1.0, 4), (2.499, 4), (2.5, 3), (3.0, 3), (4.999, 3), (5.0, 2), (7.499, 2), (7.5, 1), (9.999, 1),
+     (10.0, 0)],
 )
 def test_posterize_bits(level, bits):
     assert O.posterize_bits(level) == bits
@@ -256,7 +257,8 @@ def test_rotate_by_zero_degrees_is_identity_at_224px(noise224):
 @pytest.mark.parametrize("size", [32, 64, 128, 256])
 def test_rotate_by_zero_degrees_is_identity_at_power_of_two_sizes(size):
     images = noise_set(3, size, size, seed=size)
-    got = batched_ops.apply_op("rotate", images.tensor, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([False, True, False]))
+    got = batched_ops.apply_op("rotate", images.tensor, torch.tensor([0.1, 0.2, 0.3]),
+                               torch.tensor([False, True, False]))
     assert torch.equal(got, images.tensor)
 
 
@@ -443,7 +445,8 @@ def test_per_sample_parameters_are_not_mixed_up(noise32):
 
 def test_unknown_op_name_raises():
     with pytest.raises(ValueError, match="ops"):
-        batched_ops.apply_op("blur", torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.tensor([1.0]), torch.tensor([False]))
+        batched_ops.apply_op("blur", torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.tensor([1.0]),
+                             torch.tensor([False]))
 
 
 # --- the kernels on a CUDA device ----------------------------------------------------------------

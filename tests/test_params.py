@@ -9,12 +9,12 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
+from helpers import no_global_rng
 
 from pixmix.augment import ops as O
-from pixmix.augment.pixmix import PixMix, pixmix_batch
 from pixmix.augment.config import PixMixConfig
 from pixmix.augment.params import PixMixParams, sample_params
-from helpers import no_global_rng
+from pixmix.augment.pixmix import PixMix, pixmix_batch
 
 FIELDS = [f.name for f in fields(PixMixParams)]
 N = 20_000

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_datasets import write_cifar10
 
 from mixset.shard.sharder import ShardConfig, ShardError, shard
 from pixmix import PixMix, apply_batch, sample_params
 from pixmix.augment.config import make_config
-from pixmix.data.shards.tar import iter_shard
 from pixmix.data.shards.shard_set import ShardSet
-from tiny_datasets import write_cifar10
+from pixmix.data.shards.tar import iter_shard
 
 
 def test_partners_fix_the_partner_and_keep_every_other_draw() -> None:

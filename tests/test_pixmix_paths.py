@@ -10,14 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import ks_two_sample
 
 import pixmix.augment.pixmix as augment_module
 from pixmix.augment import batched_ops, mixing, pil_ops
 from pixmix.augment import ops as O
-from pixmix.augment.pixmix import PixMix, apply_batch, pil_to_float, pixmix_batch
 from pixmix.augment.config import PixMixConfig
 from pixmix.augment.params import sample_params
-from helpers import ks_two_sample
+from pixmix.augment.pixmix import PixMix, apply_batch, pil_to_float, pixmix_batch
 
 AFFINE_OPS = ("rotate", "shear_x", "shear_y")
 ONE_LEVEL = 1 / 255

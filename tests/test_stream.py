@@ -18,14 +18,11 @@ from helpers import no_global_rng
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from pixmix.augment.pixmix import apply_batch
-from pixmix.data.shards.mixing_set import MixingShards
 from pixmix.augment.params import PixMixParams, sample_params
+from pixmix.augment.pixmix import apply_batch
 from pixmix.augment.recipes import CIFAR, IMAGENET
-from pixmix.utils.seeding import generator_for
-from pixmix.data.shards.tar import Sample, iter_shard, to_bytes, write_shard
-from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
 from pixmix.data.loader import (
+    LoaderOptions,
     Piece,
     ShardLoader,
     batches_per_rank,
@@ -33,6 +30,11 @@ from pixmix.data.loader import (
     epoch_assignment,
     finish_batch,
 )
+from pixmix.data.shards.mixing_set import MixingShards
+from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION, ShardSet
+from pixmix.data.shards.tar import Sample, iter_shard, to_bytes, write_shard
+from pixmix.utils.errors import PixmixError
+from pixmix.utils.seeding import generator_for
 
 COUNTS = (7, 13, 5, 20)  # 45 samples in uneven shards
 N_CLASSES = 10
@@ -108,7 +110,8 @@ def mixset(tmp_path_factory) -> Path:
 
 
 def flatten(plan) -> list[tuple[int, int, bool]]:
-    return [(p.shard, i, p.repeat) for ranks in plan for pieces in ranks for p in pieces for i in range(p.start, p.stop)]
+    return [(p.shard, i, p.repeat)
+            for ranks in plan for pieces in ranks for p in pieces for i in range(p.start, p.stop)]
 
 
 def random_layouts(n: int):
@@ -286,6 +289,56 @@ def test_rank_and_world_size_come_from_the_environment(plain_set, monkeypatch) -
         ShardLoader(plain_set, batch_size=2, num_workers=0)
 
 
+def test_loader_options_are_validated_once_and_name_the_parameter(plain_set, mixset, tmp_path) -> None:
+    bad = [
+        ({"batch_size": 0}, "batch_size", "batch_size must be an integer >= 1, got 0"),
+        ({"num_workers": -1}, "num_workers", "num_workers must be an integer >= 0, got -1"),
+        ({"seed": -1}, "seed", "seed must be an integer >= 0, got -1"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer", "shuffle_buffer must be an integer >= 1, got 0"),
+        ({"world_size": 0}, "world_size", "world_size must be an integer >= 1, got 0"),
+        ({"rank": 2, "world_size": 2}, "rank", "rank must be an integer in [0, 2), got 2"),
+        ({"mode": "both"}, "mode", "mode must be one of ('auto', 'views', 'online'), got 'both'"),
+        ({"recipe": "svhn"}, "recipe", "recipe must be one of ['cifar', 'imagenet'], got 'svhn'"),
+        ({"mode": "online"}, "mixset", "mode 'online' needs a mixset"),
+        ({"mode": "online", "mixset": []}, "mixset", "mixset is empty"),
+        ({"mode": "online", "mixset": mixset, "transform": CIFAR.test_transform()}, "transform", "pass transform=None"),
+    ]
+    for fields, param, message in bad:
+        with pytest.raises(PixmixError, match=re.escape(message)) as err:
+            LoaderOptions(**{"batch_size": 4, **fields})
+        assert err.value.param == param, fields
+        with pytest.raises(PixmixError, match=re.escape(message)):  # the loader's keywords build the same options
+            ShardLoader(plain_set, **{"batch_size": 4, **fields})
+    views = make_set(tmp_path, counts=(3,), kind="pixmix")
+    with pytest.raises(PixmixError, match="needs a plain shard set") as err:
+        LoaderOptions(batch_size=1, mode="online", mixset=mixset).for_shards(ShardSet.load(views))
+    assert err.value.param == "mode"
+    with pytest.raises(PixmixError, match="fewer than world_size") as err:
+        epoch_assignment([3], seed=0, epoch=0, world_size=1, batch_size=4)
+    assert err.value.param == "batch_size"
+
+
+def test_loader_options_resolve_mode_and_placement_for_a_shard_set(plain_set, mixset, monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    options = LoaderOptions(batch_size=4, mixset=mixset, recipe="cifar")
+    assert (options.mode, options.rank, options.world_size) == ("auto", None, None)
+    resolved = options.for_shards(ShardSet.load(plain_set))
+    assert (resolved.mode, resolved.rank, resolved.world_size) == ("online", 1, 2)
+    assert LoaderOptions(batch_size=4, rank=0, world_size=1).for_shards(ShardSet.load(plain_set)).mode == "views"
+    assert default_rank_world() == (1, 2)
+
+
+def test_from_options_reads_what_the_keywords_read(plain_set, mixset) -> None:
+    fields = dict(batch_size=5, seed=3, rank=0, world_size=1, num_workers=0, mixset=mixset, recipe="cifar")
+    by_keywords = ShardLoader(plain_set, **fields)
+    by_options = ShardLoader.from_options(plain_set, LoaderOptions(**fields))
+    assert by_options.options == by_keywords.options and by_options.mode == "online"
+    for a, b in zip(by_keywords, by_options, strict=True):
+        assert a.keys == b.keys and torch.equal(a.images, b.images) and torch.equal(a.mixing, b.mixing)
+        assert torch.equal(a.params.a, b.params.a)
+
+
 # --- streaming: online PixMix ------------------------------------------------------------------------
 
 
@@ -449,13 +502,14 @@ def test_untrusted_shard_images_are_checked_before_and_after_decoding(tmp_path) 
     import numpy as np
     from PIL import Image as _Image
 
-    from pixmix.data.shards.tar import Sample, write_shard
-    from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
     from pixmix.data.loader import ShardLoader
+    from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
+    from pixmix.data.shards.tar import Sample, write_shard
 
     def png(array, mode=None) -> bytes:
         buf = _io.BytesIO()
-        _Image.fromarray(array, mode).save(buf, format="PNG") if mode else _Image.fromarray(array).save(buf, format="PNG")
+        image = _Image.fromarray(array, mode) if mode else _Image.fromarray(array)
+        image.save(buf, format="PNG")
         return buf.getvalue()
 
     good = [png(np.full((8, 8, 3), 10 * i, np.uint8)) for i in range(6)]
@@ -483,8 +537,8 @@ def test_untrusted_shard_images_are_checked_before_and_after_decoding(tmp_path) 
 
 
 def test_the_default_shuffle_buffer_follows_the_sample_size(tmp_path) -> None:
-    from pixmix.data.shards.shard_set import ShardRecord, ShardSet
     from pixmix.data.loader import auto_shuffle_buffer
+    from pixmix.data.shards.shard_set import ShardRecord, ShardSet
 
     def shardset(samples: int, nbytes: int) -> ShardSet:
         return ShardSet(tmp_path, "pixmix", 1, ("a",), "jpg", (ShardRecord("s.tar", samples, nbytes, "0" * 64),), {})

@@ -11,10 +11,10 @@ import torch
 import torchvision.transforms as T1
 import torchvision.transforms.v2 as T2
 import torchvision.transforms.v2.functional as F
-from PIL import Image
-
 from helpers import ks_two_sample as ks_statistic
 from helpers import no_global_rng
+from PIL import Image
+
 from pixmix.augment.transforms import (
     CenterCrop,
     CropParams,

@@ -1,4 +1,4 @@
-"""Bad input fails early with a ValueError that names the parameter and the offending value."""
+"""Bad input fails early with a ValueError (a PixmixError) that names the parameter and the offending value."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pixmix.augment.pixmix import PixMix, apply_batch, pixmix_batch
 from pixmix.augment.config import PixMixConfig
 from pixmix.augment.params import sample_params
+from pixmix.augment.pixmix import PixMix, apply_batch, pixmix_batch
+from pixmix.augment.recipes import get_recipe
+from pixmix.augment.transforms import RandomCrop, RandomHorizontalFlip
+from pixmix.models.checkpoints import load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from pixmix.models.networks import WideResNet, build_model
+from pixmix.utils.errors import PixmixError
 
 
 def u8(*shape: int) -> torch.Tensor:
@@ -64,7 +69,8 @@ def test_pixmix_batch_rejects(kwargs, message):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(k=0), dict(k=10), dict(beta=1e-3), dict(beta=1e3), dict(severity=0.1), dict(severity=10), dict(ops=["rotate"])],
+    [dict(k=0), dict(k=10), dict(beta=1e-3), dict(beta=1e3), dict(severity=0.1), dict(severity=10),
+     dict(ops=["rotate"])],
 )
 def test_boundary_values_are_accepted(kwargs):
     config = PixMixConfig(**kwargs)
@@ -77,14 +83,17 @@ def test_boundary_values_are_accepted(kwargs):
 
 BAD_BATCHES = [
     (torch.zeros(2, 3, 8, 8), u8(2, 3, 8, 8), r"images must have dtype torch\.uint8.*got torch\.float32"),
-    (u8(2, 3, 8, 8), torch.zeros(2, 3, 8, 8, dtype=torch.int16), r"mixing must have dtype torch\.uint8.*got torch\.int16"),
+    (u8(2, 3, 8, 8), torch.zeros(2, 3, 8, 8, dtype=torch.int16),
+     r"mixing must have dtype torch\.uint8.*got torch\.int16"),
     (torch.zeros(2, 3, 8, 8, dtype=torch.int16), u8(2, 3, 8, 8), r"images must have dtype .*torch\.int16"),
     (u8(2, 4, 8, 8), u8(2, 4, 8, 8), re.escape("images must have shape [B, 3, H, W], got [2, 4, 8, 8]")),
     (u8(2, 1, 8, 8), u8(2, 1, 8, 8), re.escape("images must have shape [B, 3, H, W], got [2, 1, 8, 8]")),
     (u8(3, 8, 8), u8(3, 8, 8), re.escape("images must have shape [B, 3, H, W], got [3, 8, 8]")),
     (u8(2, 3, 8, 8), u8(2, 3, 8, 8, 1), re.escape("mixing must have shape [B, 3, H, W], got [2, 3, 8, 8, 1]")),
-    (u8(2, 3, 8, 8), u8(3, 3, 8, 8), re.escape("images and mixing must have the same shape, got [2, 3, 8, 8] and [3, 3, 8, 8]")),
-    (u8(2, 3, 8, 8), u8(2, 3, 8, 9), re.escape("images and mixing must have the same shape, got [2, 3, 8, 8] and [2, 3, 8, 9]")),
+    (u8(2, 3, 8, 8), u8(3, 3, 8, 8),
+     re.escape("images and mixing must have the same shape, got [2, 3, 8, 8] and [3, 3, 8, 8]")),
+    (u8(2, 3, 8, 8), u8(2, 3, 8, 9),
+     re.escape("images and mixing must have the same shape, got [2, 3, 8, 8] and [2, 3, 8, 9]")),
     (np.zeros((2, 3, 8, 8), np.uint8), u8(2, 3, 8, 8), r"images must be a torch\.Tensor, got ndarray"),
     (u8(2, 3, 8, 8), [[0]], r"mixing must be a torch\.Tensor, got list"),
     (u8(2, 3, 0, 8), u8(2, 3, 0, 8), r"images must have non-empty images, got \[2, 3, 0, 8\]"),
@@ -129,7 +138,8 @@ BAD_IMAGES = [
     (rgb().convert("L"), rgb(), r"image must be an RGB image, got mode 'L'"),
     (rgb(), rgb().convert("RGBA"), r"mixing_picture must be an RGB image, got mode 'RGBA'"),
     (rgb().convert("RGBA"), rgb(), r"image must be an RGB image, got mode 'RGBA'"),
-    (rgb(32, 32), rgb(32, 31), re.escape("image and mixing_picture must have the same size, got (32, 32) and (32, 31)")),
+    (rgb(32, 32), rgb(32, 31),
+     re.escape("image and mixing_picture must have the same size, got (32, 32) and (32, 31)")),
     (rgb(16, 16), rgb(16, 16), r"image_size is 32, but the images are 16x16"),
     (rgb(32, 16), rgb(32, 16), r"image_size is 32, but the images are 32x16"),
 ]
@@ -150,7 +160,8 @@ def test_pixmix_without_image_size_accepts_any_matching_size():
 
 @pytest.mark.parametrize("image_size", [0, -3, 2.5, True, "32"])
 def test_pixmix_rejects_bad_image_size(image_size):
-    with pytest.raises(ValueError, match=f"image_size must be a positive integer or None, got {re.escape(repr(image_size))}"):
+    expected = f"image_size must be a positive integer or None, got {re.escape(repr(image_size))}"
+    with pytest.raises(ValueError, match=expected):
         PixMix(image_size=image_size)
 
 
@@ -162,3 +173,54 @@ def test_pixmix_apply_rejects_params_of_another_shape():
     params_k2 = sample_params(PixMixConfig(k=2), 1, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"params must hold one sample with k=4, got batch_size=1, k=2"):
         pm.apply(rgb(), rgb(), params_k2)
+
+
+# --- user errors are PixmixErrors that name the parameter at fault ----------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_HYPERPARAMETERS, ids=[repr(k) for k, _ in BAD_HYPERPARAMETERS])
+def test_bad_hyperparameters_name_their_parameter(kwargs, message):
+    with pytest.raises(PixmixError, match=message) as err:
+        PixMixConfig(**kwargs)
+    assert err.value.param == next(iter(kwargs))
+
+
+def test_bad_inputs_name_their_parameter():
+    cases = [
+        (lambda: PixMix(image_size=0), "image_size"),
+        (lambda: PixMix(partners="neither"), "partners"),
+        (lambda: pixmix_batch(u8(2, 3, 8, 8), u8(3, 3, 8, 8)), "mixing"),
+        (lambda: pixmix_batch(torch.zeros(2, 3, 8, 8), u8(2, 3, 8, 8)), "images"),
+        (lambda: PixMix.cifar()(rgb(16, 16), rgb(16, 16)), "image"),
+        (lambda: sample_params(PixMixConfig(), -1), "batch_size"),
+        (lambda: get_recipe("svhn"), "recipe"),
+        (lambda: RandomCrop(0), "size"),
+        (lambda: RandomCrop(4, padding=-1), "padding"),
+        (lambda: RandomHorizontalFlip(p=2.0), "p"),
+        (lambda: build_model("vit", 10), "arch"),
+        (lambda: WideResNet(depth=11), "depth"),
+    ]
+    for make, param in cases:
+        with pytest.raises(PixmixError) as err:
+            make()
+        assert err.value.param == param, (param, str(err.value))
+
+
+def test_bad_checkpoints_are_one_line_pixmix_errors(tmp_path):
+    with pytest.raises(PixmixError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(PixmixError, match="not a loadable weights-only checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    with pytest.raises(PixmixError, match="not a pixmix-checkpoint file"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "broken.pt", {"model": {"arch": "smoke", "num_classes": 10}, "model_state": {}})
+    with pytest.raises(PixmixError, match=r"broken.pt: malformed pixmix-checkpoint file \(RuntimeError"):
+        model_from_checkpoint(tmp_path / "broken.pt")
+    save_checkpoint(tmp_path / "arch.pt", {"model": {"arch": "vit", "num_classes": 10}, "model_state": {}})
+    with pytest.raises(PixmixError, match="arch.pt: arch must be one of"):
+        model_from_checkpoint(tmp_path / "arch.pt")
+    with pytest.raises(PixmixError, match="parameter shapes differ"):
+        save_checkpoint(tmp_path / "small.pt", {"model_state": build_model("smoke", 10, width=8).state_dict()})
+        load_pretrained(build_model("smoke", 10), tmp_path / "small.pt")

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pixmix.augment import ops as O
+from pixmix.utils.errors import PixmixError
 
 Tensor = torch.Tensor
 
@@ -326,7 +327,7 @@ def apply_op(name: str, images: Tensor, level: Tensor, negate: Tensor) -> Tensor
         return shift(images, torch.zeros_like(dy), dy)
     if name in O.ENHANCE_OPS:
         return ENHANCE_KERNELS[name](images, to_device(O.enhance_factor(lv).float(), dev))
-    raise ValueError(f"ops: unknown op name {name!r}")
+    raise PixmixError(f"ops: unknown op name {name!r}", param="ops")
 
 
 ENHANCE_KERNELS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

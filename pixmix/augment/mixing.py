@@ -105,7 +105,8 @@ def fused_kernel(name: str) -> Callable[..., Tensor]:
                 try:
                     return compiled(*args)
                 except Exception as exc:  # noqa: BLE001 - any compiler failure means "use eager"
-                    warnings.warn(f"torch.compile failed for the fused {name} kernel, using eager torch: {exc}")
+                    warnings.warn(f"torch.compile failed for the fused {name} kernel, using eager torch: {exc}",
+                                  stacklevel=2)
                     _COMPILED[name] = RUN_KERNELS[name]
             return RUN_KERNELS[name](*args)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pixmix.utils.errors import PixmixError
+
 BASIC_OPS: tuple[str, ...] = (
     "autocontrast",
     "equalize",
@@ -38,14 +40,14 @@ def resolve_ops(ops: str | Sequence[str]) -> tuple[str, ...]:
     """Turn ``"basic"``, ``"all"`` or a sequence of op names into a validated tuple of names."""
     if isinstance(ops, str):
         if ops not in OP_LISTS:
-            raise ValueError(f"ops must be 'basic', 'all' or a list of op names, got {ops!r}")
+            raise PixmixError(f"ops must be 'basic', 'all' or a list of op names, got {ops!r}", param="ops")
         return OP_LISTS[ops]
     names = tuple(ops)
     if not names:
-        raise ValueError("ops must name at least one op, got an empty list")
+        raise PixmixError("ops must name at least one op, got an empty list", param="ops")
     unknown = [name for name in names if name not in ALL_OPS]
     if unknown:
-        raise ValueError(f"ops: unknown op name(s) {unknown}; known ops are {list(ALL_OPS)}")
+        raise PixmixError(f"ops: unknown op name(s) {unknown}; known ops are {list(ALL_OPS)}", param="ops")
     return names
 
 

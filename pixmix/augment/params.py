@@ -14,6 +14,7 @@ import torch
 
 from pixmix.augment.config import PixMixConfig
 from pixmix.augment.ops import MIN_LEVEL
+from pixmix.utils.errors import PixmixError
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def sample_params(
     CUDA batch, which is what makes a seed reproduce a batch on either device.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-        raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")
+        raise PixmixError(f"batch_size must be an integer >= 0, got {batch_size!r}", param="batch_size")
     gen = generator if generator is not None else fresh_generator()
     dev = gen.device
     k, n_ops = config.k, len(config.op_names)

@@ -11,6 +11,7 @@ from pixmix.augment import batched_ops, mixing, pil_ops
 from pixmix.augment.batched_ops import to_device
 from pixmix.augment.config import PAPER_CIFAR, PAPER_IMAGENET, PixMixConfig, make_config
 from pixmix.augment.params import PixMixParams, sample_params
+from pixmix.utils.errors import PixmixError
 
 Tensor = torch.Tensor
 
@@ -42,7 +43,7 @@ class PixMix:
         if image_size is not None and (
             isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
         ):
-            raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+            raise PixmixError(f"image_size must be a positive integer or None, got {image_size!r}", param="image_size")
         self.image_size = image_size
 
     @classmethod
@@ -74,9 +75,10 @@ class PixMix:
     def apply(self, image: Image.Image, mixing_picture: Image.Image, params: PixMixParams) -> Tensor:
         """Apply already-sampled params (a batch of one) to one image."""
         if params.batch_size != 1 or params.k != self.config.k:
-            raise ValueError(
+            raise PixmixError(
                 f"params must hold one sample with k={self.config.k}, "
-                f"got batch_size={params.batch_size}, k={params.k}"
+                f"got batch_size={params.batch_size}, k={params.k}",
+                param="params",
             )
         p = params.to("cpu")
         names = self.config.op_names
@@ -95,17 +97,20 @@ class PixMix:
     def _check_images(self, image: object, mixing_picture: object) -> None:
         for name, im in (("image", image), ("mixing_picture", mixing_picture)):
             if not isinstance(im, Image.Image):
-                raise ValueError(f"{name} must be a PIL.Image.Image, got {type(im).__name__}")
+                raise PixmixError(f"{name} must be a PIL.Image.Image, got {type(im).__name__}", param=name)
             if im.mode != "RGB":
-                raise ValueError(f"{name} must be an RGB image, got mode {im.mode!r} (use .convert('RGB'))")
+                raise PixmixError(f"{name} must be an RGB image, got mode {im.mode!r} (use .convert('RGB'))",
+                                  param=name)
         assert isinstance(image, Image.Image) and isinstance(mixing_picture, Image.Image)
         if image.size != mixing_picture.size:
-            raise ValueError(
-                f"image and mixing_picture must have the same size, got {image.size} and {mixing_picture.size}"
+            raise PixmixError(
+                f"image and mixing_picture must have the same size, got {image.size} and {mixing_picture.size}",
+                param="mixing_picture",
             )
         if self.image_size is not None and image.size != (self.image_size, self.image_size):
-            raise ValueError(
-                f"image_size is {self.image_size}, but the images are {image.size[0]}x{image.size[1]}"
+            raise PixmixError(
+                f"image_size is {self.image_size}, but the images are {image.size[0]}x{image.size[1]}",
+                param="image",
             )
 
 
@@ -133,22 +138,25 @@ def pixmix_batch(
 
 
 def check_batch(images: object, mixing: object) -> None:
+    """Refuse anything but two uint8 ``[B, 3, H, W]`` tensors of one shape on one device."""
     for name, t in (("images", images), ("mixing", mixing)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise PixmixError(f"{name} must be a torch.Tensor, got {type(t).__name__}", param=name)
         if t.dtype != torch.uint8:
-            raise ValueError(f"{name} must have dtype torch.uint8 (values 0..255), got {t.dtype}")
+            raise PixmixError(f"{name} must have dtype torch.uint8 (values 0..255), got {t.dtype}", param=name)
         if t.dim() != 4 or t.shape[1] != 3:
-            raise ValueError(f"{name} must have shape [B, 3, H, W], got {list(t.shape)}")
+            raise PixmixError(f"{name} must have shape [B, 3, H, W], got {list(t.shape)}", param=name)
         if t.shape[2] < 1 or t.shape[3] < 1:
-            raise ValueError(f"{name} must have non-empty images, got {list(t.shape)}")
+            raise PixmixError(f"{name} must have non-empty images, got {list(t.shape)}", param=name)
     assert isinstance(images, torch.Tensor) and isinstance(mixing, torch.Tensor)
     if images.shape != mixing.shape:
-        raise ValueError(
-            f"images and mixing must have the same shape, got {list(images.shape)} and {list(mixing.shape)}"
+        raise PixmixError(
+            f"images and mixing must have the same shape, got {list(images.shape)} and {list(mixing.shape)}",
+            param="mixing",
         )
     if images.device != mixing.device:
-        raise ValueError(f"images and mixing must be on one device, got {images.device} and {mixing.device}")
+        raise PixmixError(f"images and mixing must be on one device, got {images.device} and {mixing.device}",
+                          param="mixing")
 
 
 # On the CPU, work on chunks of about this many float elements, so that each temporary stays in cache.
@@ -172,8 +180,9 @@ def apply_batch(
     """
     n, c, h, w = images.shape
     if params.batch_size != n or params.k != config.k:
-        raise ValueError(
-            f"params must hold {n} samples with k={config.k}, got {params.batch_size} with k={params.k}"
+        raise PixmixError(
+            f"params must hold {n} samples with k={config.k}, got {params.batch_size} with k={params.k}",
+            param="params",
         )
     p = params.to("cpu")
     fused = (images.is_cuda and mixing.compile_available()) if compile is None else compile
@@ -204,7 +213,8 @@ def _apply_chunk(
     for op_index, count in zip(ops_present.tolist(), op_counts.tolist()):
         s_idx, k_idx = job_sample[begin : begin + count], job_slot[begin : begin + count]
         src = images.index_select(0, to_device(s_idx, dev))
-        augmented.append(batched_ops.apply_op(config.op_names[op_index], src, p.level[s_idx, k_idx], p.negate[s_idx, k_idx]))
+        op_name = config.op_names[op_index]
+        augmented.append(batched_ops.apply_op(op_name, src, p.level[s_idx, k_idx], p.negate[s_idx, k_idx]))
         begin += count
 
     pictures = _Pictures(images, mixing_pics, augmented, pooled=fused or images.is_cuda)

@@ -12,7 +12,6 @@ import torch
 
 from pixmix.augment.config import PAPER_CIFAR, PAPER_IMAGENET
 from pixmix.augment.pixmix import PixMix
-
 from pixmix.augment.transforms import (
     CenterCrop,
     RandomCrop,
@@ -21,6 +20,7 @@ from pixmix.augment.transforms import (
     Resize,
     SeededCompose,
 )
+from pixmix.utils.errors import PixmixError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,8 +74,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (CIFAR, IMAGENET)}
 
 
 def get_recipe(recipe: str | Recipe) -> Recipe:
+    """The recipe named ``recipe`` (a :class:`Recipe` is returned as it is)."""
     if isinstance(recipe, Recipe):
         return recipe
     if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+        raise PixmixError(f"recipe must be one of {sorted(RECIPES)}, got {recipe!r}", param="recipe")
     return RECIPES[recipe]

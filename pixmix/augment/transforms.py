@@ -17,12 +17,14 @@ import abc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, overload
 
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
+
+from pixmix.utils.errors import PixmixError
 
 __all__ = [
     "CenterCrop",
@@ -36,7 +38,7 @@ __all__ = [
     "to_uint8_tensor",
 ]
 
-ImageLike = Union[Image.Image, torch.Tensor]
+ImageLike = Image.Image | torch.Tensor
 Size = tuple[int, int]  # (height, width), the order torchvision's get_size uses
 
 
@@ -53,9 +55,9 @@ class CropParams:
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """Convert a PIL RGB image to a uint8 tensor of shape [3, H, W]."""
     if not isinstance(image, Image.Image):
-        raise ValueError(f"to_uint8_tensor: image must be a PIL image, got {type(image).__name__}")
+        raise PixmixError(f"to_uint8_tensor: image must be a PIL image, got {type(image).__name__}", param="image")
     if image.mode != "RGB":
-        raise ValueError(f"to_uint8_tensor: image mode must be 'RGB', got {image.mode!r}")
+        raise PixmixError(f"to_uint8_tensor: image mode must be 'RGB', got {image.mode!r}", param="image")
     return F.pil_to_tensor(image)
 
 
@@ -73,34 +75,37 @@ def _check_size(owner: str, size: Any) -> Size:
     if _is_int(size):
         size = (size, size)
     if not (isinstance(size, Sequence) and len(size) == 2 and all(_is_int(s) for s in size)):
-        raise ValueError(f"{owner}: size must be an int or a (height, width) pair of ints, got {size!r}")
+        raise PixmixError(f"{owner}: size must be an int or a (height, width) pair of ints, got {size!r}", param="size")
     if min(size) <= 0:
         shown = size[0] if size[0] == size[1] else tuple(size)
-        raise ValueError(f"{owner}: size must be positive, got {shown}")
+        raise PixmixError(f"{owner}: size must be positive, got {shown}", param="size")
     return (size[0], size[1])
 
 
 def _check_range(owner: str, name: str, value: Any) -> tuple[float, float]:
     if not (isinstance(value, Sequence) and len(value) == 2 and all(_is_number(v) for v in value)):
-        raise ValueError(f"{owner}: {name} must be a (min, max) pair of numbers, got {value!r}")
+        raise PixmixError(f"{owner}: {name} must be a (min, max) pair of numbers, got {value!r}", param=name)
     lo, hi = float(value[0]), float(value[1])
     if not 0 < lo <= hi:
-        raise ValueError(f"{owner}: {name} must satisfy 0 < min <= max, got {tuple(value)}")
+        raise PixmixError(f"{owner}: {name} must satisfy 0 < min <= max, got {tuple(value)}", param=name)
     return lo, hi
 
 
 def _check_interpolation(owner: str, interpolation: Any) -> InterpolationMode:
     if not isinstance(interpolation, InterpolationMode):
-        raise ValueError(f"{owner}: interpolation must be an InterpolationMode, got {interpolation!r}")
+        raise PixmixError(f"{owner}: interpolation must be an InterpolationMode, got {interpolation!r}",
+                          param="interpolation")
     return interpolation
 
 
 def _check_generator(owner: str, generator: Any) -> torch.Generator:
     # A seed int passed where a generator belongs would otherwise fail deep inside torch.
     if not isinstance(generator, torch.Generator):
-        raise ValueError(f"{owner}: generator must be a torch.Generator, got {type(generator).__name__}")
+        raise PixmixError(f"{owner}: generator must be a torch.Generator, got {type(generator).__name__}",
+                          param="generator")
     if generator.device.type != "cpu":
-        raise ValueError(f"{owner}: generator must be a CPU torch.Generator, got device {generator.device}")
+        raise PixmixError(f"{owner}: generator must be a CPU torch.Generator, got device {generator.device}",
+                          param="generator")
     return generator
 
 
@@ -119,6 +124,13 @@ class SeededTransform(abc.ABC):
     def output_size(self, size: Size, params: Any) -> Size:
         """(H, W) of the output for an input of ``size`` and these ``params``."""
 
+    # The kernels keep the image type: a PIL image stays one, a tensor stays one.
+    @overload
+    def __call__(self, image: Image.Image, generator: torch.Generator) -> Image.Image: ...
+
+    @overload
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
     def __call__(self, image: ImageLike, generator: torch.Generator) -> ImageLike:
         size = F.get_size(image)
         return self.apply(image, self.sample((size[0], size[1]), generator))
@@ -133,7 +145,7 @@ class RandomHorizontalFlip(SeededTransform):
 
     def __init__(self, p: float = 0.5) -> None:
         if not (_is_number(p) and 0.0 <= p <= 1.0):
-            raise ValueError(f"RandomHorizontalFlip: p must be a number in [0, 1], got {p!r}")
+            raise PixmixError(f"RandomHorizontalFlip: p must be a number in [0, 1], got {p!r}", param="p")
         self.p = float(p)
 
     def sample(self, size: Size, generator: torch.Generator) -> bool:
@@ -158,9 +170,9 @@ class RandomCrop(SeededTransform):
     def __init__(self, size: int | Size, padding: int = 0, fill: int = 0) -> None:
         self.size = _check_size("RandomCrop", size)
         if not (_is_int(padding) and padding >= 0):
-            raise ValueError(f"RandomCrop: padding must be a non-negative int, got {padding!r}")
+            raise PixmixError(f"RandomCrop: padding must be a non-negative int, got {padding!r}", param="padding")
         if not _is_int(fill):
-            raise ValueError(f"RandomCrop: fill must be an int, got {fill!r}")
+            raise PixmixError(f"RandomCrop: fill must be an int, got {fill!r}", param="fill")
         self.padding = padding
         self.fill = fill
 
@@ -169,9 +181,10 @@ class RandomCrop(SeededTransform):
         padded_h, padded_w = size[0] + 2 * self.padding, size[1] + 2 * self.padding
         crop_h, crop_w = self.size
         if padded_h < crop_h or padded_w < crop_w:
-            raise ValueError(
+            raise PixmixError(
                 f"RandomCrop: size {self.size} is larger than the input {tuple(size)} "
-                f"padded by {self.padding} = {(padded_h, padded_w)}"
+                f"padded by {self.padding} = {(padded_h, padded_w)}",
+                param="size",
             )
         # Draw only for axes with slack, in torchvision's order (top, then left), to stay in step with it.
         top = int(torch.randint(0, padded_h - crop_h + 1, size=(), generator=generator)) if padded_h > crop_h else 0
@@ -208,7 +221,7 @@ class RandomResizedCrop(SeededTransform):
         self.ratio = _check_range("RandomResizedCrop", "ratio", ratio)
         self.interpolation = _check_interpolation("RandomResizedCrop", interpolation)
         if not isinstance(antialias, bool):
-            raise ValueError(f"RandomResizedCrop: antialias must be a bool, got {antialias!r}")
+            raise PixmixError(f"RandomResizedCrop: antialias must be a bool, got {antialias!r}", param="antialias")
         self.antialias = antialias
 
     def sample(self, size: Size, generator: torch.Generator) -> CropParams:
@@ -263,13 +276,13 @@ class Resize(SeededTransform):
         antialias: bool = True,
     ) -> None:
         if not _is_int(size):
-            raise ValueError(f"Resize: size must be an int (the shorter side), got {size!r}")
+            raise PixmixError(f"Resize: size must be an int (the shorter side), got {size!r}", param="size")
         if size <= 0:
-            raise ValueError(f"Resize: size must be positive, got {size}")
+            raise PixmixError(f"Resize: size must be positive, got {size}", param="size")
         self.size = size
         self.interpolation = _check_interpolation("Resize", interpolation)
         if not isinstance(antialias, bool):
-            raise ValueError(f"Resize: antialias must be a bool, got {antialias!r}")
+            raise PixmixError(f"Resize: antialias must be a bool, got {antialias!r}", param="antialias")
         self.antialias = antialias
 
     def apply(self, image: ImageLike, params: None) -> ImageLike:
@@ -301,10 +314,12 @@ class SeededCompose(SeededTransform):
 
     def __init__(self, transforms: Sequence[SeededTransform]) -> None:
         if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence):
-            raise ValueError(f"SeededCompose: transforms must be a sequence, got {type(transforms).__name__}")
+            raise PixmixError(f"SeededCompose: transforms must be a sequence, got {type(transforms).__name__}",
+                              param="transforms")
         for i, t in enumerate(transforms):
             if not isinstance(t, SeededTransform):
-                raise ValueError(f"SeededCompose: transforms[{i}] must be a SeededTransform, got {t!r}")
+                raise PixmixError(f"SeededCompose: transforms[{i}] must be a SeededTransform, got {t!r}",
+                                  param="transforms")
         self.transforms = list(transforms)
 
     def sample(self, size: Size, generator: torch.Generator) -> tuple[Any, ...]:
@@ -319,8 +334,9 @@ class SeededCompose(SeededTransform):
 
     def apply(self, image: ImageLike, params: tuple[Any, ...]) -> ImageLike:
         if not (isinstance(params, tuple) and len(params) == len(self.transforms)):
-            raise ValueError(
-                f"SeededCompose: params must be a tuple of {len(self.transforms)} entries, got {params!r}"
+            raise PixmixError(
+                f"SeededCompose: params must be a tuple of {len(self.transforms)} entries, got {params!r}",
+                param="params",
             )
         for t, p in zip(self.transforms, params):
             image = t.apply(image, p)

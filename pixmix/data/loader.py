@@ -10,6 +10,9 @@ Three layers:
 * :class:`ShardLoader` (a DataLoader around the stream) and :func:`finish_batch`, which runs the
   batched PixMix and the normalisation on the training device, in the main process.
 
+Stream and loader share one :class:`LoaderOptions`, validated once; rank and world size not given
+come from :mod:`pixmix.utils.distributed`.
+
 Randomness: the shard order and the skipped samples come from ``(seed, epoch)``; the shuffle buffer
 from ``(seed, epoch, rank, worker)``; a sample's augmentation from ``(seed, epoch, shard, index)``
 alone, so an image does not depend on the number of ranks, workers or the batching.
@@ -20,22 +23,28 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import tarfile
 import warnings
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 
+from pixmix.augment.config import PixMixConfig
 from pixmix.augment.params import PixMixParams, sample_params
 from pixmix.augment.recipes import Recipe, get_recipe
-from pixmix.utils.seeding import derive_seed, generator_for
-from pixmix.data.shards.shard_set import ShardRecord, ShardSet
 from pixmix.augment.transforms import SeededTransform, to_uint8_tensor
+from pixmix.data.shards.shard_set import ShardRecord, ShardSet
+from pixmix.utils.distributed import rank_world
+from pixmix.utils.errors import PixmixError
+from pixmix.utils.seeding import derive_seed, generator_for
 
 log = logging.getLogger("pixmix.data.loader")
 
@@ -64,9 +73,11 @@ class Piece(NamedTuple):
 # --- planning ------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def _check_int(name: str, value: Any, minimum: int, *, param: str | None = "") -> int:
+    """``value``, or a PixmixError naming ``param`` (default: ``name``) when it is not an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise PixmixError(f"{name} must be an integer >= {minimum}, got {value!r}",
+                          param=name if param == "" else param)
     return value
 
 
@@ -87,6 +98,48 @@ def epoch_order(n_shards: int, total: int, *, seed: int, epoch: int, shuffle: bo
     order = list(range(n_shards))
     rng.shuffle(order)
     return order, rng.randrange(total) if total else 0
+
+
+@dataclass(frozen=True)
+class _EpochSequence:
+    """The epoch's samples as one sequence: the shards concatenated in ``order``, rotated by ``offset``.
+
+    Positions at or past ``total`` wrap around to the start (the padding of ``drop_last=False``).
+    """
+
+    counts: Sequence[int]
+    order: Sequence[int]
+    offset: int
+
+    @cached_property
+    def starts(self) -> list[int]:
+        """The position of each ordered shard's first sample."""
+        return list(accumulate((self.counts[shard] for shard in self.order), initial=0))[:-1]
+
+    @cached_property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def pieces(self, lo: int, hi: int) -> list[Piece]:
+        """Positions ``lo`` to ``hi - 1`` as runs of consecutive samples of one shard each."""
+        total, starts = self.total, self.starts
+        out: list[Piece] = []
+        p = lo
+        while p < hi:
+            q = (self.offset + p) % total
+            # bisect_right picks the last shard starting at or before q: empty shards are passed over.
+            j = bisect_right(starts, q) - 1
+            shard, first = self.order[j], starts[j]
+            end_of_part = hi if p >= total else min(hi, total)  # padding gets its own pieces
+            n = min(end_of_part - p, first + self.counts[shard] - q)
+            out.append(Piece(shard, q - first, q - first + n, repeat=p >= total))
+            p += n
+        return out
+
+
+def _worker_runs(n_batches: int, num_workers: int) -> list[tuple[int, int]]:
+    """``[first, last + 1)`` batches of each worker: contiguous runs whose sizes differ by at most one."""
+    return [(w * n_batches // num_workers, (w + 1) * n_batches // num_workers) for w in range(num_workers)]
 
 
 def epoch_assignment(
@@ -114,44 +167,21 @@ def epoch_assignment(
     num_workers = _check_int("num_workers", num_workers, 1)
     _check_int("seed", seed, 0)
     _check_int("epoch", epoch, 0)
-    counts = [_check_int(f"counts[{i}]", c, 0) for i, c in enumerate(counts)]
+    counts = [_check_int(f"counts[{i}]", c, 0, param=None) for i, c in enumerate(counts)]
     total = sum(counts)
     n_batches = batches_per_rank(total, world_size=world_size, batch_size=batch_size, drop_last=drop_last)
     if n_batches == 0:
-        raise ValueError(
+        raise PixmixError(
             f"{total} samples are fewer than world_size * batch_size = {world_size * batch_size}: "
-            "lower batch_size or use drop_last=False"
+            "lower batch_size or use drop_last=False",
+            param="batch_size",
         )
     order, offset = epoch_order(len(counts), total, seed=seed, epoch=epoch, shuffle=shuffle)
-    starts: list[int] = []  # position of each ordered shard's first sample in the sequence
-    position = 0
-    for shard in order:
-        starts.append(position)
-        position += counts[shard]
-
-    def pieces(lo: int, hi: int) -> list[Piece]:
-        out: list[Piece] = []
-        p = lo
-        while p < hi:
-            q = (offset + p) % total
-            # bisect_right picks the last shard starting at or before q: empty shards are passed over.
-            j = bisect_right(starts, q) - 1
-            shard, first = order[j], starts[j]
-            end_of_part = hi if p >= total else min(hi, total)  # padding gets its own pieces
-            n = min(end_of_part - p, first + counts[shard] - q)
-            out.append(Piece(shard, q - first, q - first + n, repeat=p >= total))
-            p += n
-        return out
-
-    span = n_batches * batch_size
-    plan: list[list[list[Piece]]] = []
-    for rank in range(world_size):
-        workers = []
-        for worker in range(num_workers):
-            b0, b1 = worker * n_batches // num_workers, (worker + 1) * n_batches // num_workers
-            workers.append(pieces(rank * span + b0 * batch_size, rank * span + b1 * batch_size))
-        plan.append(workers)
-    return plan
+    sequence = _EpochSequence(counts, order, offset)
+    span = n_batches * batch_size  # samples per rank
+    return [[sequence.pieces(rank * span + b0 * batch_size, rank * span + b1 * batch_size)
+             for b0, b1 in _worker_runs(n_batches, num_workers)]
+            for rank in range(world_size)]
 
 
 # The shuffle buffer holds raw sample bytes: about this much per worker by default.
@@ -203,10 +233,11 @@ class Batch:
         )
 
 
-_CONFIGS: dict[Recipe, Any] = {}
+_CONFIGS: dict[Recipe, PixMixConfig] = {}
 
 
-def _pixmix_config(recipe: Recipe):  # -> PixMixConfig
+def _pixmix_config(recipe: Recipe) -> PixMixConfig:
+    """The recipe's PixMix configuration, built once per recipe (per process)."""
     if recipe not in _CONFIGS:
         _CONFIGS[recipe] = recipe.pixmix().config
     return _CONFIGS[recipe]
@@ -267,7 +298,7 @@ def _sample_offset(path: Path, index: int) -> int:
                 count, last = count + 1, key
                 if count == index:
                     return member.offset
-    raise ValueError(f"has only {count + 1} samples, cannot start at sample {index}")
+    raise PixmixError(f"has only {count + 1} samples, cannot start at sample {index}")
 
 
 def _read_range(path: Path, start: int, stop: int) -> Iterator[dict[str, Any]]:
@@ -306,7 +337,7 @@ def _message(exc: BaseException) -> str:
 
 class _Raw(NamedTuple):
     shard: int  # index into the manifest's shard list
-    index: int  # index in the shard
+    position: int  # index in the shard
     name: str  # the shard's name, for messages
     sample: dict[str, Any]
     repeat: bool
@@ -325,58 +356,118 @@ class _Lost(Exception):
     """A sample that cannot be used (bad image, missing field): dropped and reported."""
 
 
+# --- options -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a :class:`ShardLoader` (and its :class:`ShardStream`) reads a shard set; validated once.
+
+    ``rank`` / ``world_size``: ``None`` asks :mod:`pixmix.utils.distributed` (process group, torchrun,
+    SLURM). ``mode``: ``"views"`` (images as stored, or through ``transform``, which must make them one
+    size), ``"online"`` (plain shards: the recipe's train transform, a picture of ``mixset`` (a ``mixset
+    build`` folder or a sequence of pictures) and PixMix params per sample) or ``"auto"`` (``"online"``
+    for a plain set with a ``mixset``, else ``"views"``). ``num_workers``: the DataLoader's.
+    ``shuffle_buffer``: samples per worker's buffer (``None``: :func:`auto_shuffle_buffer`).
+    :meth:`for_shards` fills in what depends on the shard set and the environment.
+    """
+
+    batch_size: int
+    seed: int = 0
+    rank: int | None = None
+    world_size: int | None = None
+    num_workers: int = 2
+    mode: str = "auto"
+    mixset: str | Path | Sequence[Image.Image] | None = None
+    recipe: str | Recipe = "imagenet"
+    transform: SeededTransform | None = None
+    drop_last: bool = True
+    shuffle: bool = True
+    shuffle_buffer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise PixmixError(f"mode must be one of {MODES}, got {self.mode!r}", param="mode")
+        if self.world_size is not None:
+            _check_int("world_size", self.world_size, 1)
+            rank = self.rank
+            if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)
+                                     or not 0 <= rank < self.world_size):
+                raise PixmixError(f"rank must be an integer in [0, {self.world_size}), got {rank!r}", param="rank")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("num_workers", self.num_workers, 0)
+        if self.shuffle_buffer is not None:
+            _check_int("shuffle_buffer", self.shuffle_buffer, 1)
+        recipe = get_recipe(self.recipe)  # an unknown recipe name fails here, naming the parameter
+        if self.mode == "online":
+            self._check_online(recipe)
+
+    def _check_online(self, recipe: Recipe) -> None:
+        """Mode "online" draws a mixing picture per sample (unless the partners are all augmented inputs)
+        and applies the recipe's own train transform."""
+        if recipe.partners != "augmented":
+            if self.mixset is None:
+                raise PixmixError("mode 'online' needs a mixset (a `mixset build` folder or a sequence of pictures), "
+                                  "unless the recipe's partners are 'augmented'", param="mixset")
+            if not isinstance(self.mixset, (str, os.PathLike)) and len(self.mixset) == 0:
+                raise PixmixError("mixset is empty: PixMix needs at least one mixing picture", param="mixset")
+        if self.transform is not None:
+            raise PixmixError("mode 'online' applies the recipe's train transform; pass transform=None",
+                              param="transform")
+
+    def for_shards(self, shardset: ShardSet) -> LoaderOptions:
+        """These options for reading ``shardset`` here: mode ``"auto"`` resolved, ``rank`` and
+        ``world_size`` filled in from the environment, and the mode checked against the set's kind."""
+        mode = self.mode
+        if mode == "auto":
+            mode = "online" if shardset.kind == "plain" and self.mixset is not None else "views"
+        if mode == "online" and shardset.kind != "plain":
+            raise PixmixError(f"{shardset.folder}: mode 'online' needs a plain shard set, this one is "
+                              f"{shardset.kind!r}", param="mode")
+        rank, world_size = _rank_world(self.rank, self.world_size)
+        return replace(self, mode=mode, rank=rank, world_size=world_size)  # validated again, now complete
+
+
+def _rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Explicit values win; a missing one comes from :func:`pixmix.utils.distributed.rank_world`.
+
+    Each missing value is read on its own (rank 0 fits any world size; any rank fits the largest), so
+    that the pair is checked once, by :class:`LoaderOptions`, whose message names the loader's range.
+    """
+    if world_size is None:
+        world_size = rank_world(0, None)[1]
+    if rank is None:
+        rank = rank_world(None, sys.maxsize)[0]
+    return rank, world_size
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
 class ShardStream(torch.utils.data.IterableDataset):
     """The batches of one rank, made inside DataLoader workers (use ``DataLoader(batch_size=None)``).
 
-    ``mode``: ``"views"`` (images as stored, or through ``transform``, which must make them one size)
-    or ``"online"`` (plain shards: the recipe's train transform, a mixing picture from ``mixset`` and
-    PixMix params per sample; :func:`finish_batch` mixes). ``num_workers`` must match the DataLoader's.
+    ``options``: see :class:`LoaderOptions` (completed for ``shardset`` by :meth:`LoaderOptions.for_shards`);
+    in mode ``"online"`` :func:`finish_batch` mixes. ``options.num_workers`` must match the DataLoader's.
     """
 
-    def __init__(
-        self,
-        shardset: ShardSet,
-        *,
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-        mode: str = "views",
-        mixset: str | Path | Sequence[Image.Image] | None = None,
-        recipe: str | Recipe = "imagenet",
-        transform: SeededTransform | None = None,
-        drop_last: bool = True,
-        shuffle: bool = True,
-        shuffle_buffer: int | None = None,
-        epoch: int = 0,
-    ) -> None:
+    def __init__(self, shardset: ShardSet, options: LoaderOptions, *, epoch: int = 0) -> None:
         super().__init__()
-        if mode not in ("views", "online"):
-            raise ValueError(f"mode must be 'views' or 'online', got {mode!r}")
-        if mode == "online":
-            if shardset.kind != "plain":
-                raise ValueError(f"{shardset.folder}: mode 'online' needs a plain shard set, this one is {shardset.kind!r}")
-            if mixset is None and get_recipe(recipe).partners != "augmented":
-                raise ValueError("mode 'online' needs a mixset (a `mixset build` folder or a sequence of pictures), "
-                                 "unless the recipe's partners are 'augmented'")
-            if transform is not None:
-                raise ValueError("mode 'online' applies the recipe's train transform; pass transform=None")
-        _check_int("world_size", world_size, 1)
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
+        options = options.for_shards(shardset)
+        assert options.rank is not None and options.world_size is not None  # for_shards fills them in
+        self.options = options
         self.shardset = shardset
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.rank, self.world_size = rank, world_size
-        self.workers = max(1, _check_int("num_workers", num_workers, 0))
-        self.mode = mode
-        self.mixset = mixset
-        self.recipe = get_recipe(recipe)
-        self.transform = transform
-        self.drop_last, self.shuffle = drop_last, shuffle
-        self.shuffle_buffer = (auto_shuffle_buffer(shardset) if shuffle_buffer is None
-                               else _check_int("shuffle_buffer", shuffle_buffer, 1))
+        self.batch_size, self.seed = options.batch_size, options.seed
+        self.rank, self.world_size = options.rank, options.world_size
+        self.workers = max(1, options.num_workers)
+        self.mode = options.mode
+        self.mixset = options.mixset
+        self.recipe = get_recipe(options.recipe)
+        self.transform = options.transform
+        self.drop_last, self.shuffle = options.drop_last, options.shuffle
+        self.shuffle_buffer = (auto_shuffle_buffer(shardset) if options.shuffle_buffer is None
+                               else options.shuffle_buffer)
         self._pictures: Sequence[Image.Image] | None = None
         self._train_transform = self.recipe.train_transform()
         self._mixing_transform = self.recipe.mixing_transform()
@@ -400,8 +491,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if workers != self.workers:
-            raise ValueError(f"ShardStream was planned for {self.workers} workers, but runs in {workers}: "
-                             "pass the DataLoader's num_workers")
+            raise PixmixError(f"ShardStream was planned for {self.workers} workers, but runs in {workers}: "
+                              "pass the DataLoader's num_workers", param="num_workers")
         return self._batches(worker)
 
     # Inside one worker.
@@ -441,8 +532,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             pool = self._borrow(pieces, min(shortfall, _REPEAT_POOL))
         if shortfall and not pool:
             names = sorted({self.records[p.shard].name for p in pieces})
-            raise ValueError(f"{self.shardset.folder}: rank {self.rank} worker {worker} read no usable sample "
-                             f"from {', '.join(names)} nor any other shard of the epoch ({'; '.join(errors)})")
+            raise PixmixError(f"{self.shardset.folder}: rank {self.rank} worker {worker} read no usable sample "
+                              f"from {', '.join(names)} nor any other shard of the epoch ({'; '.join(errors)})")
         for i in range(shortfall):
             items.append(self._process(pool[i % len(pool)])._replace(repeat=True))
             substituted += 1
@@ -478,7 +569,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                     yield _Raw(shard_id, piece.start + got, record.name, sample, piece.repeat)
                     got += 1
                 if got < piece.stop - piece.start:
-                    raise ValueError(f"ends after sample {piece.start + got}, the manifest says {record.samples}")
+                    raise PixmixError(f"ends after sample {piece.start + got}, the manifest says {record.samples}")
             except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
                 lost = piece.stop - piece.start - got
                 self._report(errors, record.name, f"{_message(exc)}; lost {lost} of its samples "
@@ -523,9 +614,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         key = str(raw.sample["__key__"])
         if self.mode == "views":
             if self.transform is not None:
-                image = self.transform(image, generator_for(self.seed, self.epoch, raw.shard, raw.index))
+                image = self.transform(image, generator_for(self.seed, self.epoch, raw.shard, raw.position))
             return _Item(image, label, key, raw.repeat, None, None)
-        gen = generator_for(self.seed, self.epoch, raw.shard, raw.index)
+        gen = generator_for(self.seed, self.epoch, raw.shard, raw.position)
         # The same draw order as PixMixTransform: train transform, picture index, picture transform, PixMix.
         image = self._train_transform(image, gen)
         if self.recipe.partners == "augmented":  # no mixing set: every partner is an augmented input
@@ -545,9 +636,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
                 self._pictures = MixingShards(self.mixset)
             else:
-                assert self.mixset is not None
-                if len(self.mixset) == 0:
-                    raise ValueError("mixset is empty: PixMix needs at least one mixing picture")
+                assert self.mixset is not None  # LoaderOptions refuses mode "online" without pictures
                 self._pictures = self.mixset
         return self._pictures
 
@@ -555,7 +644,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         sizes = {tuple(it.image.shape) for it in items}
         if len(sizes) > 1:
             shown = ", ".join(f"{s[1]}x{s[2]}" for s in sorted(sizes)[:4])
-            raise ValueError(
+            raise PixmixError(
                 f"{self.shardset.folder}: images of different sizes in one batch ({shown}): mode 'views' needs "
                 "same-size images; use mode='online' with a mixset, or a transform such as recipe.test_transform()"
             )
@@ -586,26 +675,19 @@ class StreamStats:
 
 
 def default_rank_world() -> tuple[int, int]:
-    """(rank, world size): from torch.distributed if initialised, else torchrun's RANK/WORLD_SIZE, else
-    SLURM's SLURM_PROCID/SLURM_NTASKS, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    env = os.environ
-    try:
-        return (int(env.get("RANK", env.get("SLURM_PROCID", "0"))),
-                int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1"))))
-    except ValueError as exc:
-        raise ValueError(f"environment RANK/WORLD_SIZE (or SLURM_PROCID/SLURM_NTASKS) must be integers ({exc})") from exc
+    """(rank, world size): explicit in nothing, so from :mod:`pixmix.utils.distributed` (the process
+    group, torchrun's RANK/WORLD_SIZE, SLURM's SLURM_PROCID/SLURM_NTASKS, else (0, 1))."""
+    return _rank_world()
 
 
 class ShardLoader:
     """Batches of a shard set for one rank: ``for batch in loader`` then :func:`finish_batch`.
 
-    ``mode="auto"``: ``"online"`` for a plain set with a ``mixset``, else ``"views"``. Call
-    :meth:`set_epoch` before each epoch; pixmix sets read view ``epoch % views``. Evaluation:
-    ``shuffle=False, drop_last=False`` (listed shard order; ``batch.repeat`` marks the padding).
+    The keyword arguments are the fields of :class:`LoaderOptions` (or use :meth:`from_options`);
+    ``pin_memory`` (default: when CUDA is available) is the DataLoader's. ``mode="auto"``:
+    ``"online"`` for a plain set with a ``mixset``, else ``"views"``. Call :meth:`set_epoch` before
+    each epoch; pixmix sets read view ``epoch % views``. Evaluation: ``shuffle=False,
+    drop_last=False`` (listed shard order; ``batch.repeat`` marks the padding).
     """
 
     def __init__(
@@ -626,22 +708,31 @@ class ShardLoader:
         shuffle_buffer: int | None = None,
         pin_memory: bool | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.shardset = ShardSet.load(folder)
-        default_rank, default_world = default_rank_world()
-        rank = default_rank if rank is None else rank
-        world_size = default_world if world_size is None else world_size
-        if mode == "auto":
-            mode = "online" if self.shardset.kind == "plain" and mixset is not None else "views"
-        self.num_workers = _check_int("num_workers", num_workers, 0)
-        self.stream = ShardStream(
-            self.shardset, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-            num_workers=num_workers, mode=mode, mixset=mixset, recipe=recipe, transform=transform,
-            drop_last=drop_last, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+        options = LoaderOptions(
+            batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers, mode=mode,
+            mixset=mixset, recipe=recipe, transform=transform, drop_last=drop_last, shuffle=shuffle,
+            shuffle_buffer=shuffle_buffer,
         )
+        self._open(folder, options, pin_memory)
+
+    @classmethod
+    def from_options(cls, folder: str | Path, options: LoaderOptions, *, pin_memory: bool | None = None) -> ShardLoader:
+        """The loader of ``folder`` with already validated options."""
+        loader = cls.__new__(cls)
+        loader._open(folder, options, pin_memory)
+        return loader
+
+    def _open(self, folder: str | Path, options: LoaderOptions, pin_memory: bool | None) -> None:
+        self.shardset = ShardSet.load(folder)
+        self.stream = ShardStream(self.shardset, options)
+        self.num_workers = options.num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.stats = StreamStats()
+
+    @property
+    def options(self) -> LoaderOptions:
+        """The options in force: mode, rank and world size resolved."""
+        return self.stream.options
 
     @property
     def epoch(self) -> int:
@@ -680,6 +771,7 @@ class ShardLoader:
 
 __all__ = [
     "Batch",
+    "LoaderOptions",
     "Piece",
     "ShardLoader",
     "ShardStream",

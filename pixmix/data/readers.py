@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pixmix.data.images import IMAGE_SUFFIXES, load_rgb
 from pixmix.data.benchmarks import CORRUPTIONS
+from pixmix.data.images import IMAGE_SUFFIXES, load_rgb
+from pixmix.utils.errors import PixmixError
 
 CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
@@ -45,15 +46,16 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def _load_batch(path: Path) -> dict:
+    """One CIFAR python batch, unpickled with the allow-list above."""
     try:
         with open(path, "rb") as fh:
             data = _SafeUnpickler(fh, encoding="bytes").load()
     except FileNotFoundError as exc:
-        raise ValueError(f"{path} not found: point --data at the folder that holds it") from exc
+        raise PixmixError(f"{path} not found: point --data at the folder that holds it") from exc
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise ValueError(f"{path}: not a CIFAR python batch ({exc}); re-download it") from exc
+        raise PixmixError(f"{path}: not a CIFAR python batch ({exc}); re-download it") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a CIFAR python batch (a {type(data).__name__}, not a dict)")
+        raise PixmixError(f"{path}: not a CIFAR python batch (a {type(data).__name__}, not a dict)")
     return data
 
 
@@ -73,21 +75,21 @@ class CIFAR(_ArrayDataset):
 
     def __init__(self, root: str | Path, name: str = "cifar10", train: bool = True) -> None:
         if name not in CIFAR_LAYOUT:
-            raise ValueError(f"name must be one of {sorted(CIFAR_LAYOUT)}, got {name!r}")
+            raise PixmixError(f"name must be one of {sorted(CIFAR_LAYOUT)}, got {name!r}", param="name")
         folder, train_files, test_files, label_key, classes = CIFAR_LAYOUT[name]
         base = Path(root) / folder
         if not base.is_dir():
-            raise ValueError(f"{base} does not exist: expected the extracted {name} python batches under {root}")
+            raise PixmixError(f"{base} does not exist: expected the extracted {name} python batches under {root}")
         images, labels = [], []
         for file in train_files if train else test_files:
             path = base / file
             batch = _load_batch(path)
             data, lab = batch.get(b"data"), batch.get(label_key)
             if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-                raise ValueError(f"{path}: b'data' must be a uint8 array [N, 3072]")
+                raise PixmixError(f"{path}: b'data' must be a uint8 array [N, 3072]")
             lab = np.asarray(lab, dtype=np.int64)
             if lab.shape != (data.shape[0],) or lab.min(initial=0) < 0 or lab.max(initial=0) >= classes:
-                raise ValueError(f"{path}: {label_key!r} must hold {data.shape[0]} labels in [0, {classes})")
+                raise PixmixError(f"{path}: {label_key!r} must hold {data.shape[0]} labels in [0, {classes})")
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(lab)
         self.images = np.ascontiguousarray(np.concatenate(images))
@@ -103,20 +105,20 @@ class CIFARCorrupted(_ArrayDataset):
 
     def __init__(self, root: str | Path, name: str, corruption: str, severity: int) -> None:
         if name not in CORRUPTED_LAYOUT:
-            raise ValueError(f"name must be one of {sorted(CORRUPTED_LAYOUT)}, got {name!r}")
+            raise PixmixError(f"name must be one of {sorted(CORRUPTED_LAYOUT)}, got {name!r}", param="name")
         if corruption not in CORRUPTIONS:
-            raise ValueError(f"corruption must be one of {list(CORRUPTIONS)}, got {corruption!r}")
+            raise PixmixError(f"corruption must be one of {list(CORRUPTIONS)}, got {corruption!r}", param="corruption")
         if severity not in (1, 2, 3, 4, 5):
-            raise ValueError(f"severity must be 1..5, got {severity!r}")
+            raise PixmixError(f"severity must be 1..5, got {severity!r}", param="severity")
         folder = Path(root) / CORRUPTED_LAYOUT[name]
         images = load_npy(folder / f"{corruption}.npy")
         labels = load_npy(folder / "labels.npy")
         per = images.shape[0] // 5 if images.shape[0] % 5 == 0 else 0
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or per == 0:
-            raise ValueError(f"{folder / (corruption + '.npy')}: expected uint8 [5*N, 32, 32, 3], got "
+            raise PixmixError(f"{folder / (corruption + '.npy')}: expected uint8 [5*N, 32, 32, 3], got "
                              f"{images.dtype} {list(images.shape)}")
         if labels.shape[0] not in (per, 5 * per):
-            raise ValueError(f"{folder / 'labels.npy'}: {labels.shape[0]} labels for {per} images per severity")
+            raise PixmixError(f"{folder / 'labels.npy'}: {labels.shape[0]} labels for {per} images per severity")
         rows = slice((severity - 1) * per, severity * per)
         self.images = images[rows]
         self.labels = np.asarray(labels[rows] if labels.shape[0] == 5 * per else labels, dtype=np.int64)
@@ -124,13 +126,13 @@ class CIFARCorrupted(_ArrayDataset):
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """A memory-mapped ``.npy`` array, never unpickled; one-line ValueError naming the file otherwise."""
+    """A memory-mapped ``.npy`` array, never unpickled; one-line PixmixError naming the file otherwise."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle object arrays
     except FileNotFoundError as exc:
-        raise ValueError(f"{path} not found: point --data at the folder that holds it") from exc
+        raise PixmixError(f"{path} not found: point --data at the folder that holds it") from exc
     except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npy array ({exc}); re-download it") from exc
+        raise PixmixError(f"{path}: not a readable .npy array ({exc}); re-download it") from exc
 
 
 @dataclass(frozen=True)
@@ -148,10 +150,10 @@ class ClassFolders(Sequence[tuple[Image.Image, int]]):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise ValueError(f"{self.root} does not exist or is not a folder of class folders")
+            raise PixmixError(f"{self.root} does not exist or is not a folder of class folders")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         if not self.classes:
-            raise ValueError(f"{self.root} holds no class folders (expected root/<class>/<image>)")
+            raise PixmixError(f"{self.root} holds no class folders (expected root/<class>/<image>)")
         self.class_to_index = {name: i for i, name in enumerate(self.classes)}
         self.items = [
             ClassFolderItem(p, self.class_to_index[name])
@@ -160,7 +162,7 @@ class ClassFolders(Sequence[tuple[Image.Image, int]]):
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         ]
         if not self.items:
-            raise ValueError(f"{self.root}: no images under its class folders ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise PixmixError(f"{self.root}: no images under its class folders ({', '.join(sorted(IMAGE_SUFFIXES))})")
 
     def __len__(self) -> int:
         return len(self.items)

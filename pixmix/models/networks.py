@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixmix.utils.errors import PixmixError
+
 
 class _WideBlock(nn.Module):
     """Pre-activation basic block: BN-ReLU-conv3x3-(dropout)-BN-ReLU-conv3x3, 1x1 projection when the shape changes."""
@@ -43,7 +45,7 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int = 40, widen: int = 4, num_classes: int = 100, dropout: float = 0.3) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(f"WideResNet depth must be 6n + 4 (e.g. 16, 28, 40), got {depth}")
+            raise PixmixError(f"WideResNet depth must be 6n + 4 (e.g. 16, 28, 40), got {depth}", param="depth")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
@@ -97,10 +99,11 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
         return resnet50(weights=None, num_classes=num_classes)
     if arch == "smoke":
         return SmokeNet(num_classes, width=int(kwargs.get("width", 16)))
-    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    raise PixmixError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}", param="arch")
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameters (weights) of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 

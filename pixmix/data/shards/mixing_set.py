@@ -15,6 +15,7 @@ from PIL import Image
 
 from pixmix.data.images import open_image
 from pixmix.data.shards.tar import MemberRef, index_shard, read_member
+from pixmix.utils.errors import PixmixError
 
 IMAGE_FIELDS = ("png", "jpg", "webp")
 MANIFEST_FORMAT = "pixmix-mixset"  # what mixset build writes; the reader checks it
@@ -30,22 +31,28 @@ class MixingShards(Sequence[Image.Image]):
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{manifest_path}: not a readable mixset manifest ({exc}); build it with mixset build") from exc
+            raise PixmixError(f"{manifest_path}: not a readable mixset manifest ({exc}); "
+                              "build it with mixset build") from exc
         if manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{manifest_path}: not a {MANIFEST_FORMAT} manifest")
-        self.refs: list[MemberRef] = []
-        for entry in manifest["shards"]:
-            for key, fields in index_shard(self.folder / entry["name"]):
-                image = next((f for f in IMAGE_FIELDS if f in fields), None)
-                if image is None:
-                    continue
-                if sources is not None:
-                    source = json.loads(read_member(fields["json"]))["source"]
-                    if source not in sources:
-                        continue
-                self.refs.append(fields[image])
+            raise PixmixError(f"{manifest_path}: not a {MANIFEST_FORMAT} manifest")
+        self.refs: list[MemberRef] = [ref for entry in manifest["shards"]
+                                      for ref in self._pictures(self.folder / entry["name"], sources)]
         if not self.refs:
-            raise ValueError(f"{self.folder}: no pictures{' of ' + ','.join(sources) if sources else ''} in this mixing set")
+            of = " of " + ",".join(sources) if sources else ""
+            raise PixmixError(f"{self.folder}: no pictures{of} in this mixing set")
+
+    @staticmethod
+    def _pictures(shard: Path, sources: Sequence[str] | None) -> list[MemberRef]:
+        """Where the image field of each sample of ``shard`` lies (of the given sources only, if any)."""
+        refs = []
+        for _key, fields in index_shard(shard):
+            image = next((f for f in IMAGE_FIELDS if f in fields), None)
+            if image is None:
+                continue
+            if sources is not None and json.loads(read_member(fields["json"]))["source"] not in sources:
+                continue
+            refs.append(fields[image])
+        return refs
 
     def __len__(self) -> int:
         return len(self.refs)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pixmix.utils.errors import PixmixError
+
 SHARDS_FORMAT = "pixmix-shards"
 SHARDS_VERSION = 1
 KINDS = ("plain", "pixmix", "corrupted")
@@ -55,27 +57,27 @@ class ShardSet:
 
     @classmethod
     def load(cls, folder: str | Path) -> ShardSet:
-        """Read and check ``folder/manifest.json``; one-line ValueError if it is not a finished shard set."""
+        """Read and check ``folder/manifest.json``; one-line PixmixError if it is not a finished shard set."""
         folder = Path(folder)
         path = folder / "manifest.json"
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError as exc:
-            raise ValueError(f"{path} not found: is {folder} a finished `mixset shard` output? "
+            raise PixmixError(f"{path} not found: is {folder} a finished `mixset shard` output? "
                              "(re-run the command, or `mixset shard merge`, to finish it)") from exc
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: unreadable manifest ({exc})") from exc
+            raise PixmixError(f"{path}: unreadable manifest ({exc})") from exc
         if raw.get("format") != SHARDS_FORMAT or raw.get("version") != SHARDS_VERSION:
-            raise ValueError(f"{path}: not a {SHARDS_FORMAT} v{SHARDS_VERSION} manifest "
+            raise PixmixError(f"{path}: not a {SHARDS_FORMAT} v{SHARDS_VERSION} manifest "
                              f"(format={raw.get('format')!r}, version={raw.get('version')!r})")
         try:
             shards = tuple(ShardRecord(**s) for s in raw["shards"])
             result = cls(folder=folder, kind=raw["kind"], views=int(raw["views"]), classes=tuple(raw["classes"]),
                          image_field=raw["image_field"], shards=shards, config=dict(raw["config"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: malformed manifest ({exc!r})") from exc
+            raise PixmixError(f"{path}: malformed manifest ({exc!r})") from exc
         if result.kind not in KINDS or result.views < 1 or not result.shards:
-            raise ValueError(f"{path}: malformed manifest (kind={result.kind!r}, views={result.views}, "
+            raise PixmixError(f"{path}: malformed manifest (kind={result.kind!r}, views={result.views}, "
                              f"{len(result.shards)} shards)")
         return result
 

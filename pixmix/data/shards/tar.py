@@ -16,6 +16,9 @@ import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from pixmix.utils.errors import PixmixError
 
 FIXED_MTIME = 0
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -31,14 +34,14 @@ class Sample:
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.key):
-            raise ValueError(f"sample key {self.key!r} must use only letters, digits, '_' and '-' (no dots)")
+            raise PixmixError(f"sample key {self.key!r} must use only letters, digits, '_' and '-' (no dots)")
         if not self.fields:
-            raise ValueError(f"sample {self.key!r} has no fields")
+            raise PixmixError(f"sample {self.key!r} has no fields")
         for name, value in self.fields.items():
             if not _FIELD.match(name):
-                raise ValueError(f"sample {self.key!r}: field name {name!r} must be lower-case letters/digits")
+                raise PixmixError(f"sample {self.key!r}: field name {name!r} must be lower-case letters/digits")
             if not isinstance(value, (bytes, bytearray)):
-                raise ValueError(f"sample {self.key!r}: field {name!r} must be bytes, got {type(value).__name__}")
+                raise PixmixError(f"sample {self.key!r}: field {name!r} must be bytes, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class ShardInfo:
     bytes: int
     sha256: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -68,7 +71,7 @@ def write_shard(path: Path, samples: Iterable[Sample], root: Path | None = None)
         with wds.TarWriter(fh, user="", group="", mode=0o644, encoder=False, mtime=FIXED_MTIME) as writer:
             for sample in samples:
                 if sample.key in seen:
-                    raise ValueError(f"{path}: duplicate sample key {sample.key!r}")
+                    raise PixmixError(f"{path}: duplicate sample key {sample.key!r}")
                 seen.add(sample.key)
                 writer.write({"__key__": sample.key, **dict(sample.fields)})
                 count += 1
@@ -81,6 +84,7 @@ def write_shard(path: Path, samples: Iterable[Sample], root: Path | None = None)
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
+    """``(sha256 hex digest, size in bytes)`` of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -106,14 +110,14 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 def iter_shard(path: Path) -> Iterator[Sample]:
-    """The samples of one shard, in order. Raises ValueError (one line, naming the shard) if broken."""
+    """The samples of one shard, in order. Raises PixmixError (one line, naming the shard) if broken."""
     try:
         with tarfile.open(path, "r:") as tar:
             key: str | None = None
             fields: dict[str, bytes] = {}
             for member in tar:
                 if not member.isfile():
-                    raise ValueError(f"{path}: member {member.name!r} is not a regular file")
+                    raise PixmixError(f"{path}: member {member.name!r} is not a regular file")
                 k, field = _split_member(member.name)
                 if key is not None and k != key:
                     yield Sample(key, fields)
@@ -125,7 +129,7 @@ def iter_shard(path: Path) -> Iterator[Sample]:
             if key is not None:
                 yield Sample(key, fields)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ValueError(f"{path}: unreadable shard ({exc}); delete it and re-run the build to rewrite it") from exc
+        raise PixmixError(f"{path}: unreadable shard ({exc}); delete it and re-run the build to rewrite it") from exc
 
 
 def index_shard(path: Path) -> list[tuple[str, dict[str, MemberRef]]]:
@@ -141,20 +145,21 @@ def index_shard(path: Path) -> list[tuple[str, dict[str, MemberRef]]]:
                     out.append((key, {}))
                 out[-1][1][field] = MemberRef(path, member.offset_data, member.size)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ValueError(f"{path}: unreadable shard ({exc})") from exc
+        raise PixmixError(f"{path}: unreadable shard ({exc})") from exc
     return out
 
 
 def read_member(ref: MemberRef) -> bytes:
+    """The bytes of one member, read at its offset (a short read is a truncated shard)."""
     with open(ref.shard, "rb") as fh:
         fh.seek(ref.offset)
         data = fh.read(ref.size)
     if len(data) != ref.size:
-        raise ValueError(f"{ref.shard}: truncated at byte {ref.offset + len(data)}")
+        raise PixmixError(f"{ref.shard}: truncated at byte {ref.offset + len(data)}")
     return data
 
 
-def to_bytes(image, fmt: str, quality: int = 90) -> bytes:
+def to_bytes(image: Any, fmt: str, quality: int = 90) -> bytes:
     """Encode a PIL image once, deterministically (no timestamps or text chunks)."""
     buf = io.BytesIO()
     if fmt == "png":
@@ -164,5 +169,5 @@ def to_bytes(image, fmt: str, quality: int = 90) -> bytes:
     elif fmt == "webp":
         image.save(buf, format="WEBP", quality=quality, method=4)
     else:
-        raise ValueError(f"image format must be png, jpg or webp, got {fmt!r}")
+        raise PixmixError(f"image format must be png, jpg or webp, got {fmt!r}", param="fmt")
     return buf.getvalue()
