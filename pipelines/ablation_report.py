@@ -64,6 +64,7 @@ def collect(stage: Stage) -> dict[str, Any]:
 
 
 def markdown(results: Mapping[str, Any]) -> str:
+    """``results.md``: the table (ours beside the paper's in every column), the variants and the notes."""
     header = [results["column"], "Variant"]
     for key in KEYS:
         arrow = "↓" if LOWER_IS_BETTER[key] else "↑"
@@ -143,6 +144,7 @@ def plot(results: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def write(results: Mapping[str, Any], folder: Path) -> dict[str, Path]:
+    """``results.json``, ``results.md`` and ``results.png`` in ``folder``: their paths by suffix."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "results.json", "md": folder / "results.md", "png": folder / "results.png"}
     write_json(paths["json"], json_safe(results), sort_keys=False)
@@ -152,6 +154,7 @@ def write(results: Mapping[str, Any], folder: Path) -> dict[str, Path]:
 
 
 def run_report(stage: Stage, ctx: Any) -> dict[str, Any]:
+    """The report stage's executor: the results of its evaluations, written into its folder."""
     paths = write(collect(stage), stage.folder)
     return {k: str(v) for k, v in paths.items()}
 

@@ -20,6 +20,8 @@ STAMP = "stage.json"
 
 @dataclass(eq=False)
 class Stage:
+    """One node of the graph: what it computes (kind, config, inputs), how (options) and where (folder)."""
+
     kind: str
     name: str
     config: dict[str, Any]
@@ -32,19 +34,23 @@ class Stage:
 
     @property
     def id(self) -> str:
+        """``kind/folder-name`` (or ``kind/name (external)``): how logs and errors name the stage."""
         return f"{self.kind}/{self.folder.name}" if not self.external else f"{self.kind}/{self.name} (external)"
 
     @property
     def stamp(self) -> Path:
+        """``stage.json``: written last, when the stage is done."""
         return self.folder / STAMP
 
     def read_stamp(self) -> dict[str, Any] | None:
+        """The stamp, or None when missing or unreadable."""
         try:
             return json.loads(self.stamp.read_text())
         except (OSError, json.JSONDecodeError):
             return None
 
     def up_to_date(self) -> bool:
+        """Whether the stage is done for its current hash (the user's own data always is)."""
         if self.external:
             return True
         stamp = self.read_stamp()
@@ -52,6 +58,7 @@ class Stage:
 
 
 def stage_hash(kind: str, config: dict[str, Any], inputs: dict[str, Stage]) -> str:
+    """sha256 of the kind, its executor's version, the config and the inputs' hashes."""
     payload = {"kind": kind, "version": STAGE_VERSIONS[kind], "config": config,
                "inputs": {role: s.hash for role, s in sorted(inputs.items())}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.graph import STAGE_VERSIONS, Stage, stage_hash
 from pipelines.spec import (
     NATURAL,
     Pipeline,
@@ -35,11 +36,13 @@ from pipelines.spec import (
     load,
     parse_overrides,
 )
-from pipelines.graph import STAGE_VERSIONS, STAMP, Stage, stage_hash
 from pipelines.stages import NATURAL_PLACEHOLDER, Context, Launch
 from pixmix.utils.jsonfiles import write_json
 
 HOW = ("workers", "device", "launcher")  # options that never change a stage's output: not hashed
+# Not pixmix.data.images.IMAGE_SUFFIXES (an unordered set, with .gif): this ordered tuple is written into the
+# natural-images manifest's include globs, which are part of the build stage's hash, so sharing it would re-key
+# (and rebuild) every cached natural mixing set.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DATA_LAYOUT = {
     "cifar100": ("cifar-100-python", ("train", "test"), "CIFAR-100-C", ("CIFAR-100-C-Bar", "CIFAR-100-P", "ood")),
@@ -50,6 +53,8 @@ DATA_LAYOUT = {
 
 @dataclass
 class VariantPlan:
+    """A variant's stages by kind, or why it cannot run here."""
+
     variant: Variant
     stages: dict[str, Stage] = field(default_factory=dict)
     skipped: str | None = None  # why the variant cannot run here
@@ -57,6 +62,8 @@ class VariantPlan:
 
 @dataclass
 class Plan:
+    """Every stage of a pipeline, ordered, with the variants and the report."""
+
     pipeline: Pipeline
     work: Path
     cache: Path
@@ -151,7 +158,8 @@ def select_manifests(sources: Sequence[str], manifests: str) -> tuple[list[str],
             found.append(path.name)
             texts[path.name] = text
         if not found:
-            return [], {}, f"no manifest in {folder} declares source {s!r}" + (" (remote archives left out)" if offline else "")
+            left_out = " (remote archives left out)" if offline else ""
+            return [], {}, f"no manifest in {folder} declares source {s!r}{left_out}"
     if NATURAL in sources:
         texts["zz-natural-images.toml"] = _natural_manifest()
     return list(dict.fromkeys(sources)), texts, None
@@ -168,6 +176,7 @@ class _Planner:
 
     def add(self, kind: str, name: str, config: dict[str, Any], inputs: dict[str, Stage], options: dict[str, Any],
             variant: str, external: Path | None = None) -> Stage:
+        """The stage of this kind and hash: a new one, or the one another variant already shares."""
         h = stage_hash(kind, config, inputs)
         stage = self.stages.get((kind, h))
         if stage is None:
@@ -197,6 +206,7 @@ class _Planner:
         return source
 
     def data(self, v: Variant, source: Path | None) -> Stage:
+        """The training and evaluation data: generated, or the user's folder (keyed by its fingerprint)."""
         o = v.options
         if source is None:
             config = {"dataset": o["dataset"], "train_images": o["train_images"], "test_images": o["test_images"],
@@ -222,6 +232,7 @@ class _Planner:
         return folder
 
     def natural(self, v: Variant, source: Path | None) -> Stage:
+        """The natural images: the generated stand-in, or the user's folder (keyed by its fingerprint)."""
         o = v.options
         if source is None:
             return self.add("natural", "natural-images", {"count": o["natural_images"], "seed": o["seed"]}, {}, o,
@@ -229,80 +240,146 @@ class _Planner:
         return self.add("natural", "natural-images", {"fingerprint": fingerprint(source)}, {}, o, v.name,
                         external=source)
 
-    def variant(self, v: Variant) -> VariantPlan:
-        from pipelines.stages import train_config
+    def mixset_sources(self, v: Variant, build: bool, generated_data: bool) -> _Sources | str:
+        """What the variant's mixing set is built from, or why it cannot be built here."""
+        if not build:
+            return _Sources([], {}, None)
+        library, texts, reason = select_manifests(v.sources, v.options["manifests"])
+        if reason is not None:
+            return reason
+        natural_source = None
+        if NATURAL in v.sources:
+            natural = self.natural_source(v, generated_data)
+            if isinstance(natural, str):
+                return natural
+            natural_source = natural
+        return _Sources(library, texts, natural_source)
+
+    def preset(self, v: Variant) -> str:
+        """The training preset: a ``*-baseline`` one for the baseline, a PixMix one for the others."""
         from pixmix.train.trainer import PRESETS
 
-        o, vp, kinds = v.options, VariantPlan(v), self.pipeline.stages
-        if o["dataset"] not in DATA_LAYOUT:
-            raise PipelineError(f"{v.name}: option dataset must be one of {', '.join(DATA_LAYOUT)}, got {o['dataset']!r}")
-        data_source = self.data_source(v)
-        # First whether the variant can run here at all (nothing is added to the plan for one that cannot).
-        build = v.needs_mixset and "build" in kinds
-        library, texts, reason = select_manifests(v.sources, o["manifests"]) if build else ([], {}, None)
-        natural_source: Path | str | None = None
-        if reason is None and build and NATURAL in v.sources:
-            natural_source = self.natural_source(v, data_source is None)
-            if isinstance(natural_source, str):
-                reason = natural_source
-        if reason is not None:
-            vp.skipped = reason
-            return vp
-        preset = o["baseline_preset"] if v.baseline else o["preset"]
-        if "train" in kinds and (preset not in PRESETS or PRESETS[preset].pixmix == v.baseline):
+        preset = str(v.options["baseline_preset"] if v.baseline else v.options["preset"])
+        if "train" in self.pipeline.stages and (preset not in PRESETS or PRESETS[preset].pixmix == v.baseline):
             want = "a *-baseline preset" if v.baseline else "a PixMix preset (not *-baseline)"
             raise PipelineError(f"{v.name}: needs {want}, got {preset!r} (presets: {', '.join(PRESETS)})")
+        return preset
 
-        vp.stages["data"] = data = self.data(v, data_source)
-        mixset = None
-        if build:
-            inputs: dict[str, Stage] = {}
-            if NATURAL in v.sources:
-                assert not isinstance(natural_source, str)
-                inputs["natural"] = vp.stages["natural"] = self.natural(v, natural_source)
-            config: dict[str, Any] = {"sources": list(v.sources), "library_sources": library, "limit": o["limit"],
-                                      "image_size": o["image_size"], "shard_size": o["shard_size"], "seed": o["seed"],
-                                      "manifests": texts, "allow_degraded": o["allow_degraded"]}
-            if "fvis" in v.sources:
-                config["fvis"] = {"models": o["fvis_models"], "steps": o["fvis_steps"], "size": o["fvis_size"],
-                                  "batch": o["fvis_batch"], "weights": o["fvis_weights"]}
-            vp.stages["build"] = mixset = self.add("build", "+".join(v.sources), config, inputs, o, v.name)
-        if "shard" not in kinds:
-            return vp
-        if o["mixing"] not in ("pregenerated", "online"):
-            raise PipelineError(f"{v.name}: option mixing must be 'pregenerated' or 'online', got {o['mixing']!r}")
-        online = o["mixing"] == "online" and not v.baseline
+    def build(self, v: Variant, vp: VariantPlan, sources: _Sources) -> Stage:
+        """The mixing set (and its natural images, when it has them)."""
+        o = v.options
+        inputs: dict[str, Stage] = {}
+        if NATURAL in v.sources:
+            inputs["natural"] = vp.stages["natural"] = self.natural(v, sources.natural)
+        config: dict[str, Any] = {"sources": list(v.sources), "library_sources": sources.library, "limit": o["limit"],
+                                  "image_size": o["image_size"], "shard_size": o["shard_size"], "seed": o["seed"],
+                                  "manifests": sources.manifests, "allow_degraded": o["allow_degraded"]}
+        if "fvis" in v.sources:
+            config["fvis"] = {"models": o["fvis_models"], "steps": o["fvis_steps"], "size": o["fvis_size"],
+                              "batch": o["fvis_batch"], "weights": o["fvis_weights"]}
+        return self.add("build", "+".join(v.sources), config, inputs, o, v.name)
+
+    def shard(self, v: Variant, data: Stage, mixset: Stage | None) -> Stage:
+        """The training shards: pre-generated PixMix views, or plain ones (baseline, online mixing)."""
+        o = v.options
         # Online mixing trains every PixMix variant on the same plain shards (one stage, shared with the
         # baseline's): the mixing set and partners go to the training stage instead.
-        pixmix = not v.baseline and not online
+        pixmix = not v.baseline and not _online(v)
         config = {"dataset": o["dataset"], "pixmix": pixmix, "views": o["views"] if pixmix else 1,
                   "partners": v.partners if pixmix else None, "k": o["k"] if pixmix else None,
                   "beta": o["beta"] if pixmix else None, "severity": o["severity"] if pixmix else None,
                   "shard_samples": o["shard_samples"], "limit": o["train_limit"], "seed": o["seed"]}
         inputs = {"data": data} | ({"mixset": mixset} if mixset is not None and pixmix else {})
-        vp.stages["shard"] = shard = self.add("shard", v.name if pixmix else "plain", config, inputs, o, v.name)
-        if "train" not in kinds:
-            return vp
+        return self.add("shard", v.name if pixmix else "plain", config, inputs, o, v.name)
+
+    def train(self, v: Variant, preset: str, shard: Stage, mixset: Stage | None) -> Stage:
+        """The training run, keyed by its resolved configuration."""
+        from pipelines.stages import train_config
+
+        o = v.options
         self.launch.uses_torchrun(o["launcher"])  # an impossible launcher fails now, not after hours of stages
-        config = {"preset": preset, "epochs": o["epochs"], "batch_size": o["batch_size"], "lr": o["lr"],
-                  "seed": o["seed"]}
-        train_inputs: dict[str, Stage] = {"shard": shard}
-        if online:
+        config: dict[str, Any] = {"preset": preset, "epochs": o["epochs"], "batch_size": o["batch_size"],
+                                  "lr": o["lr"], "seed": o["seed"]}
+        inputs: dict[str, Stage] = {"shard": shard}
+        if _online(v):
             config.update(mixing="online", partners=v.partners, k=o["k"], beta=o["beta"], severity=o["severity"])
             if mixset is not None:
-                train_inputs["mixset"] = mixset
+                inputs["mixset"] = mixset
         resolved = train_config(config, o).to_json()
         # Loader workers each read their own range and shuffle it: their number decides the data order, so
         # it is part of a training stage's identity (unlike device, which changes rounding only).
         config["resolved"] = {k: val for k, val in resolved.items() if k not in ("device", "keep_every")}
-        vp.stages["train"] = train = self.add("train", v.name, config, train_inputs, o, v.name)
-        if "eval" not in kinds:
-            return vp
+        return self.add("train", v.name, config, inputs, o, v.name)
+
+    def evaluation(self, v: Variant, train: Stage, data: Stage) -> Stage:
+        """The evaluation of the trained network on the dataset's suite."""
+        o = v.options
         config = {"suite": o["dataset"], "limit": o["eval_limit"], "pgd_samples": o["pgd_samples"],
                   "ood_samples": o["ood_samples"], "batch_size": o["eval_batch_size"], "seed": o["seed"],
                   "drop_last_bin": o["reference_calibration"]}
-        vp.stages["eval"] = self.add("eval", v.name, config, {"train": train, "data": data}, o, v.name)
+        return self.add("eval", v.name, config, {"train": train, "data": data}, o, v.name)
+
+    def variant(self, v: Variant) -> VariantPlan:
+        """The variant's stages, up to the pipeline's last kind; none when it cannot run here (``skipped``)."""
+        o, vp, kinds = v.options, VariantPlan(v), self.pipeline.stages
+        if o["dataset"] not in DATA_LAYOUT:
+            raise PipelineError(f"{v.name}: option dataset must be one of {', '.join(DATA_LAYOUT)}, "
+                                f"got {o['dataset']!r}")
+        data_source = self.data_source(v)
+        # First whether the variant can run here at all (nothing is added to the plan for one that cannot).
+        build = v.needs_mixset and "build" in kinds
+        sources = self.mixset_sources(v, build, data_source is None)
+        if isinstance(sources, str):
+            vp.skipped = sources
+            return vp
+        preset = self.preset(v)
+        vp.stages["data"] = data = self.data(v, data_source)
+        mixset = None
+        if build:
+            vp.stages["build"] = mixset = self.build(v, vp, sources)
+        if "shard" not in kinds:
+            return vp
+        if o["mixing"] not in ("pregenerated", "online"):
+            raise PipelineError(f"{v.name}: option mixing must be 'pregenerated' or 'online', got {o['mixing']!r}")
+        vp.stages["shard"] = shard = self.shard(v, data, mixset)
+        if "train" not in kinds:
+            return vp
+        vp.stages["train"] = train = self.train(v, preset, shard, mixset)
+        if "eval" in kinds:
+            vp.stages["eval"] = self.evaluation(v, train, data)
         return vp
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What a variant's mixing set is built from."""
+
+    library: list[str]  # the sources, for mixset build
+    manifests: dict[str, str]  # file name -> manifest text (snapshotted into the build stage's config)
+    natural: Path | None  # a folder of natural images (None: generate the stand-in, or no such source)
+
+
+def _online(v: Variant) -> bool:
+    """Whether PixMix runs on the training device every epoch (plain shards) rather than pre-generated."""
+    return v.options["mixing"] == "online" and not v.baseline
+
+
+def _report_stage(planner: _Planner, pipeline: Pipeline, variants: dict[str, VariantPlan]) -> Stage:
+    """The report: every variant's row (run or not) and the evaluations of those that ran."""
+    rows = []
+    for name, vp in variants.items():
+        v = vp.variant
+        rows.append({"name": name, "row": v.row, "paper_row": v.paper_row, "sources": list(v.sources),
+                     "baseline": v.baseline, "partners": v.partners, "description": v.description,
+                     "status": "ok" if vp.skipped is None else "not run", "reason": vp.skipped,
+                     "stages": {k: str(s.folder) for k, s in vp.stages.items()} if vp.skipped is None else {}})
+    suites = {vp.variant.options["dataset"] for vp in variants.values()}
+    config = {"pipeline": pipeline.name, "title": pipeline.title, "column": pipeline.column,
+              "profile": pipeline.profile, "file": str(pipeline.path), "suite": ", ".join(sorted(suites)),
+              "variants": rows, "notes": list(pipeline.notes)}
+    inputs = {f"eval.{name}": vp.stages["eval"] for name, vp in variants.items() if vp.skipped is None}
+    first = next(iter(variants.values())).variant.options
+    return planner.add("report", pipeline.name, config, inputs, first, "*")
 
 
 def make_plan(pipeline: Pipeline, work: str | Path, *, data: str | Path | None = None,
@@ -323,22 +400,7 @@ def make_plan(pipeline: Pipeline, work: str | Path, *, data: str | Path | None =
         if vp.skipped is not None and strict:
             raise PipelineError(f"variant {v.name}: {vp.skipped}")
         variants[v.name] = vp
-    report = None
-    if "report" in pipeline.stages:
-        rows = []
-        for name, vp in variants.items():
-            v = vp.variant
-            rows.append({"name": name, "row": v.row, "paper_row": v.paper_row, "sources": list(v.sources),
-                         "baseline": v.baseline, "partners": v.partners, "description": v.description,
-                         "status": "ok" if vp.skipped is None else "not run", "reason": vp.skipped,
-                         "stages": {k: str(s.folder) for k, s in vp.stages.items()} if vp.skipped is None else {}})
-        suites = {vp.variant.options["dataset"] for vp in variants.values()}
-        config = {"pipeline": pipeline.name, "title": pipeline.title, "column": pipeline.column,
-                  "profile": pipeline.profile, "file": str(pipeline.path), "suite": ", ".join(sorted(suites)),
-                  "variants": rows, "notes": list(pipeline.notes)}
-        inputs = {f"eval.{name}": vp.stages["eval"] for name, vp in variants.items() if vp.skipped is None}
-        first = next(iter(variants.values())).variant.options
-        report = planner.add("report", pipeline.name, config, inputs, first, "*")
+    report = _report_stage(planner, pipeline, variants) if "report" in pipeline.stages else None
     return Plan(pipeline, work, cache_dir, planner.order, variants, report, launch)
 
 
@@ -347,6 +409,8 @@ def make_plan(pipeline: Pipeline, work: str | Path, *, data: str | Path | None =
 
 @dataclass
 class RunResult:
+    """What a run did: the stages it ran and found up to date, the results and their files."""
+
     plan: Plan
     ran: list[str]
     up_to_date: list[str]
@@ -409,10 +473,58 @@ def _publish(source: Path, target: Path) -> bool:
     return True
 
 
+def _run_stage(stage: Stage, ctx: Context) -> float:
+    """Run one stage (node 0) and stamp it: its seconds. A failure is marked for the other nodes and becomes a
+    one-line :class:`PipelineError` naming the stage and its run.log."""
+    from pipelines.ablation_report import run_report
+    from pipelines.stages import EXECUTORS
+
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    (stage.folder / FAILED).unlink(missing_ok=True)
+    tick = time.perf_counter()
+    try:
+        outputs = run_report(stage, ctx) if stage.kind == "report" else EXECUTORS[stage.kind](stage, ctx)
+    except Exception as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        (stage.folder / FAILED).write_text(json.dumps({"error": message[:1000]}) + "\n")
+        if isinstance(exc, PipelineError):
+            raise
+        raise PipelineError(f"stage {stage.id} failed: {message[:300]} (log: {stage.folder / 'run.log'})") from exc
+    seconds = time.perf_counter() - tick
+    _write_stamp(stage, seconds, outputs)
+    return seconds
+
+
+def _follow(stage: Stage, ctx: Context, head: str) -> None:
+    """A node other than 0: join training; leave evaluations and the report to node 0; wait for the rest."""
+    from pipelines.stages import EXECUTORS
+
+    if stage.kind == "train":
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        EXECUTORS["train"](stage, ctx)
+        ctx.log(f"{head} trained (node {ctx.launch.node_rank})")
+    elif stage.kind in ("eval", "report"):
+        ctx.log(f"{head} left to node 0")
+    else:
+        _wait_for(stage, ctx.log)
+
+
+def _publish_results(plan: Plan) -> tuple[dict[str, Any] | None, dict[str, Path]]:
+    """The report's ``results.*`` copied to the work folder (when it is up to date), and the results."""
+    if plan.report is None or not plan.report.up_to_date():
+        return None, {}
+    plan.work.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for key in ("json", "md", "png"):
+        target = plan.work / f"results.{key}"
+        _publish(plan.report.folder / f"results.{key}", target)
+        paths[key] = target
+    return json.loads(paths["json"].read_text()), paths
+
+
 def execute(plan: Plan, ctx: Context) -> RunResult:
     """Run every stage that is not up to date, in order; stop at the first failure (one line, its run.log)."""
-    from pipelines.ablation_report import run_report, summary_text
-    from pipelines.stages import EXECUTORS
+    from pipelines.ablation_report import summary_text
 
     log, launch = ctx.log, plan.launch
     ctx.launch = launch
@@ -432,40 +544,14 @@ def execute(plan: Plan, ctx: Context) -> RunResult:
         if stage.up_to_date():
             fresh.append(stage.id)
             log(f"{head} {'external' if stage.external else 'up to date':<10}  {_where(plan, stage)}")
-            continue
-        if launch.node_rank > 0:  # only training is shared; node 0 runs and stamps everything
-            if stage.kind == "train":
-                stage.folder.mkdir(parents=True, exist_ok=True)
-                EXECUTORS["train"](stage, ctx)
-                log(f"{head} trained (node {launch.node_rank})")
-            elif stage.kind in ("eval", "report"):
-                log(f"{head} left to node 0")
-            else:
-                _wait_for(stage, log)
-            continue
-        stage.folder.mkdir(parents=True, exist_ok=True)
-        (stage.folder / FAILED).unlink(missing_ok=True)
-        tick = time.perf_counter()
-        try:
-            outputs = run_report(stage, ctx) if stage.kind == "report" else EXECUTORS[stage.kind](stage, ctx)
-        except Exception as exc:
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            (stage.folder / FAILED).write_text(json.dumps({"error": message[:1000]}) + "\n")
-            if isinstance(exc, PipelineError):
-                raise
-            raise PipelineError(f"stage {stage.id} failed: {message[:300]} (log: {stage.folder / 'run.log'})") from exc
-        seconds = time.perf_counter() - tick
-        _write_stamp(stage, seconds, outputs)
-        ran.append(stage.id)
-        log(f"{head} {'ran':<10}  {_where(plan, stage)} ({seconds:.1f}s)")
-    results, paths = None, {}
-    if plan.report is not None and plan.report.up_to_date():
-        plan.work.mkdir(parents=True, exist_ok=True)
-        for key in ("json", "md", "png"):
-            target = plan.work / f"results.{key}"
-            _publish(plan.report.folder / f"results.{key}", target)
-            paths[key] = target
-        results = json.loads(paths["json"].read_text())
+        elif launch.node_rank > 0:  # only training is shared; node 0 runs and stamps everything
+            _follow(stage, ctx, head)
+        else:
+            seconds = _run_stage(stage, ctx)
+            ran.append(stage.id)
+            log(f"{head} {'ran':<10}  {_where(plan, stage)} ({seconds:.1f}s)")
+    results, paths = _publish_results(plan)
+    if results is not None:
         log(summary_text(results))
         log(f"{len(ran)} stage(s) ran, {len(fresh)} up to date, in {time.perf_counter() - started:.1f}s; "
             f"results: {paths['md']}, {paths['json']}, {paths['png']}")
@@ -473,6 +559,7 @@ def execute(plan: Plan, ctx: Context) -> RunResult:
 
 
 def default_work(pipeline: Pipeline) -> Path:
+    """``pipeline-work/<name>-<profile>``."""
     return Path("pipeline-work") / f"{pipeline.name}-{pipeline.profile}"
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pixmix.utils.errors import PixmixError
+
 BUNDLED = Path(__file__).resolve().parent
 STAGE_KINDS = ("data", "build", "shard", "train", "eval", "report")
 NATURAL = "natural"  # the source name of the "300K Random Images" role: a folder of natural images
@@ -62,8 +64,8 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "fvis_size": (128, (int,), "FVis render size"),
     "fvis_batch": (64, (int,), "FVis units per batch"),
     "fvis_weights": ("default", (str,), "FVis weights: default (pretrained, random-init fallback) or random"),
-    "allow_degraded": (True, (bool,), "accept a mixing set whose remote archive was unreachable or whose FVis fell back "
-                                      "to random-init weights (false: such a build fails, and is not cached)"),
+    "allow_degraded": (True, (bool,), "accept a mixing set whose remote archive was unreachable or whose FVis fell "
+                                      "back to random-init weights (false: such a build fails, and is not cached)"),
     # shard
     "mixing": ("pregenerated", (str,), "'pregenerated': PixMix views written by mixset shard --pixmix (V views); "
                                        "'online': plain shards, PixMix on the training device every epoch (the paper)"),
@@ -95,12 +97,14 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
 VARIANT_KEYS = ("name", "row", "paper_row", "sources", "baseline", "description")
 
 
-class PipelineError(Exception):
+class PipelineError(PixmixError):
     """A problem with the pipeline file, its options or its data, explained in one line."""
 
 
 @dataclass(frozen=True)
 class Variant:
+    """One row of the table: what it mixes (or that it is the baseline) and its resolved options."""
+
     name: str
     row: str  # the row label (the paper's name)
     paper_row: str  # key into the paper's numbers
@@ -111,15 +115,19 @@ class Variant:
 
     @property
     def partners(self) -> str:
+        """PixMix partners: both, augmented or mixing."""
         return str(self.options["partners"])
 
     @property
     def needs_mixset(self) -> bool:
+        """Whether the variant mixes with a mixing set (not the baseline, not partners 'augmented')."""
         return not self.baseline and self.partners != "augmented"
 
 
 @dataclass(frozen=True)
 class Pipeline:
+    """A pipeline file resolved for one profile: its stages and variants."""
+
     name: str
     title: str
     column: str
@@ -130,10 +138,12 @@ class Pipeline:
     notes: tuple[str, ...] = field(default=())
 
     def variant(self, name: str) -> Variant:
+        """The variant called ``name``."""
         for v in self.variants:
             if v.name == name:
                 return v
-        raise PipelineError(f"{self.path}: no variant {name!r} (variants: {', '.join(v.name for v in self.variants)})")
+        known = ", ".join(v.name for v in self.variants)
+        raise PipelineError(f"{self.path}: no variant {name!r} (variants: {known})")
 
 
 def resolve_path(pipeline: str | Path) -> Path:
@@ -204,14 +214,84 @@ def _profiles(path: Path, data: dict[str, Any], seen: tuple[Path, ...] = ()) -> 
     return merged
 
 
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PipelineError(f"{path}: not a readable TOML pipeline ({exc})") from exc
+
+
+def _stages(path: Path, data: dict[str, Any]) -> tuple[str, ...]:
+    """The file's ``stages``: the first ones of :data:`STAGE_KINDS`, in order (each needs those before it)."""
+    stages = tuple(data.get("stages", STAGE_KINDS))
+    bad = [s for s in stages if s not in STAGE_KINDS]
+    if bad:
+        raise PipelineError(f"{path}: stages must be among {', '.join(STAGE_KINDS)}, got {bad}")
+    if not stages or stages != STAGE_KINDS[:len(stages)]:
+        raise PipelineError(f"{path}: stages must be the first stages of {list(STAGE_KINDS)} in order (each needs "
+                            f"the ones before it), got {list(stages)}")
+    return stages
+
+
+@dataclass(frozen=True)
+class _Layers:
+    """The option layers around a variant's own: defaults + profile below, ``--set`` ones above."""
+
+    base: dict[str, Any]  # OPTIONS defaults, then the profile's
+    profile: str
+    profiles: tuple[str, ...]  # a variant's table named after one of them holds its options for that profile
+    everywhere: dict[str, Any]  # --set KEY=VALUE
+    overrides: dict[str | None, dict[str, Any]]  # --set VARIANT.KEY=VALUE under the variant's name
+
+
+def _variant_options(where: str, name: str, raw: dict[str, Any], layers: _Layers) -> dict[str, Any]:
+    """The variant's resolved options (see the module docstring for the order)."""
+    options = dict(layers.base)
+    own = {k: v for k, v in raw.items() if k not in VARIANT_KEYS and k not in layers.profiles}
+    options.update(_check_options(f"{where} ({name})", own))
+    options.update(_check_options(f"{where} ({name}) [{layers.profile}]", raw.get(layers.profile, {})))
+    options.update(layers.everywhere)
+    options.update(_check_options(f"--set {name}.", layers.overrides.get(name, {})))
+    return options
+
+
+def _check_role(where: str, sources: object, baseline: object, partners: object) -> None:
+    """A variant is a mixing set, a strategy without one (partners 'augmented') or the baseline: one of them."""
+    if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):
+        raise PipelineError(f"{where}: sources must be a list of source names")
+    if not isinstance(baseline, bool):
+        raise PipelineError(f"{where}: baseline must be true or false")
+    if partners not in PARTNERS:
+        raise PipelineError(f"{where}: partners must be one of {', '.join(PARTNERS)}")
+    if baseline and sources:
+        raise PipelineError(f"{where}: a baseline trains without PixMix: drop its sources")
+    if not baseline and partners == "augmented" and sources:
+        raise PipelineError(f"{where}: partners 'augmented' mixes without a mixing set: drop its sources")
+    if not baseline and partners != "augmented" and not sources:
+        raise PipelineError(f"{where}: a PixMix variant needs sources (or partners = 'augmented', or baseline = true)")
+
+
+def _variant(where: str, raw: dict[str, Any], names: list[Any], layers: _Layers) -> Variant:
+    """One ``[[variants]]`` entry, checked, with its options resolved."""
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "/. \\"):
+        raise PipelineError(f"{where}: name must be a non-empty string without '/', '.', '\\' or spaces")
+    if names.count(name) > 1:
+        raise PipelineError(f"{where}: variant name {name!r} is used twice")
+    options = _variant_options(where, name, raw, layers)
+    sources, baseline = raw.get("sources", []), raw.get("baseline", False)
+    _check_role(f"{where} ({name})", sources, baseline, options["partners"])
+    row = raw.get("row", name)
+    return Variant(name=name, row=str(row), paper_row=str(raw.get("paper_row", row)),
+                   sources=tuple(dict.fromkeys(sources)), baseline=baseline, options=options,
+                   description=str(raw.get("description", "")))
+
+
 def load(pipeline: str | Path, profile: str = "smoke",
          overrides: dict[str | None, dict[str, Any]] | None = None) -> Pipeline:
     """Parse and validate a pipeline file for ``profile``; every error is one line naming file and key."""
     path = resolve_path(pipeline)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise PipelineError(f"{path}: not a readable TOML pipeline ({exc})") from exc
+    data = _read(path)
     profiles = _profiles(path, data)
     if not profiles:
         raise PipelineError(f"{path}: needs at least one [profiles.NAME] table")
@@ -223,50 +303,12 @@ def load(pipeline: str | Path, profile: str = "smoke",
     names = [v.get("name") for v in data.get("variants", [])]
     unknown = sorted(k for k in overrides if k is not None and k not in names)
     if unknown:
-        raise PipelineError(f"--set: no variant {', '.join(unknown)} in {path} (variants: {', '.join(map(str, names))})")
+        raise PipelineError(f"--set: no variant {', '.join(unknown)} in {path} "
+                            f"(variants: {', '.join(map(str, names))})")
     everywhere = _check_options("--set", overrides.get(None, {}))  # applied over each variant's own options
-
-    stages = tuple(data.get("stages", STAGE_KINDS))
-    bad = [s for s in stages if s not in STAGE_KINDS]
-    if bad:
-        raise PipelineError(f"{path}: stages must be among {', '.join(STAGE_KINDS)}, got {bad}")
-    if not stages or stages != STAGE_KINDS[:len(stages)]:
-        raise PipelineError(f"{path}: stages must be the first stages of {list(STAGE_KINDS)} in order (each needs "
-                            f"the ones before it), got {list(stages)}")
-
-    variants = []
-    for i, raw in enumerate(data.get("variants", [])):
-        where = f"{path} variants[{i}]"
-        name = raw.get("name")
-        if not isinstance(name, str) or not name or any(c in name for c in "/. \\"):
-            raise PipelineError(f"{where}: name must be a non-empty string without '/', '.', '\\' or spaces")
-        if names.count(name) > 1:
-            raise PipelineError(f"{where}: variant name {name!r} is used twice")
-        options = dict(base)
-        own = {k: v for k, v in raw.items() if k not in VARIANT_KEYS and k not in profiles}
-        options.update(_check_options(f"{where} ({name})", own))
-        options.update(_check_options(f"{where} ({name}) [{profile}]", raw.get(profile, {})))
-        options.update(everywhere)
-        options.update(_check_options(f"--set {name}.", overrides.get(name, {})))
-        sources = raw.get("sources", [])
-        if not isinstance(sources, list) or not all(isinstance(s, str) and s for s in sources):
-            raise PipelineError(f"{where} ({name}): sources must be a list of source names")
-        baseline = raw.get("baseline", False)
-        if not isinstance(baseline, bool):
-            raise PipelineError(f"{where} ({name}): baseline must be true or false")
-        if options["partners"] not in PARTNERS:
-            raise PipelineError(f"{where} ({name}): partners must be one of {', '.join(PARTNERS)}")
-        if baseline and sources:
-            raise PipelineError(f"{where} ({name}): a baseline trains without PixMix: drop its sources")
-        if not baseline and options["partners"] == "augmented" and sources:
-            raise PipelineError(f"{where} ({name}): partners 'augmented' mixes without a mixing set: drop its sources")
-        if not baseline and options["partners"] != "augmented" and not sources:
-            raise PipelineError(f"{where} ({name}): a PixMix variant needs sources (or partners = 'augmented', "
-                                "or baseline = true)")
-        row = raw.get("row", name)
-        variants.append(Variant(name=name, row=str(row), paper_row=str(raw.get("paper_row", row)),
-                                sources=tuple(dict.fromkeys(sources)), baseline=baseline, options=options,
-                                description=str(raw.get("description", ""))))
+    stages = _stages(path, data)
+    layers = _Layers(base, profile, tuple(profiles), everywhere, overrides)
+    variants = [_variant(f"{path} variants[{i}]", raw, names, layers) for i, raw in enumerate(data.get("variants", []))]
     if not variants:
         raise PipelineError(f"{path}: declares no [[variants]]")
     return Pipeline(name=str(data.get("name", path.stem)), title=str(data.get("title", path.stem)),

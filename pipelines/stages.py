@@ -17,11 +17,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pipelines.spec import NATURAL, PipelineError
+from typing import TYPE_CHECKING, Any
 
 from pipelines.graph import Stage
+from pipelines.spec import NATURAL, PipelineError
+
+if TYPE_CHECKING:
+    from pixmix.train.trainer import TrainConfig
 
 FORWARD = ("WARNING", "warning:")  # library log lines that also go to the pipeline's own log
 
@@ -63,9 +65,11 @@ class Launch:
 
     @property
     def world(self) -> int:
+        """Training processes in all: nodes x processes per node."""
         return self.nodes * self.nproc_per_node
 
     def uses_torchrun(self, launcher: str) -> bool:
+        """Whether training starts under torchrun (the ``launcher`` option, checked against the world)."""
         if launcher not in ("auto", "inprocess", "torchrun"):
             raise PipelineError(f"option launcher must be auto, inprocess or torchrun, got {launcher!r}")
         if launcher == "inprocess" and self.world > 1:
@@ -75,6 +79,8 @@ class Launch:
 
 @dataclass
 class Context:
+    """What every executor gets besides its stage: the log, progress bars, verbosity and the launch."""
+
     log: Callable[[str], None] = print
     progress: bool = False
     verbose: bool = False
@@ -127,6 +133,7 @@ def run_natural(stage: Stage, ctx: Context) -> dict[str, Any]:
 
 
 def natural_folder(stage: Stage) -> Path:
+    """The natural images of a natural stage: the user's folder, or the generated stand-in's."""
     return stage.folder if stage.external else stage.folder / "images"
 
 
@@ -143,7 +150,8 @@ def run_build(stage: Stage, ctx: Context) -> dict[str, Any]:
     collections.mkdir(parents=True)
     for name, text in c["manifests"].items():
         if "natural" in stage.inputs:
-            text = text.replace(NATURAL_PLACEHOLDER, _toml_string(str(natural_folder(stage.inputs["natural"]).resolve())))
+            folder = str(natural_folder(stage.inputs["natural"]).resolve())
+            text = text.replace(NATURAL_PLACEHOLDER, _toml_string(folder))
         (collections / name).write_text(text, encoding="utf-8")
     fvis = c.get("fvis") or {}
     config = BuildConfig(out=stage.folder, sources=tuple(c["library_sources"]), seed=c["seed"], limit=c["limit"],
@@ -157,15 +165,14 @@ def run_build(stage: Stage, ctx: Context) -> dict[str, Any]:
     collections_report = {name: {"source": r.source, "status": r.status, "samples": r.samples, "error": r.error}
                           for name, r in summary.reports.items()}
     degraded = []
-    for name, r in collections_report.items():
-        if r["status"] != "ok":
-            degraded.append(f"{name}: {r['status']}")
-            ctx.log(f"  build {stage.name}: collection {name}: {r['status']}"
-                    + (f" ({r['error'][:160]})" if r["error"] else ""))
+    for name, r in summary.reports.items():
+        if r.status != "ok":
+            degraded.append(f"{name}: {r.status}")
+            ctx.log(f"  build {stage.name}: collection {name}: {r.status}" + (f" ({r.error[:160]})" if r.error else ""))
     if degraded and not c.get("allow_degraded", True):
-        raise PipelineError(f"build {stage.name} is degraded ({'; '.join(degraded)}): not what the paper used; make the "
-                            "archive reachable / the pretrained weights available (mixset build --fvis-checkpoint), "
-                            "or accept it with --set allow_degraded=true")
+        raise PipelineError(f"build {stage.name} is degraded ({'; '.join(degraded)}): not what the paper used; make "
+                            "the archive reachable / the pretrained weights available (mixset build "
+                            "--fvis-checkpoint), or accept it with --set allow_degraded=true")
     return {"mixset": str(stage.folder), "samples": summary.samples, "shards": summary.shards,
             "manifest": str(summary.manifest), "contact_sheet": str(summary.contact_sheet),
             "collections": collections_report}
@@ -203,7 +210,8 @@ def run_shard(stage: Stage, ctx: Context) -> dict[str, Any]:
 # --- train -----------------------------------------------------------------------------------------------
 
 
-def train_config(stage_config: dict[str, Any], options: dict[str, Any]):  # -> pixmix.train.trainer.TrainConfig
+def train_config(stage_config: dict[str, Any], options: dict[str, Any]) -> TrainConfig:
+    """The stage's training configuration: its preset with the stage's overrides and the run's options."""
     from pixmix.train.trainer import preset_config
 
     return preset_config(stage_config["preset"], epochs=stage_config["epochs"], batch_size=stage_config["batch_size"],
@@ -286,8 +294,8 @@ def run_train(stage: Stage, ctx: Context) -> dict[str, Any]:
 
 def run_eval(stage: Stage, ctx: Context) -> dict[str, Any]:
     """``pixmix eval``: the six summary numbers and the per-set tables, ``results.{json,md,png}``."""
-    from pixmix.evaluate.suites import evaluate
     from pixmix.evaluate.report import write_report
+    from pixmix.evaluate.suites import evaluate
 
     c = stage.config
     checkpoint = stage.inputs["train"].folder / "checkpoints" / "last.pt"

@@ -236,6 +236,31 @@ def test_bad_options_fail_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "mixing-sets" in result.output
 
 
+def test_cli_shows_user_errors_in_one_line_and_bugs_with_their_traceback(tmp_path: Path, monkeypatch) -> None:
+    import pipelines.runner
+    from pixmix.utils.errors import PixmixError
+
+    args = ["mixing-sets", "--work", str(tmp_path / "w"), "--dry-run"]
+    result = CliRunner().invoke(run_command, [*args, "--set", "views"])  # no '='
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.strip().splitlines() == ["Error: --set expects KEY=VALUE or VARIANT.KEY=VALUE, got 'views'"]
+    assert issubclass(PipelineError, PixmixError)
+
+    def failing(*_args, **_kwargs):
+        raise failure
+
+    monkeypatch.setattr(pipelines.runner, "run_pipeline", failing)
+    # A user error with the parameter at fault: one line, the pipeline option shown as the way to set it.
+    failure = PixmixError("lr must be > 0, got -1", param="lr")
+    result = CliRunner().invoke(run_command, args)
+    assert result.exit_code == 1 and result.output.strip().splitlines() == ["Error: --set lr must be > 0, got -1"]
+    # Anything else (a ValueError too) is a bug of the library: it propagates, with its traceback.
+    for failure in (RuntimeError("a library bug"), ValueError("not a user error")):
+        result = CliRunner().invoke(run_command, args)
+        assert result.exception is failure and result.exc_info is not None, result.output
+        assert "Error:" not in result.output
+
+
 def test_a_changed_option_changes_only_downstream_hashes(tmp_path: Path) -> None:
     base = make_plan(load("mixing-sets", "smoke"), tmp_path)
     changed = make_plan(load("mixing-sets", "smoke", {"fractals": {"views": 3}}), tmp_path)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from pixmix.cli.errors import user_errors
+
 
 @click.command("run")
 @click.argument("pipeline")
@@ -19,7 +21,8 @@ import click
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Work folder: stages/ and results.{json,md,png} [default: pipeline-work/<name>-<profile>].")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder holding cifar-100-python/, CIFAR-100-C/ (and CIFAR-100-P/, ood/); needed by --profile paper.")
+              help="Folder holding cifar-100-python/, CIFAR-100-C/ (and CIFAR-100-P/, ood/); "
+                   "needed by --profile paper.")
 @click.option("--natural", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder of natural images for the '300K Random Images' variant.")
 @click.option("--only", multiple=True, metavar="VARIANT", help="Run only this variant (repeatable).")
@@ -31,7 +34,8 @@ import click
               help="Training nodes (torchrun); run the same command on every node (shared --work).  [default: 1]")
 @click.option("--nproc-per-node", type=click.IntRange(1), default=None, help="Training processes (GPUs) per node.")
 @click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
-              help="torchrun rendezvous for several nodes [default: $PIXMIX_RDZV_ENDPOINT or $MASTER_ADDR:$MASTER_PORT].")
+              help="torchrun rendezvous for several nodes "
+                   "[default: $PIXMIX_RDZV_ENDPOINT or $MASTER_ADDR:$MASTER_PORT].")
 @click.option("--node-rank", type=click.IntRange(0), default=None,
               help="This node's rank [default: $NODE_RANK or $SLURM_NODEID]; node 0 runs every other stage.")
 @click.option("--strict", is_flag=True, help="Fail when a variant cannot run here instead of skipping it.")
@@ -49,19 +53,25 @@ def run(pipeline: str, profile: str, work: Path | None, data: Path | None, natur
     Every stage is keyed by a hash of its options and inputs: re-running skips what is up to date.
     """
     from pipelines.runner import run_pipeline
-    from pipelines.spec import PipelineError
     from pipelines.stages import Launch
 
-    try:
+    # Only the library's user errors (PixmixError) become one line; anything else is a bug: its traceback shows.
+    with user_errors(_flags()):
         launch = Launch.from_env(nodes=nodes, nproc_per_node=nproc_per_node, rdzv_endpoint=rdzv_endpoint,
                                  node_rank=node_rank)
         run_pipeline(pipeline, profile, work, data=data, natural=natural, only=only, overrides=overrides, cache=cache,
                      strict=strict, launch=launch, dry_run=dry_run, log=click.echo, verbose=verbose,
                      progress=sys.stderr.isatty() if progress is None else progress)
-    except PipelineError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except ValueError as exc:  # the library's one-line option errors (e.g. TrainError for a bad preset)
-        raise click.ClickException(" ".join(str(exc).split())) from exc
+
+
+def _flags() -> dict[str, str]:
+    """How a library parameter at fault is set here: a pipeline option by ``--set KEY=VALUE``, unless this
+    command has a flag of its own for it (``--data``, ``--natural``); the argument as ``PIPELINE``."""
+    from pipelines.spec import OPTIONS
+
+    own = {param.name for param in run.params if isinstance(param, click.Option) and param.name}
+    flags = {key: f"--set {key}" for key in OPTIONS if key not in own}
+    return flags | {"pipeline": "PIPELINE", "overrides": "--set"}
 
 
 __all__ = ["run"]

@@ -160,7 +160,7 @@ def load_collection(path: Path) -> Collection:
 def load_collections(folder: Path, sources: tuple[str, ...] | None = None) -> list[Collection]:
     """Every manifest in ``folder`` (sorted by file name), optionally only those of ``sources``."""
     if not folder.is_dir():
-        raise ManifestError(f"manifest folder {folder} does not exist; pass --manifests DIR", param="manifests")
+        raise ManifestError(f"manifest folder {folder} does not exist; pass --manifests DIR")
     found = [load_collection(p) for p in sorted(folder.glob("*.toml"))]
     names = [c.name for c in found]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -108,6 +108,7 @@ def paint(leaf: dict[str, Any], size: int) -> np.ndarray:
 
 
 def draw(draw_seed: int, size: int, context: None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One Dead Leaves image (uint8 ``[size, size, 3]``) and its parameters: the generator protocol's ``draw``."""
     leaf = leaves(np.random.default_rng(draw_seed), size)
     params = {
         "leaves": int(leaf["x0"].size),

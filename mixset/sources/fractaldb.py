@@ -146,11 +146,13 @@ def render_instance(maps: np.ndarray, size: int, rng: np.random.Generator) -> np
 
 
 def prepare(seed: int, index: int, size: int) -> dict[str, Any]:
+    """The image's category (``index % CATEGORIES``) and its system, shared by the image's tries."""
     category = index % CATEGORIES
     return {"category": category, **search_category(seed, category)}
 
 
 def draw(draw_seed: int, size: int, context: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """One instance of the category: a parameter scaled by a factor, flips; grey as RGB, and its parameters."""
     rng = np.random.default_rng(draw_seed)
     maps = context["maps"].copy()
     param = int(rng.integers(maps.size))
@@ -174,4 +176,5 @@ def draw(draw_seed: int, size: int, context: dict[str, Any]) -> tuple[np.ndarray
 
 
 def accept(pixels: np.ndarray, params: dict[str, Any]) -> bool:
+    """Whether the instance's lit fraction is within ``[MIN_FILL, MAX_FILL]``."""
     return MIN_FILL <= params["fill"] <= MAX_FILL
