@@ -55,6 +55,22 @@ def assert_one_line(exc: BaseException) -> str:
 # --- downloads ------------------------------------------------------------------------------------------
 
 
+def test_download_and_archive_errors_are_user_errors(tmp_path):
+    from pixmix.utils.errors import PixmixError
+
+    assert issubclass(FetchError, PixmixError) and issubclass(ArchiveError, PixmixError)
+    with pytest.raises(FetchError) as err:
+        download("ftp://example.org/a.tar", tmp_path / "a.tar")
+    assert "only http:// and https://" in assert_one_line(err.value)
+    with pytest.raises(FetchError, match="timeout > 0"):
+        download("https://example.org/a.tar", tmp_path / "a.tar", timeout=0)
+    (tmp_path / "not-an-archive").write_text("plain text\n")
+    with pytest.raises(ArchiveError) as failure:
+        safe_extract(tmp_path / "not-an-archive", tmp_path / "out")
+    assert "not a tar" in assert_one_line(failure.value) and not (tmp_path / "out").exists()
+    assert FetchError("two\nlines", param="url").param == "url" and str(FetchError("two\nlines")) == "two lines"
+
+
 def test_good_download_then_cached(tmp_path):
     calls = []
     with serve({"/a.tar": DATA}) as base:

@@ -76,6 +76,13 @@ def test_bad_arguments_are_refused():
         generate("deadleaves", 0, 1.5, SIZE)
     with pytest.raises(ValueError, match="size"):
         generate("deadleaves", 0, 0, 4)
+    from pixmix.utils.errors import PixmixError
+
+    for args, param in ((("deadleaves", -1, 0, SIZE), "seed"), (("deadleaves", 0, 0, 4), "size"),
+                        (("plasma", 0, 0, SIZE), None)):
+        with pytest.raises(PixmixError) as info:  # user errors: one line on the command lines
+            generate(*args)
+        assert info.value.param == param, (args, info.value.param)
 
 
 def test_rejected_draws_are_redrawn_and_counted(monkeypatch):

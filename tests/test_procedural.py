@@ -226,6 +226,17 @@ def test_invalid_generate_arguments_raise():
             generate_fractal(args.pop("seed"), args.pop("index"), size=32, **args)
 
 
+def test_argument_errors_are_user_errors_naming_the_parameter():
+    from pixmix.utils.errors import PixmixError
+
+    for kwargs, name in [({"seed": -1}, "seed"), ({"max_tries": 0}, "max_tries"), ({"size": 3}, "size"),
+                         ({"kinds": ("flame",)}, "kinds")]:
+        args = {"seed": 0, "index": 0, **kwargs}
+        with pytest.raises(PixmixError) as info:
+            generate_fractal(args.pop("seed"), args.pop("index"), **args)
+        assert info.value.param == name, (kwargs, info.value.param)
+
+
 # --- no global RNG --------------------------------------------------------------------------------
 
 

@@ -12,9 +12,10 @@ from http_server import Route, serve
 from PIL import Image
 
 from mixset.build.builder import BuildConfig, BuildError, build
-from mixset.sources.catalog import load_collection
+from mixset.sources.catalog import ManifestError, load_collection
 from mixset.verify import verify
 from pixmix.data.shards.mixing_set import MixingShards
+from pixmix.utils.errors import PixmixError
 
 
 def jpeg(colour: tuple[int, int, int], size=(90, 60)) -> bytes:
@@ -90,6 +91,9 @@ def test_urls_manifest_errors_are_one_line(tmp_path: Path) -> None:
     path.write_text('name = "x"\nsource = "natural"\nkind = "urls"\nlicence = "l"\n')
     with pytest.raises(ValueError, match="needs \\[\\[images\\]\\] entries or a list file"):
         load_collection(path)
+    with pytest.raises(ManifestError) as info:  # a PixmixError: the command lines show it in one line
+        load_collection(path)
+    assert isinstance(info.value, PixmixError) and str(path) in str(info.value)
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "x.toml").write_text('name = "x"\nsource = "natural"\nkind = "urls"\nlicence = "l"\n'
