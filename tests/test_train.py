@@ -22,8 +22,10 @@ from torch import nn
 
 import pixmix.train.trainer as train_module
 from mixset.shard.sharder import ShardConfig, shard
-from pixmix.models import SmokeNet, build_model, load_checkpoint, model_from_checkpoint
+from pixmix.cli.train import PRESET_NAMES
+from pixmix.cli.train import train as train_command
 from pixmix.data.shards.shard_set import ShardSet
+from pixmix.models import SmokeNet, build_model, load_checkpoint, model_from_checkpoint
 from pixmix.train.trainer import (
     PRESETS,
     TrainError,
@@ -34,8 +36,6 @@ from pixmix.train.trainer import (
     preset_config,
     train,
 )
-from pixmix.cli.train import PRESET_NAMES
-from pixmix.cli.train import train as train_command
 
 # torchvision 0.29 deprecates its image decoders (in favour of TorchCodec) on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
