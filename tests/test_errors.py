@@ -17,6 +17,9 @@ def test_translation_names_the_flag() -> None:
     assert translate(PixmixError("must be >= 1", param="k")) == "--k: must be >= 1"
     assert translate(PixmixError("k must be >= 1", param="k"), {"k": "--rounds"}) == "--rounds must be >= 1"
     assert translate(PixmixError("/data/x.tar: not a shard\nmore")) == "/data/x.tar: not a shard"
+    # a name inside a path is not the parameter
+    assert translate(PixmixError("/x/out/last.pt: differs", param="out")) == "--out: /x/out/last.pt: differs"
+    assert translate(PixmixError("--out /x: exists", param="out")) == "--out /x: exists"
 
 
 def test_only_the_base_becomes_a_one_line_error() -> None:

@@ -23,12 +23,16 @@ def flag(param: str, flags: Mapping[str, str] | None = None) -> str:
 
 
 def translate(exc: PixmixError, flags: Mapping[str, str] | None = None) -> str:
-    """The message with the parameter at fault (and bare ``name`` mentions of it) shown as its flag."""
+    """The first line of the message, with the parameter at fault shown as its flag: a message that
+    starts with the parameter's name gets the flag in its place, any other gets the flag in front (a
+    name further on may be part of a path, so it is left alone)."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if exc.param:
         name, shown = exc.param, flag(exc.param, flags)
-        replaced = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", shown, message, count=1)
-        message = replaced if replaced != message or shown in message else f"{shown}: {message}"
+        if re.match(rf"{re.escape(name)}(?![\w-])", message):
+            message = shown + message[len(name):]
+        elif not message.startswith(shown):
+            message = f"{shown}: {message}"
     return message
 
 
