@@ -16,6 +16,7 @@ from pathlib import Path
 from mixset.build.config import BuildConfig, BuildError
 from mixset.sources.catalog import Collection, load_collections
 from pixmix.data.images import IMAGE_SUFFIXES
+from pixmix.utils.errors import PixmixError
 
 # One image of a "urls" collection (or its list file) may be at most this large (a photo is a few MB).
 MAX_IMAGE_BYTES = 64 << 20
@@ -176,7 +177,7 @@ def plan_fvis(config: BuildConfig) -> list[Item]:
 
     try:
         units = plan_units(config.fvis_models)
-    except ValueError as exc:  # an unknown model: the user's --fvis-models
+    except PixmixError as exc:  # an unknown model: fvis's parameter at fault is the build's fvis_models
         raise BuildError(f"--fvis-models: {exc}", param="fvis_models") from exc
     if config.limit is not None and config.limit < len(units):
         units = [units[i * len(units) // config.limit] for i in range(config.limit)]
