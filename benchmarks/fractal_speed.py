@@ -76,7 +76,8 @@ def rejection_grid(count: int, size: int, seed: int) -> None:
     stats = {}
     for kind in KINDS:
         q = np.array(
-            [quality(render_fractal(sample_fractal_params(np.random.default_rng([seed, i]), kind), size)) for i in range(count)]
+            [quality(render_fractal(sample_fractal_params(np.random.default_rng([seed, i]), kind), size))
+             for i in range(count)]
         )
         stats[kind] = q
         print(

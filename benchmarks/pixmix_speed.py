@@ -28,8 +28,8 @@ else:
 import torch  # noqa: E402
 
 from pixmix import PixMix, pixmix_batch  # noqa: E402
-from pixmix.demo import synthetic_images, synthetic_mixing_pictures  # noqa: E402
 from pixmix.augment.transforms import to_uint8_tensor  # noqa: E402
+from pixmix.demo import synthetic_images, synthetic_mixing_pictures  # noqa: E402
 
 PRESETS = {32: PixMix.cifar, 224: PixMix.imagenet}
 
@@ -131,11 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    parser.add_argument("--cpu-batch", type=int, default=0, help="batch for the CPU path (0: 512 at 32 px, 64 at 224 px)")
+    parser.add_argument("--cpu-batch", type=int, default=0,
+                        help="batch for the CPU path (0: 512 at 32 px, 64 at 224 px)")
     parser.add_argument("--gpu-batch", type=int, default=1024)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--no-tune", action="store_true", help="keep glibc's default malloc settings")
-    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one batched call per size")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch.profiler table of one batched call per size")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         base = next(r for r in rows if r.size == size and r.path.startswith("per-image")).images_per_s
         for r in (r for r in rows if r.size == size):
-            print(f"{r.size:>5} {r.path:<18} {r.device:<6} {r.batch:>6} {r.images_per_s:>10.0f} {r.images_per_s / base:>12.2f}x")
+            print(f"{r.size:>5} {r.path:<18} {r.device:<6} {r.batch:>6} {r.images_per_s:>10.0f} "
+                  f"{r.images_per_s / base:>12.2f}x")
     if cuda:
         from torch._dynamo.utils import counters
 

@@ -31,11 +31,11 @@ import torch  # noqa: E402
 
 from mixset.build.builder import BuildConfig, build  # noqa: E402
 from mixset.shard.sharder import ShardConfig, shard  # noqa: E402
-from pixmix.data.wrappers import PixMixDataset  # noqa: E402
-from pixmix.data.readers import ClassFolders  # noqa: E402
-from pixmix.demo import synthetic_images  # noqa: E402
-from pixmix.data.shards.mixing_set import MixingShards  # noqa: E402
 from pixmix.data.loader import ShardLoader  # noqa: E402
+from pixmix.data.readers import ClassFolders  # noqa: E402
+from pixmix.data.shards.mixing_set import MixingShards  # noqa: E402
+from pixmix.data.wrappers import PixMixDataset  # noqa: E402
+from pixmix.demo import synthetic_images  # noqa: E402
 
 
 def make_data(root: Path, count: int, width: int, height: int, classes: int = 8) -> Path:
@@ -86,10 +86,10 @@ def storage_error(data: Path, mixset: Path, out: Path, n: int = 32) -> tuple[flo
     from PIL import Image
 
     from mixset.shard.listing import open_source
+    from pixmix.data.shards.shard_set import ShardSet
+    from pixmix.data.shards.tar import iter_shard
     from pixmix.data.wrappers import PixMixTransform
     from pixmix.utils.seeding import generator_for
-    from pixmix.data.shards.tar import iter_shard
-    from pixmix.data.shards.shard_set import ShardSet
 
     shards = ShardSet.load(out)
     source = open_source("imagenet", data, "train")

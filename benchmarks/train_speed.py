@@ -31,10 +31,10 @@ import torch  # noqa: E402
 
 from mixset.build.builder import BuildConfig, build  # noqa: E402
 from mixset.shard.sharder import ShardConfig, shard  # noqa: E402
-from pixmix.demo import synthetic_images  # noqa: E402
-from pixmix.models import build_model  # noqa: E402
 from pixmix.augment.recipes import get_recipe  # noqa: E402
 from pixmix.data.loader import ShardLoader, finish_batch  # noqa: E402
+from pixmix.demo import synthetic_images  # noqa: E402
+from pixmix.models import build_model  # noqa: E402
 
 
 def write_folder(root: Path, count: int, side: int, classes: int) -> Path:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pixmix.demo import synthetic_images, synthetic_mixing_pictures
 from pixmix.augment.transforms import to_uint8_tensor
+from pixmix.demo import synthetic_images, synthetic_mixing_pictures
 
 
 @dataclass(frozen=True)

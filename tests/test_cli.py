@@ -17,7 +17,8 @@ from pixmix.cli import main as pixmix_main
 
 def test_cli_modules_do_not_import_torch() -> None:
     """--help must be instant: no torch (seconds to import) before a command runs."""
-    code = "import sys, pixmix.cli, mixset.cli; print(sorted(m for m in ('torch', 'torchvision', 'numpy') if m in sys.modules))"
+    code = ("import sys, pixmix.cli, mixset.cli; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -57,14 +58,17 @@ def test_demo_writes_grid_and_summary(tmp_path) -> None:
 
     # Same seed: byte-identical PNG; another seed: a different one.
     first = _sha(png)
-    assert runner.invoke(pixmix_main, ["demo", "--out", str(out), "--rows", "3", "--samples", "4", "--seed", "7"]).exit_code == 0
+    args = ["demo", "--out", str(out), "--rows", "3", "--samples", "4", "--seed", "7"]
+    assert runner.invoke(pixmix_main, args).exit_code == 0
     assert _sha(png) == first
-    assert runner.invoke(pixmix_main, ["demo", "--out", str(out), "--rows", "3", "--samples", "4", "--seed", "8"]).exit_code == 0
+    args = ["demo", "--out", str(out), "--rows", "3", "--samples", "4", "--seed", "8"]
+    assert runner.invoke(pixmix_main, args).exit_code == 0
     assert _sha(png) != first
 
 
 def test_demo_imagenet_recipe(tmp_path) -> None:
-    result = CliRunner().invoke(pixmix_main, ["demo", "--out", str(tmp_path), "--recipe", "imagenet", "--rows", "1", "--samples", "2"])
+    result = CliRunner().invoke(pixmix_main, ["demo", "--out", str(tmp_path), "--recipe", "imagenet", "--rows", "1",
+                                              "--samples", "2"])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "pixmix-demo.png").size == (4 * 228 + 4, 228 + 4)
     assert json.loads((tmp_path / "pixmix-demo.json").read_text())["severity"] == 1.0

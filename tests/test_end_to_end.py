@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from tiny_datasets import write_cifar10, write_cifar10_c, write_mixset
 
 from mixset.cli import main as mixset_main
 from pixmix.cli import main as pixmix_main
 from pixmix.evaluate.report import compare, load_results
-from tiny_datasets import write_cifar10, write_cifar10_c, write_mixset
 
 SUMMARY_KEYS = ("clean_error", "mce", "mfr", "pgd_error", "rms_calibration_c", "auroc")
 

@@ -11,8 +11,8 @@ import torch
 from pixmix import PixMix, apply_batch, sample_params
 from pixmix.augment import batched_ops
 from pixmix.augment import ops as O
-from pixmix.demo import synthetic_images, synthetic_mixing_pictures
 from pixmix.augment.transforms import to_uint8_tensor
+from pixmix.demo import synthetic_images, synthetic_mixing_pictures
 
 pytestmark = [
     pytest.mark.gpu,

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(code: str, env: dict[str, str] | None = None) -> str:
     full_env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=full_env).stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=full_env).stdout.strip()
 
 
 def test_tuning_before_torch_enables_huge_pages_and_malloc_thresholds() -> None:

@@ -70,7 +70,7 @@ def write_mixset(out: Path, count: int = 6, size: int = 64, seed: int = 0) -> Pa
     manifests = out.with_name(out.name + "-manifests")
     manifests.mkdir(parents=True, exist_ok=True)
     (manifests / "gen.toml").write_text(
-        'name = "gen"\nsource = "fractals"\nkind = "procedural"\nlicence = "CC0-1.0"\n[procedural]\ncount = %d\n' % count)
+        f'name = "gen"\nsource = "fractals"\nkind = "procedural"\nlicence = "CC0-1.0"\n[procedural]\ncount = {count}\n')
     build(BuildConfig(out=out, sources=("fractals",), seed=seed, image_size=size, shard_size=4, manifests=manifests),
           log=lambda m: None, progress=False)
     assert json.loads((out / "manifest.json").read_text())["samples"] >= 2
