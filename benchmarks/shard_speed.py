@@ -8,7 +8,9 @@ Side by side, in one process, one thread (samples/s per core):
   (b) reading the shards ``mixset shard imagenet --pixmix`` wrote from the same images
       (``ShardLoader``: tar read, JPEG decode, shuffle, collate; normalisation on the target device
       is excluded, as it happens on the GPU in training);
-and (c) the shard-writing throughput of ``mixset shard --pixmix`` with one worker.
+and (c) the shard-writing throughput of ``mixset shard --pixmix`` with one worker, in-process, beside
+(d) the same command as a user runs it: ``mixset shard imagenet --pixmix`` at its defaults (workers,
+threads) in a fresh process, wall time including start-up, per machine and per usable CPU.
 Trials alternate (a)/(b) and the median is reported.
 """
 
@@ -106,6 +108,21 @@ def storage_error(data: Path, mixset: Path, out: Path, n: int = 32) -> tuple[flo
     return float(np.mean(errors)), sum(r.bytes for r in shards.shards) / shards.samples
 
 
+def time_cli(data: Path, mixset: Path, out: Path, views: int, quality: int) -> tuple[float, int]:
+    """(views/s, views) of ``mixset shard imagenet --pixmix`` at its defaults, in a fresh process."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "mixset.cli", "shard", "imagenet", "--data-dir", str(data), "--out", str(out),
+           "--pixmix", "--mixset", str(mixset), "--views", str(views), "--quality", str(quality), "--quiet"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    from pixmix.data.shards.shard_set import ShardSet
+
+    written = ShardSet.load(out).samples
+    return written / seconds, written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=256, help="training images")
@@ -135,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             online.append(time_online(data, mixset, min(args.count, 128)))
             reading.append(time_shards(out, args.batch, epoch=trial))
         error, per_sample = storage_error(data, mixset, out)
+        cli_rate, cli_views = time_cli(data, mixset, root / "cli-shards", args.views, args.quality)
     a, b = statistics.median(online), statistics.median(reading)
     print(f"input: {args.count} JPEGs {args.width}x{args.height}, ImageNet recipe (224 px, k=4, beta=4), "
           f"1 thread, median of {args.trials} alternating trials")
@@ -145,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
           "of 255 levels (JPEG + rounding)")
     print(f"(c) mixset shard --pixmix, 1 worker:      {write_rate:8.1f} views/s written per core "
           f"({summary.samples_written} views, plan + probe + manifest included)")
+    from pixmix.utils.runtime import usable_cpus
+
+    cpus = usable_cpus()
+    print(f"(d) mixset shard --pixmix as a user runs it (defaults, fresh process, {cpus} usable CPUs): "
+          f"{cli_rate:8.1f} views/s, {cli_rate / cpus:.1f} per CPU ({cli_views} views, start-up included)")
     return 0
 
 
