@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,20 +74,53 @@ def _need(data: dict[str, Any], path: Path, key: str) -> str:
     return value
 
 
+def _table(data: dict[str, Any], path: Path, key: str, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``[key]`` as a table (``default`` when absent); anything else is a ManifestError naming the field."""
+    value = data.get(key, default)
+    if not isinstance(value, dict):
+        raise ManifestError(f"{path}: {key} must be a [{key}] table, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _tables(data: dict[str, Any], path: Path, key: str) -> list[dict[str, Any]]:
+    """``[[key]]`` as a list of tables (empty when absent); anything else is a ManifestError naming the field."""
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ManifestError(f"{path}: {key} must be a list of [[{key}]] tables, got {type(value).__name__} {value!r}")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ManifestError(f"{path}: {key}[{i}] must be a [[{key}]] table, got {type(item).__name__} {item!r}")
+    return value
+
+
+def _strings(value: Any, path: Path, field: str) -> tuple[str, ...]:
+    """A non-empty list of non-empty strings (a lone string is refused: it would iterate by character)."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ManifestError(f"{path}: {field} must be a non-empty list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _procedural_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    table = data.get("procedural", {})
+    from mixset.sources.procedural import KINDS as FRACTAL_KINDS
+
+    table = _table(data, path, "procedural", {})
     count = table.get("count")
-    if not isinstance(count, int) or count < 1:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ManifestError(f"{path}: [procedural] count must be a positive integer, got {count!r}")
-    return {"count": count, "generator_kinds": tuple(table.get("kinds", ["ifs", "julia"]))}
+    kinds = _strings(table.get("kinds", ["ifs", "julia"]), path, "[procedural] kinds")
+    unknown = [k for k in kinds if k not in FRACTAL_KINDS]
+    if unknown:
+        raise ManifestError(f"{path}: [procedural] kinds must be among {FRACTAL_KINDS}, unknown: {unknown}")
+    return {"count": count, "generator_kinds": kinds}
 
 
 def _generator_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
     from mixset.sources.generators import NAMES
 
-    table = data.get("generator")
-    if not isinstance(table, dict):
-        raise ManifestError(f"{path}: a generator collection needs a [generator] table with name and count")
+    if not isinstance(data.get("generator"), dict):
+        raise ManifestError(f"{path}: a generator collection needs a [generator] table with name and count, "
+                            f"got {data.get('generator')!r}")
+    table = data["generator"]
     gen, count = table.get("name"), table.get("count")
     if gen not in NAMES:
         raise ManifestError(f"{path}: [generator] name must be one of {NAMES}, got {gen!r}")
@@ -102,7 +135,7 @@ def _folder_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def _urls_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
     urls = []
-    for i, item in enumerate(data.get("images", [])):
+    for i, item in enumerate(_tables(data, path, "images")):
         url, sha = item.get("url"), item.get("sha256") or None
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ManifestError(f"{path}: images[{i}].url must be an http(s) URL, got {url!r}")
@@ -117,7 +150,7 @@ def _urls_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def _archive_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
     artefacts = []
-    for i, item in enumerate(data.get("artefacts", [])):
+    for i, item in enumerate(_tables(data, path, "artefacts")):
         url, filename = item.get("url"), item.get("filename")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ManifestError(f"{path}: artefacts[{i}].url must be an http(s) URL, got {url!r}")
@@ -144,28 +177,49 @@ def load_collection(path: Path) -> Collection:
     """Parse and validate one manifest; errors (:class:`ManifestError`) are one line naming the file and the field."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the manifest as UTF-8") \
+            from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ManifestError(f"{path}: not a readable TOML manifest ({exc})") from exc
+        raise ManifestError(f"{path}: not a readable TOML manifest ({' '.join(str(exc).split())})") from None
     name, source, kind, licence = (_need(data, path, key) for key in ("name", "source", "kind", "licence"))
     if "." in name or "/" in name:
         raise ManifestError(f"{path}: name {name!r} must not contain '.' or '/' (it becomes part of sample keys)")
     if kind not in KINDS:
         raise ManifestError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
-    include = tuple(data.get("filters", {}).get("include", ["*"]))
+    include = _strings(_table(data, path, "filters", {}).get("include", ["*"]), path, "[filters] include")
     return Collection(name=name, source=source, kind=kind, licence=licence, source_page=data.get("source_page", ""),
                       description=data.get("description", ""), include=include, origin_file=path.name,
                       **_KIND_FIELDS[kind](data, path))
 
 
-def load_collections(folder: Path, sources: tuple[str, ...] | None = None) -> list[Collection]:
-    """Every manifest in ``folder`` (sorted by file name), optionally only those of ``sources``."""
-    if not folder.is_dir():
-        raise ManifestError(f"manifest folder {folder} does not exist; pass --manifests DIR")
-    found = [load_collection(p) for p in sorted(folder.glob("*.toml"))]
-    names = [c.name for c in found]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ManifestError(f"{folder}: collection names must be unique, repeated: {duplicates}")
+def load_collections(folder: Path | None = None, sources: tuple[str, ...] | None = None, *,
+                     extra: Sequence[Path] = (), replace_defaults: bool = False) -> list[Collection]:
+    """Every manifest of the default folder and of ``extra`` folders, optionally only those of ``sources``.
+
+    The folders are read in order: the default one first (``folder``, or :data:`DEFAULT_MANIFESTS` when
+    None), then each of ``extra`` (the CLI's ``--manifests DIR``, which *adds* to the defaults); files of a
+    folder are read sorted by name. ``replace_defaults=True`` (the CLI's ``--no-default-manifests``) skips
+    the default folder, reading only ``extra``. A collection name defined twice, in one folder or across
+    folders, is a :class:`ManifestError` naming both files.
+    """
+    folders = [] if replace_defaults else [DEFAULT_MANIFESTS if folder is None else Path(folder)]
+    folders += [Path(f) for f in extra]
+    if not folders:
+        raise ManifestError("no manifest folder: replace_defaults needs at least one --manifests DIR",
+                            param="manifests")
+    found: list[Collection] = []
+    where: dict[str, Path] = {}
+    for directory in folders:
+        if not directory.is_dir():
+            raise ManifestError(f"manifest folder {directory} does not exist; pass --manifests DIR", param="manifests")
+        for path in sorted(directory.glob("*.toml")):
+            collection = load_collection(path)
+            if collection.name in where:
+                raise ManifestError(f"collection {collection.name!r} is defined twice: in {where[collection.name]} "
+                                    f"and in {path}; rename one of them")
+            where[collection.name] = path
+            found.append(collection)
     return [c for c in found if sources is None or c.source in sources]
 
 
