@@ -42,7 +42,9 @@ class Route:
     ``truncate_times`` (successful) responses, announce the full Content-Length but send only
     ``truncate_after`` bytes of the body, then close the connection. send_length: False omits Content-Length
     and ends the body by closing the connection. stall: seconds to wait after sending ``stall_after`` body
-    bytes (bounded, interrupted on server exit). headers: extra response headers.
+    bytes (bounded, interrupted on server exit). drip: when > 0, send the body one byte every ``drip`` seconds
+    (a server that is slow but never silent long enough for a read timeout; interrupted on server exit).
+    headers: extra response headers.
     """
 
     body: bytes = b""
@@ -55,6 +57,7 @@ class Route:
     send_length: bool = True
     stall: float = 0.0
     stall_after: int = 0
+    drip: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -199,7 +202,13 @@ def serve(routes: dict[str, bytes | Route | Callable[[Recorded], bytes | Route]]
             if head:
                 return
             try:
-                if route.stall and route.stall_after < len(body):
+                if route.drip > 0:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        if closing.wait(route.drip):
+                            break
+                elif route.stall and route.stall_after < len(body):
                     self.wfile.write(body[: route.stall_after])
                     self.wfile.flush()
                     closing.wait(route.stall)

@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import tarfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -625,3 +626,31 @@ def test_check_image_real_compressed_bomb(tmp_path):
     with pytest.raises(ImageError, match="decompression bomb"):
         check_image(encoded("PNG", (100, 100)), max_pixels=9_999)
     assert check_image(encoded("PNG", (100, 100)), max_pixels=10_000) == (100, 100, "PNG")
+
+
+def test_trickling_server_hits_the_deadline_then_is_reported(tmp_path):
+    # One byte every 0.4 s: the per-read timeout (2 s) never fires; without a deadline this takes ~40 s
+    # per attempt (and, at the real server's pace of a byte every 5 s, forever).
+    body = DATA[:100]
+    with serve({"/drip": Route(body, drip=0.4)}) as base:
+        start = time.monotonic()
+        with pytest.raises(FetchError) as err:
+            download(base + "/drip", tmp_path / "d", timeout=2.0, retries=1, backoff=0, deadline=1.0)
+        elapsed = time.monotonic() - start
+        assert len(base.requests("/drip")) == 2
+        assert base.requests("/drip")[1].headers.get("range", "").startswith("bytes=")  # resumed what arrived
+    message = assert_one_line(err.value)
+    assert "2 attempt" in message and "deadline of 1 s" in message and str(base) in message
+    assert elapsed < 6.0, elapsed
+    assert 0 < (tmp_path / "d.part").stat().st_size < len(body)  # kept for a later resume
+    with pytest.raises(FetchError, match="deadline must be > 0"):
+        download(base + "/drip", tmp_path / "d", deadline=0)
+
+
+def test_default_deadline_scales_with_the_size():
+    limits = fetch_mod._Limits(max_bytes=1 << 40, timeout=30.0, deadline=None)
+    assert limits.allowed(None, 0) == fetch_mod.DEADLINE_BASE
+    gib = limits.allowed(2**30, 0) - fetch_mod.DEADLINE_BASE
+    assert 4 * 3600 < gib < 5 * 3600  # a GiB may take hours at the slowest rate the default allows
+    assert limits.allowed(None, 2**30) == limits.allowed(2**30, 0)  # unannounced: the bytes so far count
+    assert fetch_mod._Limits(1, 1.0, 7.5).allowed(2**30, 0) == 7.5

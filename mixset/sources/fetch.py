@@ -11,7 +11,14 @@ This is the network edge of ``mixset build``: everything it reads is untrusted. 
   ranges) restarts from zero; a ``206`` for another offset, or a ``416``, discards the ``.part`` and restarts.
 * ``max_bytes`` caps the file: a ``Content-Length`` (or ``Content-Range`` total) above it, or a stream that
   grows past it, is refused at once (no retry) and the ``.part`` is removed.
-* Connection errors, timeouts, ``5xx``, ``408``/``429`` and bodies shorter than announced are retried, up to
+* Each attempt has an overall **deadline** (``deadline``): a server that keeps sending a byte now and then
+  defeats the per-read ``timeout`` but not the deadline. The default scales with the file:
+  ``DEADLINE_BASE`` seconds plus the announced size (or, unannounced, the bytes received so far) at
+  ``DEADLINE_MIN_RATE`` bytes per second, i.e. 10 minutes plus about 4.5 hours per GiB at 64 KiB/s: any
+  real server beats that, a trickling one is cut off. The deadline is checked as bytes arrive, so an attempt
+  ends at most ``timeout`` seconds after it. An attempt past its deadline is retried like a timeout
+  (resuming what arrived), then reported.
+* Connection errors, timeouts, deadlines, ``5xx``, ``408``/``429`` and bodies shorter than announced are retried, up to
   ``retries`` more times, sleeping ``backoff * 2**k`` seconds between tries; other ``4xx`` (and unfollowed
   ``3xx``) fail at once.
 * A sha256 mismatch deletes the bad bytes. If the bad file was assembled from a resumed ``.part`` (which may
@@ -29,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic  # by name: tests replace the module's `time` to record sleeps
 from urllib.parse import urlsplit
 
 import requests
@@ -36,10 +44,17 @@ import urllib3
 
 from pixmix.utils.errors import PixmixError
 
-__all__ = ["DEFAULT_MAX_BYTES", "FetchError", "FetchResult", "download", "sha256_file"]
+__all__ = [
+    "DEADLINE_BASE", "DEADLINE_MIN_RATE", "DEFAULT_MAX_BYTES", "FetchError", "FetchResult", "download", "sha256_file",
+]
 
 #: Default size cap for one artefact (curated collections are at most a few GiB).
 DEFAULT_MAX_BYTES = 16 * 2**30
+
+#: Default deadline of one attempt: this many seconds, plus the file's bytes at ``DEADLINE_MIN_RATE``.
+DEADLINE_BASE = 600.0
+#: Bytes per second that the default deadline allows for (64 KiB/s: far below any real archive host).
+DEADLINE_MIN_RATE = 64 * 1024
 
 _CHUNK = 1 << 16
 _ALLOWED_SCHEMES = ("http", "https")
@@ -152,6 +167,7 @@ def download(
     backoff: float = 0.5,
     session: requests.Session | None = None,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> FetchResult:
     """Download ``url`` to ``dest`` (see the module docstring for the rules).
 
@@ -159,7 +175,8 @@ def download(
     is the number of extra attempts after the first (so at most ``retries + 1`` requests, plus nothing for
     the fast path). ``progress(done, total)`` is called as bytes arrive; ``done`` counts resumed bytes too and
     ``total`` is None when the server does not say. An exception raised by ``progress`` aborts the download
-    and keeps the ``.part`` for a later resume.
+    and keeps the ``.part`` for a later resume. ``deadline`` is the most seconds one attempt may take (None:
+    ``DEADLINE_BASE`` plus the file's size at ``DEADLINE_MIN_RATE``; see the module docstring).
     """
     _check_url(url)
     dest = Path(dest)
@@ -170,6 +187,9 @@ def download(
             raise FetchError(f"invalid sha256 {sha256!r} for URL {url}: the manifest needs 64 hex digits")
     if max_bytes < 0 or retries < 0 or backoff < 0 or timeout <= 0:
         raise FetchError("download: max_bytes, retries and backoff must be >= 0 and timeout > 0")
+    if deadline is not None and not deadline > 0:
+        raise FetchError(f"download: deadline must be > 0 seconds (or None for the default), got {deadline!r}",
+                         param="deadline")
 
     if expected is not None and dest.is_file() and sha256_file(dest) == expected:
         size = dest.stat().st_size
@@ -181,13 +201,29 @@ def download(
     own_session = session is None
     sess = session if session is not None else requests.Session()
     try:
-        return _download(url, dest, part, expected, max_bytes, timeout, retries, backoff, sess, progress)
+        limits = _Limits(max_bytes, timeout, deadline)
+        return _download(url, dest, part, expected, limits, retries, backoff, sess, progress)
     finally:
         if own_session:
             sess.close()
 
 
-def _download(url: str, dest: Path, part: Path, expected: str | None, max_bytes: int, timeout: float, retries: int,
+@dataclass(frozen=True)
+class _Limits:
+    """What bounds one attempt: the file's size, the wait for the next bytes, the attempt's duration."""
+
+    max_bytes: int
+    timeout: float
+    deadline: float | None  # None: DEADLINE_BASE + size / DEADLINE_MIN_RATE
+
+    def allowed(self, size: int | None, received: int) -> float:
+        """Seconds an attempt may take, given the announced size (None: unknown) and the bytes so far."""
+        if self.deadline is not None:
+            return self.deadline
+        return DEADLINE_BASE + max(size or 0, received) / DEADLINE_MIN_RATE
+
+
+def _download(url: str, dest: Path, part: Path, expected: str | None, limits: _Limits, retries: int,
               backoff: float, sess: requests.Session, progress: Progress | None) -> FetchResult:
     """The retry loop of :func:`download`: attempts until a complete (and, with ``expected``, verified) file."""
     attempts = 0
@@ -206,7 +242,7 @@ def _download(url: str, dest: Path, part: Path, expected: str | None, max_bytes:
                 time.sleep(delay)
         attempts += 1
         try:
-            resumed_now = _attempt(url, part, max_bytes, timeout, sess, progress)
+            resumed_now = _attempt(url, part, limits, sess, progress)
         except _Retryable as exc:
             last_error = str(exc)
             continue
@@ -261,12 +297,13 @@ class _Body:
     encoded: bool  # content-encoded: the announced lengths count encoded bytes, not what we write
 
 
-def _attempt(url: str, part: Path, max_bytes: int, timeout: float, sess: requests.Session,
-             progress: Progress | None) -> bool:
+def _attempt(url: str, part: Path, limits: _Limits, sess: requests.Session, progress: Progress | None) -> bool:
     """One request. Leaves a complete body in ``part`` and returns whether earlier bytes were kept.
 
     Raises _Retryable (the .part keeps what arrived) or _Refused (the caller removes the .part).
     """
+    started = monotonic()
+    max_bytes, timeout = limits.max_bytes, limits.timeout
     offset = part.stat().st_size if part.exists() else 0
     if offset > max_bytes:
         _remove(part)
@@ -278,7 +315,7 @@ def _attempt(url: str, part: Path, max_bytes: int, timeout: float, sess: request
         body = _body(resp, url, part, offset, max_bytes)
         if progress is not None:
             progress(body.done, body.total)
-        received, done = _write_body(resp, url, part, body, max_bytes, progress)
+        received, done = _write_body(resp, url, part, body, limits, started, progress)
         if body.length is not None and not body.encoded and received != body.length:
             if received > body.length:  # more than announced: the .part cannot be trusted
                 _remove(part)
@@ -351,10 +388,13 @@ def _body(resp: requests.Response, url: str, part: Path, offset: int, max_bytes:
     return body
 
 
-def _write_body(resp: requests.Response, url: str, part: Path, body: _Body, max_bytes: int,
+def _write_body(resp: requests.Response, url: str, part: Path, body: _Body, limits: _Limits, started: float,
                 progress: Progress | None) -> tuple[int, int]:
-    """Stream the body into ``part`` (synced): ``(bytes received, bytes of the file now in the .part)``."""
-    received, done = 0, body.done
+    """Stream the body into ``part`` (synced): ``(bytes received, bytes of the file now in the .part)``.
+
+    Past the attempt's deadline (counted from ``started``) it stops with _Retryable, keeping what arrived.
+    """
+    received, done, max_bytes = 0, body.done, limits.max_bytes
     try:
         with open(part, body.mode) as f:
             for chunk in _body_chunks(resp):
@@ -370,6 +410,10 @@ def _write_body(resp: requests.Response, url: str, part: Path, body: _Body, max_
                 done += len(chunk)
                 if progress is not None:
                     progress(done, body.total)
+                elapsed, allowed = monotonic() - started, limits.allowed(body.length, received)
+                if elapsed > allowed:
+                    raise _Retryable(f"deadline of {allowed:g} s passed after {received} bytes in {elapsed:.1f} s "
+                                    "(the server sends too slowly; raise the deadline if it is genuine)")
             f.flush()
             os.fsync(f.fileno())
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
