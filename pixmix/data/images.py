@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from pixmix.utils.errors import PixmixError
@@ -149,20 +150,73 @@ def _decode(im: Image.Image, label: str, max_pixels: int, min_side: int | None) 
         ) from None
 
 
-def resize_shorter(image: Image.Image, side: int) -> Image.Image:
-    """``image`` with its shorter side ``side`` (aspect kept, bicubic); unchanged when already that size."""
+#: Longest side over shorter side accepted by :func:`resize_shorter`: a 1x8000 strip would become 256x2048000.
+MAX_ASPECT = 64
+
+
+def resize_shorter(image: Image.Image, side: int, *, name: str | None = None,
+                   max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``image`` with its shorter side ``side`` (aspect kept, bicubic); unchanged when already that size.
+
+    Checked before resizing, from the size alone: an aspect ratio over ``1:MAX_ASPECT`` or a result
+    over ``max_pixels`` is refused with a one-line :class:`ImageError` naming ``name`` (a few hundred bytes of
+    PNG can hold a 1x30000 strip, whose resized copy would take gigabytes). Such images are refused, not
+    cropped: a strip cropped to a square keeps little of what it showed.
+    """
     w, h = image.size
+    label = name or getattr(image, "filename", "") or f"<{w}x{h} image>"
+    if w <= 0 or h <= 0:
+        raise ImageError(f"image {label} has an invalid size {w}x{h}")
     scale = side / min(w, h)
     if scale == 1.0:
         return image
-    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if max(w, h) > MAX_ASPECT * min(w, h) or new_w * new_h > max_pixels:
+        raise ImageError(
+            f"image {label} is {w}x{h}: resizing its shorter side to {side} would make {new_w}x{new_h} = "
+            f"{new_w * new_h} pixels (aspect ratio limit 1:{MAX_ASPECT}, pixel limit {max_pixels}); "
+            "crop it to a less extreme shape or leave it out"
+        )
+    return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+
+
+# High-bit-depth and float modes, scaled by to_rgb rather than clipped by Pillow's convert.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, every mode scaled (never clipped) to 0..255.
+
+    * ``I;16`` / ``I;16B`` (16-bit greyscale, little or big endian) and ``I`` (32-bit integer, which
+      is how 16-bit PNG and TIFF samples arrive) are taken on the 16-bit scale: 0..65535 becomes
+      0..255 (the high byte, ``v >> 8``, as an 8-bit encoder would keep); ``I`` values outside
+      0..65535 are clamped.
+    * ``F`` (32-bit float): 0.0..1.0 is the usual float scale; an image whose values exceed 1.0 is
+      taken on the 0..255 scale. Rounded, clamped.
+    * Alpha (``LA``, ``RGBA``, ``PA``, ``P`` with a transparent colour) is dropped, never composited:
+      every pixel keeps its stored colour (what torchvision's RGB decode did), in every mode alike.
+    * ``CMYK`` (Adobe-inverted JPEGs are un-inverted by Pillow) and the rest: Pillow's conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_MODES:
+        values = np.asarray(image)
+        if image.mode == "F":
+            top = 1.0 if values.size == 0 or float(np.nanmax(values)) <= 1.0 else 255.0
+            grey = np.clip(np.rint(np.nan_to_num(values.astype(np.float64)) * (255.0 / top)), 0, 255)
+        else:
+            grey = np.clip(values.astype(np.int64), 0, 65535) >> 8
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the palette's colours; the transparency is dropped below
+    return image.convert("RGB")
 
 
 def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """An image file as RGB (greyscale, CMYK, palette and alpha converted), checked by :func:`open_image`."""
+    """An image file as 8-bit RGB (every mode scaled by :func:`to_rgb`), checked by :func:`open_image`."""
     with open_image(path, max_pixels=max_pixels) as im:
-        return im.convert("RGB")
+        return to_rgb(im)
 
 
-__all__ = ["DEFAULT_IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageError", "check_image", "load_rgb",
-           "open_image", "resize_shorter"]
+__all__ = ["DEFAULT_IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_ASPECT", "MAX_PIXELS", "ImageError", "check_image",
+           "load_rgb", "open_image", "resize_shorter", "to_rgb"]
