@@ -17,6 +17,7 @@ from typing import Any
 from pixmix.augment.recipes import Recipe
 from pixmix.models import load_checkpoint, save_checkpoint
 from pixmix.train.errors import TrainError
+from pixmix.utils.errors import PixmixError
 from pixmix.train.loop import Learner, cosine_factor
 
 # Fields that may differ when a run is resumed: more epochs extend it (the cosine is re-planned from
@@ -71,7 +72,11 @@ def load_resumable(
     options or data than ``config`` and ``data`` (the records :class:`CheckpointSaver` stores)."""
     if not files.last.exists():
         return None
-    state = load_checkpoint(files.last)
+    try:
+        state = load_checkpoint(files.last)
+    except PixmixError as exc:  # truncated or damaged (a killed copy, a full disk): say how to recover
+        raise TrainError(f"{exc}; delete it to start over, or restore it from a kept "
+                         f"{files.checkpoints}/epoch-NNN.pt (copy one to last.pt) to resume") from exc
     diffs = config_differences(state["config"], config)
     stored = state.get("data", {})
     data_diffs = [f"{k}: {stored.get(k)!r} -> {data[k]!r}" for k in _DATA_KEYS if stored.get(k) != data[k]]
@@ -168,7 +173,12 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(errors="replace").splitlines():
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise TrainError(f"{path}: unreadable ({exc.strerror or exc}): delete it for a fresh log (the "
+                         "checkpoint's last epoch is logged again) or restore it") from exc
+    for line in text.splitlines():
         try:
             record = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:

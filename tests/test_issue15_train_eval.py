@@ -1,0 +1,71 @@
+"""Issue 15, the train/eval items: help defaults, truncated run files, CPU plans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_train import Data
+
+from pixmix.cli.train import train as train_command
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Data:
+    return Data(tmp_path_factory.mktemp("issue15-data"))
+
+
+def test_train_help_shows_the_presets_defaults() -> None:
+    text = " ".join(CliRunner().invoke(train_command, ["--help"], terminal_width=200).output.split())
+    assert "default: the preset's (cifar 0.1, imagenet 0.01, smoke 0.05)" in text  # --lr
+    assert "cifar 128, imagenet 256, smoke 32" in text  # --batch-size
+    assert "cifar 4, imagenet 8, smoke 0" in text  # --workers
+    assert "cifar 0.0005, imagenet 0.0005, smoke 0.0005" in text  # --weight-decay
+    assert "cifar 0, imagenet 0, smoke 0" in text  # --seed
+
+
+def _run(data: Data, out: Path) -> object:
+    return CliRunner().invoke(train_command, ["--preset", "smoke-baseline", "--shards", str(data.plain), "--out",
+                                              str(out), "--epochs", "1", "--batch-size", "40", "--device", "cpu",
+                                              "--workers", "0", "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def trained(data: Data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("issue15-run") / "run"
+    result = _run(data, out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _copy(trained: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out
+
+
+def test_truncated_checkpoint_is_one_line_with_recovery(data: Data, trained: Path, tmp_path: Path) -> None:
+    out = _copy(trained, tmp_path)
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    result = _run(data, out)
+    assert result.exit_code == 1, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert str(last) in result.output and "delete" in result.output and "start over" in result.output
+
+
+def test_damaged_log_is_one_line_with_recovery(data: Data, trained: Path, tmp_path: Path) -> None:
+    out = _copy(trained, tmp_path)
+    (out / "log.jsonl").write_bytes(b"\xff\xfe{\"epoch\": 1, \x00\x00")
+    result = _run(data, out)
+    # a half-written log is repaired from the checkpoint: the run resumes (nothing left to train) in one line
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    (out / "log.jsonl").unlink()
+    (out / "log.jsonl").mkdir()  # unreadable: one line naming it
+    result = _run(data, out)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "log.jsonl" in result.output
