@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import os
 import shutil
 import socket
 import stat
@@ -654,3 +655,65 @@ def test_default_deadline_scales_with_the_size():
     assert 4 * 3600 < gib < 5 * 3600  # a GiB may take hours at the slowest rate the default allows
     assert limits.allowed(None, 2**30) == limits.allowed(2**30, 0)  # unannounced: the bytes so far count
     assert fetch_mod._Limits(1, 1.0, 7.5).allowed(2**30, 0) == 7.5
+
+
+def test_decompression_bomb_refused_by_ratio_and_nothing_kept(work, monkeypatch):
+    # 4 MiB of zeros deflate to about 4 KiB: a ratio of ~1000, like 3 MB that expand to 3 GiB.
+    from mixset.sources import archives
+
+    monkeypatch.setattr(archives, "RATIO_FLOOR_BYTES", 1 << 20)  # the real floor (64 MiB) scaled down
+    bomb = make_zip(work.archives / "bomb.zip", {"a/zeros.bin": b"\0" * (4 << 20), "a/b.txt": b"hello"})
+    assert bomb.stat().st_size < 64 << 10
+    before = listing(work.root)
+    with pytest.raises(ArchiveError) as err:
+        safe_extract(bomb, work.out)
+    message = assert_one_line(err.value)
+    assert str(bomb) in message and "expansion limit" in message and "decompression bomb" in message
+    assert listing(work.root) == before  # no partial folder left
+    assert len(safe_extract(bomb, work.out, max_ratio=2000)) == 2  # a genuine archive: raise max_ratio
+    shutil.rmtree(work.out)
+    with pytest.raises(ArchiveError, match="max_ratio must be > 0"):
+        safe_extract(bomb, work.out, max_ratio=0)
+
+
+def test_ratio_is_enforced_on_bytes_written_not_only_declared(work, monkeypatch):
+    from mixset.sources import archives
+
+    monkeypatch.setattr(archives, "RATIO_FLOOR_BYTES", 1 << 20)
+    bomb = make_zip(work.archives / "bomb.zip", {"a/zeros.bin": b"\0" * (4 << 20)})
+    real = archives._zip_members
+
+    def lying(zf, archive, max_members):  # headers that declare 1 byte per member
+        return [archives._Member(m.raw, m.name, m.is_dir, min(m.size, 1), m.handle)
+                for m in real(zf, archive, max_members)]
+
+    monkeypatch.setattr(archives, "_zip_members", lying)
+    before = listing(work.root)
+    with pytest.raises(ArchiveError, match="'a/zeros.bin'.*exceeds the expansion limit"):
+        safe_extract(bomb, work.out)
+    assert listing(work.root) == before
+
+
+def test_default_extraction_limits_fit_real_collections():
+    from mixset.sources import archives
+
+    assert archives.DEFAULT_MAX_TOTAL_BYTES == fetch_mod.DEFAULT_MAX_BYTES == 16 * 2**30  # > 1.6 GB fractals tar
+    assert archives.DEFAULT_MAX_RATIO * 3_000_000 < 3 * 2**30  # 3 MB -> 3 GiB is refused by default
+
+
+def test_stale_extraction_folder_of_a_killed_run_is_removed(work):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = work.out.parent / f".{work.out.name}.{int(dead.stdout)}.abc123.extracting"
+    (stale / "f").mkdir(parents=True)
+    (stale / "f" / "half.bin").write_bytes(b"\0" * 100)
+    alive = work.out.parent / f".{work.out.name}.{os.getppid()}.def456.extracting"  # another live process's
+    alive.mkdir()
+    other = work.out.parent / f".other.{int(dead.stdout)}.abc123.extracting"  # another output folder's
+    other.mkdir()
+    archive = make_tar(work.archives / "ok.tgz", {"f/a.bin": b"1"})
+    assert len(safe_extract(archive, work.out)) == 1
+    assert not stale.exists() and alive.is_dir() and other.is_dir()

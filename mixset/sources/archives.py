@@ -13,11 +13,18 @@ behaviour does not matter):
   ``a/b`` and ``..\\x`` is refused.
 * **Limits.** ``max_members`` bounds the number of members (all of them, counted while reading the index);
   ``max_member_bytes`` and ``max_total_bytes`` bound the uncompressed bytes written (included members only).
+  The defaults fit the real collections (the largest, the paper's ``fractals_and_fvis.tar``, is about
+  1.6 GB): 2 GiB per member and 16 GiB in all, the download cap of :mod:`mixset.sources.fetch`.
+  ``max_ratio`` bounds the expansion (a decompression bomb: 3 MB that inflate to 3 GiB): past
+  ``RATIO_FLOOR_BYTES`` (64 MiB), no more than ``max_ratio`` (100) times the archive's own size is written.
+  Image collections are already compressed (JPEG, PNG) and expand about 1:1, so only a bomb reaches that.
   Sizes declared in the headers are checked before extraction, and the bytes actually produced are counted
   while writing (a zip entry cannot inflate past its limit even if its header lies).
 * **Atomic result.** Members are written into a temporary sibling folder of ``out_dir`` that is renamed to
   ``out_dir`` at the end. On any error the temporary folder is removed and ``out_dir`` is not created.
-  ``out_dir`` must not exist, or be an empty folder (which is then replaced).
+  ``out_dir`` must not exist, or be an empty folder (which is then replaced). The temporary folder's name
+  holds the process id; one left by a process that is gone (killed mid-extraction) is removed by the next
+  extraction into the same ``out_dir``.
 * Files get mode 0o644 (folders the default mode); owners, permissions and times from the archive are
   ignored.
 
@@ -27,6 +34,7 @@ decompression bombs refused before decoding, then a full decode); they are re-ex
 
 from __future__ import annotations
 
+import glob
 import lzma
 import os
 import shutil
@@ -46,7 +54,9 @@ from pixmix.utils.errors import PixmixError
 __all__ = [
     "DEFAULT_IMAGE_FORMATS",
     "DEFAULT_MAX_MEMBER_BYTES",
+    "DEFAULT_MAX_RATIO",
     "DEFAULT_MAX_TOTAL_BYTES",
+    "RATIO_FLOOR_BYTES",
     "ArchiveError",
     "ImageError",
     "check_image",
@@ -55,8 +65,13 @@ __all__ = [
 
 #: Default cap on the uncompressed size of one member.
 DEFAULT_MAX_MEMBER_BYTES = 2 * 2**30
-#: Default cap on the uncompressed size of everything extracted from one archive.
-DEFAULT_MAX_TOTAL_BYTES = 64 * 2**30
+#: Default cap on the uncompressed size of everything extracted from one archive (the real collections are at
+#: most a few GiB; this is also fetch's DEFAULT_MAX_BYTES, the largest archive that is downloaded).
+DEFAULT_MAX_TOTAL_BYTES = 16 * 2**30
+#: Default cap on bytes written per byte of archive (beyond RATIO_FLOOR_BYTES): a decompression bomb's ratio.
+DEFAULT_MAX_RATIO = 100.0
+#: Below this many bytes written, the ratio is not checked (small archives of text compress well).
+RATIO_FLOOR_BYTES = 64 * 2**20
 
 _CHUNK = 1 << 20
 
@@ -208,20 +223,27 @@ def safe_extract(
     max_members: int = 1_000_000,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
 ) -> list[Path]:
     """Extract ``archive`` into ``out_dir`` (which must not exist, or be empty) atomically and safely.
 
     ``include(name)`` gets each member's normalised relative name (``'fractals/images/a.jpg'``) and decides
     whether it is extracted; folders are created as needed for included files, and a folder member is only
     created on its own when ``include`` is None or accepts it. Returns the extracted files (not folders) as
-    paths under ``out_dir``, in archive order. See the module docstring for the safety policy.
+    paths under ``out_dir``, in archive order. ``max_ratio`` bounds bytes written per byte of archive once
+    more than ``RATIO_FLOOR_BYTES`` are written. See the module docstring for the safety policy.
     """
     archive, out_dir = Path(archive), Path(out_dir)
     kind = _check_paths(archive, out_dir)
+    if not max_ratio > 0:
+        raise ArchiveError(f"max_ratio must be > 0, got {max_ratio!r}", param="max_ratio")
+    ratio_cap = max(RATIO_FLOOR_BYTES, int(max_ratio * archive.stat().st_size))
+    limits = _Limits(max_member_bytes, max_total_bytes, ratio_cap, max_ratio)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".extracting", dir=out_dir.parent))
+    _remove_stale(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".extracting", dir=out_dir.parent))
     try:
-        written = _unpack(kind, archive, tmp, include, max_members, max_total_bytes, max_member_bytes)
+        written = _unpack(kind, archive, tmp, include, max_members, limits)
         if out_dir.is_dir() and not out_dir.is_symlink():
             out_dir.rmdir()  # empty (checked above); fails loudly if something appeared meanwhile
         os.rename(tmp, out_dir)
@@ -229,6 +251,43 @@ def safe_extract(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return [out_dir / rel for rel in written]
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """The byte limits of one extraction: per member, in all, and by expansion ratio (already in bytes)."""
+
+    member: int
+    total: int
+    ratio_cap: int
+    ratio: float
+
+    def budget(self) -> tuple[int, str]:
+        """The bytes all chosen members may add up to, and how to name that limit."""
+        if self.ratio_cap < self.total:
+            return self.ratio_cap, (f"the expansion limit of {self.ratio_cap} bytes ({self.ratio:g} times the "
+                                    "archive's size: a decompression bomb?)")
+        return self.total, f"the limit of {self.total} bytes"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Remove temporary folders of earlier extractions into ``out_dir`` whose process is gone (killed)."""
+    prefix = f".{out_dir.name}."
+    for candidate in out_dir.parent.glob(f"{glob.escape(prefix)}*.extracting"):
+        pid = candidate.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)) and candidate.is_dir() \
+                and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
 
 
 def _check_paths(archive: Path, out_dir: Path) -> str:
@@ -246,17 +305,17 @@ def _check_paths(archive: Path, out_dir: Path) -> str:
 
 
 def _unpack(kind: str, archive: Path, tmp: Path, include: Callable[[str], bool] | None, max_members: int,
-            max_total_bytes: int, max_member_bytes: int) -> list[str]:
+            limits: _Limits) -> list[str]:
     """Check every member, then write the chosen ones into ``tmp``; a corrupt archive is an ArchiveError."""
     try:
         if kind == "tar":
             with tarfile.open(archive, "r:*") as tf:
                 members = _tar_members(tf, archive, max_members)
-                return _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
+                return _extract(members, tmp, archive, include, limits,
                                 lambda m: tf.extractfile(cast(tarfile.TarInfo, m.handle)))
         with zipfile.ZipFile(archive) as zf:
             members = _zip_members(zf, archive, max_members)
-            return _extract(members, tmp, archive, include, max_total_bytes, max_member_bytes,
+            return _extract(members, tmp, archive, include, limits,
                             lambda m: zf.open(cast(zipfile.ZipInfo, m.handle)))
     except ArchiveError:
         raise
@@ -270,8 +329,10 @@ def _unpack(kind: str, archive: Path, tmp: Path, include: Callable[[str], bool] 
 
 
 def _extract(members: list[_Member], tmp: Path, archive: Path, include: Callable[[str], bool] | None,
-             max_total_bytes: int, max_member_bytes: int, opener: Callable[[_Member], IO[bytes] | None]) -> list[str]:
+             limits: _Limits, opener: Callable[[_Member], IO[bytes] | None]) -> list[str]:
     """Refuse a bad layout or sizes over the limits, then write the chosen members: their names, in order."""
+    max_member_bytes = limits.member
+    budget, budget_name = limits.budget()
     _check_layout(members, archive)
     chosen = [m for m in members if m.name and (include is None or include(m.name))]
     total = 0
@@ -284,10 +345,8 @@ def _extract(members: list[_Member], tmp: Path, archive: Path, include: Callable
                 f"{max_member_bytes}; refused"
             )
         total += m.size
-        if total > max_total_bytes:
-            raise ArchiveError(
-                f"{archive} would extract more than the limit of {max_total_bytes} bytes; refused"
-            )
+        if total > budget:
+            raise ArchiveError(f"{archive} would extract more than {budget_name}; refused")
     written: list[str] = []
     total = 0
     for m in chosen:
@@ -303,12 +362,8 @@ def _extract(members: list[_Member], tmp: Path, archive: Path, include: Callable
         if src is None:  # pragma: no cover - regular tar members always have data
             raise ArchiveError(f"member {_show(m.name)} in {archive} has no data")
         with src:
-            limit = min(max_member_bytes, max_total_bytes - total)
-            what = (
-                f"the per-member limit of {max_member_bytes} bytes"
-                if limit == max_member_bytes
-                else f"the archive limit of {max_total_bytes} bytes"
-            )
+            limit = min(max_member_bytes, budget - total)
+            what = f"the per-member limit of {max_member_bytes} bytes" if limit == max_member_bytes else budget_name
             total += _copy(src, target, limit, m.name, archive, what)
         written.append(m.name)
     return written
