@@ -8,7 +8,9 @@ import pytest
 from click.testing import CliRunner
 from test_train import Data
 
+from pixmix.cli.train import PRESET_DEFAULTS
 from pixmix.cli.train import train as train_command
+from pixmix.train.trainer import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +20,15 @@ def data(tmp_path_factory) -> Data:
 
 def test_train_help_shows_the_presets_defaults() -> None:
     text = " ".join(CliRunner().invoke(train_command, ["--help"], terminal_width=200).output.split())
-    assert "default: the preset's (cifar 0.1, imagenet 0.01, smoke 0.05)" in text  # --lr
+    assert "Default: the preset's (cifar 0.1, imagenet 0.01, smoke 0.05)" in text  # --lr
     assert "cifar 128, imagenet 256, smoke 32" in text  # --batch-size
     assert "cifar 4, imagenet 8, smoke 0" in text  # --workers
     assert "cifar 0.0005, imagenet 0.0005, smoke 0.0005" in text  # --weight-decay
     assert "cifar 0, imagenet 0, smoke 0" in text  # --seed
+    for name, values in PRESET_DEFAULTS.items():  # the help's table is the presets' own values
+        for preset, value in values.items():
+            assert getattr(PRESETS[preset], name) == value == getattr(PRESETS[f"{preset}-baseline"], name)
+    assert {p.removesuffix("-baseline") for p in PRESETS} == set(next(iter(PRESET_DEFAULTS.values())))
 
 
 def _run(data: Data, out: Path) -> object:

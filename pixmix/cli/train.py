@@ -10,6 +10,21 @@ from pixmix.cli.errors import user_errors
 
 PRESET_NAMES = ("cifar", "cifar-baseline", "imagenet", "imagenet-baseline", "smoke", "smoke-baseline")
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+# The presets' values of the tunable options, for --help only (torch stays unimported here); a test checks
+# them against pixmix.train.trainer.PRESETS. The -baseline presets share their base's values.
+PRESET_DEFAULTS: dict[str, dict[str, object]] = {
+    "batch_size": {"cifar": 128, "imagenet": 256, "smoke": 32},
+    "lr": {"cifar": 0.1, "imagenet": 0.01, "smoke": 0.05},
+    "weight_decay": {"cifar": 0.0005, "imagenet": 0.0005, "smoke": 0.0005},
+    "workers": {"cifar": 4, "imagenet": 8, "smoke": 0},
+    "seed": {"cifar": 0, "imagenet": 0, "smoke": 0},
+}
+
+
+def _preset_default(name: str) -> str:
+    """E.g. "Default: the preset's (cifar 0.1, imagenet 0.01, smoke 0.05)."."""
+    values = ", ".join(f"{preset} {value}" for preset, value in PRESET_DEFAULTS[name].items())
+    return f"Default: the preset's ({values})."
 
 
 @click.command()
@@ -23,11 +38,16 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Mixing set (`mixset build`) for online PixMix on plain shards.")
 @click.option("--val-shards", type=_DIR, default=None, help="Shard set for the validation error after each epoch.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Default: the preset's.")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch (all ranks together).")
-@click.option("--lr", type=float, default=None, help="Base learning rate (cosine to 0, stepped per iteration).")
-@click.option("--weight-decay", type=float, default=None)
-@click.option("--workers", type=click.IntRange(0), default=None, help="Loader worker processes per rank.")
-@click.option("--seed", type=click.IntRange(0), default=None)
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help=f"Global batch (all ranks together). {_preset_default('batch_size')}")
+@click.option("--lr", type=float, default=None,
+              help=f"Base learning rate (cosine to 0, stepped per iteration). {_preset_default('lr')}")
+@click.option("--weight-decay", type=float, default=None, help=f"SGD weight decay. {_preset_default('weight_decay')}")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help=f"Loader worker processes per rank (each with its share of the usable CPUs' threads). "
+                   f"{_preset_default('workers')}")
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help=f"Seeds the weights, the shuffle and online PixMix. {_preset_default('seed')}")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (bf16 autocast) on CUDA; always off on the CPU.")
