@@ -100,3 +100,106 @@ def test_a_tiny_strip_png_is_refused_before_resizing_makes_gigabytes() -> None:
     # Within the limits: resized as before.
     assert resize_shorter(Image.new("RGB", (10, 640)), 20).size == (20, 1280)
     assert resize_shorter(Image.new("RGB", (40, 30)), 30).size == (40, 30)
+
+
+# --- corrupt shard images: caught, reported, skipped; never a crash -----------------------------------
+
+import json  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pixmix.data.loader import ShardLoader  # noqa: E402
+from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION  # noqa: E402
+from pixmix.data.shards.tar import Sample, to_bytes, write_shard  # noqa: E402
+
+FLIPS = 40  # corrupt samples per field
+
+
+def flipped(data: bytes, rng: random.Random) -> bytes:
+    """``data`` with one byte flipped past the signature (so the format is still recognised)."""
+    out = bytearray(data)
+    out[rng.randrange(8, len(out))] ^= 1 << rng.randrange(8)
+    return bytes(out)
+
+
+def fuzzed_set(folder: Path, field: str, seed: int) -> tuple[Path, set[str]]:
+    """A plain shard set of 2 * FLIPS samples of ``field`` images, every other one with a flipped byte."""
+    rng = random.Random(seed)
+    pictures = np.random.default_rng(seed).integers(0, 256, size=(2 * FLIPS, 24, 24, 3), dtype=np.uint8)
+    samples, corrupt = [], set()
+    for i, array in enumerate(pictures):
+        data = to_bytes(Image.fromarray(array), field)
+        if i % 2:
+            data = flipped(data, rng)
+            corrupt.add(f"s{i}")
+        samples.append(Sample(f"s{i}", {field: data, "cls": b"0", "json": b"{}"}))
+    info = write_shard(folder / "shards" / "f-0.tar", samples, root=folder)
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "kind": "plain", "views": 1, "classes": ["a"],
+        "image_field": field, "shards": [dict(info.to_json(), view=0)], "config": {"dataset": "cifar10"}}))
+    return folder, corrupt
+
+
+@pytest.mark.parametrize("field", ["png", "jpg"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_flipped_bytes_in_shard_images_are_skipped_and_reported(tmp_path, field, workers) -> None:
+    folder, corrupt = fuzzed_set(tmp_path, field, seed=15)
+    loader = ShardLoader(folder, batch_size=8, seed=3, rank=0, world_size=1, num_workers=workers)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 10 and all(len(b) == 8 for b in batches)
+    fresh = {k for b in batches for k, r in zip(b.keys, b.repeat.tolist()) if not r}
+    lost = {m.group(1) for e in loader.stats.errors for m in [re.search(r"sample '(s\d+)'", e)] if m}
+    # A flipped byte may land where it changes nothing (a JPEG's pixel data): decoded, not reported.
+    assert lost <= corrupt and fresh == {f"s{i}" for i in range(2 * FLIPS)} - lost
+    # JPEG decoders shrug most single flips off (a changed coefficient); PNG's checksums catch most of them.
+    assert len(lost) >= (FLIPS // 4 if field == "png" else 1) and loader.stats.substituted == len(lost)
+    assert all(e.startswith("shards/f-0.tar: ") and "undecodable" in e and "\n" not in e
+               for e in loader.stats.errors)
+
+
+CRASH = """
+import io, random, sys
+import numpy as np
+from PIL import Image
+sys.path.insert(0, {root!r})
+from pixmix.data.loader import _Lost, _decode_image
+buf = io.BytesIO()
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+data = buf.getvalue()
+rng = random.Random(0)
+lost = 0
+for _ in range(300):
+    b = bytearray(data)
+    b[rng.randrange(33, len(b))] ^= 1 << rng.randrange(8)
+    try:
+        _decode_image(bytes(b), "png", "fuzz")
+    except _Lost:
+        lost += 1
+print("lost", lost)
+"""
+
+
+def test_the_libpng_crash_reproducer_survives_in_a_subprocess() -> None:
+    # torchvision.io.decode_image segfaulted (libpng "IDAT: incorrect data check") on this very loop.
+    code = CRASH.format(root=str(Path(__file__).parents[1]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert int(result.stdout.split()[-1]) > 100
+
+
+def test_a_missing_shard_is_reported_in_words_not_an_errno(tmp_path) -> None:
+    folder, _ = fuzzed_set(tmp_path, "png", seed=1)
+    second = write_shard(folder / "shards" / "f-1.tar",
+                         [Sample(f"t{i}", {"png": to_bytes(Image.new("RGB", (24, 24)), "png"), "cls": b"0",
+                                           "json": b"{}"}) for i in range(8)], root=folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"].append(dict(second.to_json(), view=0))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "shards" / "f-1.tar").unlink()
+    loader = ShardLoader(folder, batch_size=8, rank=0, world_size=1, num_workers=0, shuffle=False)
+    assert len(list(loader)) == len(loader)
+    missing = [e for e in loader.stats.errors if e.startswith("shards/f-1.tar")]
+    assert missing and "No such file or directory" in missing[0] and not re.search(r": 2;", missing[0]), missing

@@ -25,7 +25,6 @@ import os
 import random
 import sys
 import tarfile
-import warnings
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -316,20 +316,28 @@ def _read_range(path: Path, start: int, stop: int) -> Iterator[dict[str, Any]]:
             yield sample
 
 
-def _check_header(data: bytes, field_name: str) -> None:
-    """Refuse an image whose header announces too many pixels (a decompression bomb) or another format
-    than its field says, before anything is decoded (shards are untrusted input like any other)."""
-    from pixmix.data.images import ImageError, open_image
+def _decode_image(data: bytes, field_name: str, label: str) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` of one untrusted shard image, decoded by Pillow through :func:`open_image`.
+
+    Header checks first (bomb, format of the field), then a full decode in which a corrupt file is an
+    exception, never a crash (torchvision's libpng decoder segfaults on some flipped bytes); modes are
+    converted by :func:`to_rgb` (16-bit scaled to 8 bits, alpha dropped).
+    """
+    from pixmix.data.images import ImageError, open_image, to_rgb
 
     expected = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}.get(field_name)
     try:
-        with open_image(data, formats=[expected] if expected else None, name=field_name, decode=False):
-            pass
+        with open_image(data, formats=[expected] if expected else None, name=label) as im:
+            rgb = to_rgb(im)
     except ImageError as exc:
         raise _Lost(f"undecodable {field_name}: {exc}") from exc
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def _message(exc: BaseException) -> str:
+    """The reason of ``exc`` in words: an OSError's strerror (never its bare errno), else its first line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
     # webdataset appends " @ <stream>" and extra args to the message; keep the first line only.
     text = str(exc.args[0]) if exc.args else type(exc).__name__
     return text.split(" @ ")[0].splitlines()[0] if text else type(exc).__name__
@@ -582,8 +590,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         errors.append(line)
 
     def _decode(self, raw: _Raw) -> tuple[torch.Tensor, int]:
-        from torchvision.io import ImageReadMode, decode_image
-
         sample = raw.sample
         field_name = self.shardset.image_field
         if field_name not in sample or "cls" not in sample:
@@ -594,19 +600,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise _Lost(f"cls {bytes(sample['cls'])[:20]!r} is not a class index") from exc
         if not 0 <= label < len(self.shardset.classes):
             raise _Lost(f"class index {label} is outside the manifest's {len(self.shardset.classes)} classes")
-        raw_bytes = bytes(sample[field_name])
-        _check_header(raw_bytes, field_name)
-        try:
-            data = torch.frombuffer(bytearray(raw_bytes), dtype=torch.uint8)
-            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
-                warnings.simplefilter("ignore", DeprecationWarning)
-                image = decode_image(data, mode=ImageReadMode.RGB)  # greyscale, CMYK, alpha -> RGB
-        except (RuntimeError, ValueError) as exc:
-            raise _Lost(f"undecodable {field_name} ({_message(exc)})") from exc
-        if image.dtype == torch.uint16:  # 16-bit PNG: keep the high byte, as an 8-bit encoder would
-            image = image.to(torch.int32).div_(256, rounding_mode="floor").to(torch.uint8)
-        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-            raise _Lost(f"{field_name} decodes to {image.dtype} {list(image.shape)}, not one 8-bit RGB image")
+        image = _decode_image(bytes(sample[field_name]), field_name, f"{raw.name} sample {sample.get('__key__')}")
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise _Lost(f"{field_name} decodes to {list(image.shape)}, not one 8-bit RGB image")
         return image, label
 
     def _process(self, raw: _Raw) -> _Item:
