@@ -203,3 +203,26 @@ def test_a_missing_shard_is_reported_in_words_not_an_errno(tmp_path) -> None:
     assert len(list(loader)) == len(loader)
     missing = [e for e in loader.stats.errors if e.startswith("shards/f-1.tar")]
     assert missing and "No such file or directory" in missing[0] and not re.search(r": 2;", missing[0]), missing
+
+
+# --- the recipe comes from the shard set ---------------------------------------------------------------
+
+
+def test_a_cifar_shard_set_gets_the_cifar_recipe_unless_told(tmp_path) -> None:
+    from pixmix.augment.recipes import CIFAR, IMAGENET
+    from pixmix.data.shards.shard_set import ShardSet
+
+    folder, _ = fuzzed_set(tmp_path / "cifar", "png", seed=2)  # its manifest records dataset cifar10
+    pictures = [Image.new("RGB", (40, 40), (i, 0, 0)) for i in range(3)]
+    loader = ShardLoader(folder, batch_size=4, rank=0, world_size=1, num_workers=0, mixset=pictures)
+    assert loader.recipe is CIFAR and loader.mode == "online"
+    assert next(iter(loader)).images.shape[-2:] == (32, 32)
+    assert ShardLoader(folder, batch_size=4, rank=0, world_size=1, num_workers=0, mixset=pictures,
+                       recipe="imagenet").recipe is IMAGENET  # explicit wins
+    # PixMix views record their recipe; an old manifest that records nothing keeps the ImageNet default.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for config, expected in (({"dataset": "imagenet"}, "imagenet"), ({"recipe": {"name": "cifar"}}, "cifar"),
+                             ({}, None)):
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "config": config}))
+        assert ShardSet.load(folder).recipe_name == expected
+    assert ShardLoader(folder, batch_size=4, rank=0, world_size=1, num_workers=0).recipe is IMAGENET

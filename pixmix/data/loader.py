@@ -377,7 +377,8 @@ class LoaderOptions:
     build`` folder or a sequence of pictures) and PixMix params per sample) or ``"auto"`` (``"online"``
     for a plain set with a ``mixset``, else ``"views"``). ``num_workers``: the DataLoader's.
     ``shuffle_buffer``: samples per worker's buffer (``None``: :func:`auto_shuffle_buffer`).
-    :meth:`for_shards` fills in what depends on the shard set and the environment.
+    ``recipe``: ``None`` takes the shard set's (:attr:`ShardSet.recipe_name`: CIFAR sets get ``"cifar"``,
+    32 px batches), else ``"imagenet"``; an explicit recipe wins. :meth:`for_shards` fills in what depends on the shard set and the environment.
     """
 
     batch_size: int
@@ -387,7 +388,7 @@ class LoaderOptions:
     num_workers: int = 2
     mode: str = "auto"
     mixset: str | Path | Sequence[Image.Image] | None = None
-    recipe: str | Recipe = "imagenet"
+    recipe: str | Recipe | None = None
     transform: SeededTransform | None = None
     drop_last: bool = True
     shuffle: bool = True
@@ -407,14 +408,15 @@ class LoaderOptions:
         _check_int("num_workers", self.num_workers, 0)
         if self.shuffle_buffer is not None:
             _check_int("shuffle_buffer", self.shuffle_buffer, 1)
-        recipe = get_recipe(self.recipe)  # an unknown recipe name fails here, naming the parameter
+        # An unknown recipe name fails here, naming the parameter; None waits for the shard set (for_shards).
+        recipe = get_recipe(self.recipe) if self.recipe is not None else None
         if self.mode == "online":
             self._check_online(recipe)
 
-    def _check_online(self, recipe: Recipe) -> None:
+    def _check_online(self, recipe: Recipe | None) -> None:
         """Mode "online" draws a mixing picture per sample (unless the partners are all augmented inputs)
         and applies the recipe's own train transform."""
-        if recipe.partners != "augmented":
+        if recipe is None or recipe.partners != "augmented":
             if self.mixset is None:
                 raise PixmixError("mode 'online' needs a mixset (a `mixset build` folder or a sequence of pictures), "
                                   "unless the recipe's partners are 'augmented'", param="mixset")
@@ -434,7 +436,9 @@ class LoaderOptions:
             raise PixmixError(f"{shardset.folder}: mode 'online' needs a plain shard set, this one is "
                               f"{shardset.kind!r}", param="mode")
         rank, world_size = _rank_world(self.rank, self.world_size)
-        return replace(self, mode=mode, rank=rank, world_size=world_size)  # validated again, now complete
+        recipe = self.recipe if self.recipe is not None else shardset.recipe_name or "imagenet"
+        # validated again, now complete
+        return replace(self, mode=mode, rank=rank, world_size=world_size, recipe=recipe)
 
 
 def _rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -471,6 +475,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.workers = max(1, options.num_workers)
         self.mode = options.mode
         self.mixset = options.mixset
+        assert options.recipe is not None  # for_shards fills it in
         self.recipe = get_recipe(options.recipe)
         self.transform = options.transform
         self.drop_last, self.shuffle = options.drop_last, options.shuffle
@@ -697,7 +702,7 @@ class ShardLoader:
         num_workers: int = 2,
         mode: str = "auto",
         mixset: str | Path | Sequence[Image.Image] | None = None,
-        recipe: str | Recipe = "imagenet",
+        recipe: str | Recipe | None = None,
         transform: SeededTransform | None = None,
         drop_last: bool = True,
         shuffle: bool = True,

@@ -45,6 +45,19 @@ class ShardSet:
     config: dict[str, Any]
 
     @property
+    def recipe_name(self) -> str | None:
+        """The recipe the set was made for, from what ``mixset shard`` records in the manifest's config: the
+        recipe of PixMix views (``config.recipe.name``), else the dataset's (``cifar*``: ``"cifar"``, other
+        datasets: ``"imagenet"``); ``None`` when the manifest records neither."""
+        recipe = self.config.get("recipe")
+        if isinstance(recipe, dict) and isinstance(recipe.get("name"), str):
+            return recipe["name"]
+        dataset = self.config.get("dataset")
+        if not isinstance(dataset, str):
+            return None
+        return "cifar" if dataset.startswith("cifar") else "imagenet"
+
+    @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
