@@ -378,7 +378,8 @@ class LoaderOptions:
     for a plain set with a ``mixset``, else ``"views"``). ``num_workers``: the DataLoader's.
     ``shuffle_buffer``: samples per worker's buffer (``None``: :func:`auto_shuffle_buffer`).
     ``recipe``: ``None`` takes the shard set's (:attr:`ShardSet.recipe_name`: CIFAR sets get ``"cifar"``,
-    32 px batches), else ``"imagenet"``; an explicit recipe wins. :meth:`for_shards` fills in what depends on the shard set and the environment.
+    32 px batches), else ``"imagenet"``; an explicit recipe wins. :meth:`for_shards` fills in what depends on
+    the shard set and the environment.
     """
 
     batch_size: int
