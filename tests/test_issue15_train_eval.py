@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from test_train import Data
 
 from pixmix.cli.train import PRESET_DEFAULTS
@@ -75,3 +76,34 @@ def test_damaged_log_is_one_line_with_recovery(data: Data, trained: Path, tmp_pa
     result = _run(data, out)
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert "log.jsonl" in result.output
+
+
+def test_one_usable_cpu_gives_one_thread_per_process(monkeypatch: pytest.MonkeyPatch, data: Data,
+                                                      tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from pixmix.evaluate import inputs
+    from pixmix.evaluate.options import default_workers
+    from pixmix.train import trainer
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # limit_threads sets them; monkeypatch puts them back
+    assert default_workers() == 1  # eval: one decoding process, not os.cpu_count()
+    assert trainer.plan_threads(0) == (1, 0) and trainer.plan_threads(2, cpus=4) == (2, 1)
+    assert trainer.plan_threads(1) == (1, 1) and trainer.plan_threads(3, cpus=2) == (1, 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # eval's folder decoding: the worker probes its own torch threads; this process keeps 1 meanwhile
+        probe = [torch.get_num_threads] * 2
+        got = [(int(b[0, 0, 0, 0]), torch.get_num_threads()) for b in inputs.pil_batches(
+            probe, np.arange(2), 1, lambda f: Image.new("RGB", (1, 1), (f(), 0, 0)), workers=1)]
+        assert got == [(1, 1), (1, 1)] and torch.get_num_threads() == 2
+        torch.set_num_threads(2)
+        trainer.train(trainer.preset_config("smoke-baseline", device="cpu", workers=1, epochs=1, batch_size=40),
+                      data.plain, tmp_path / "run", log=lambda _: None, progress=False)
+        assert torch.get_num_threads() == 1  # 1 usable CPU: the main process keeps 1 thread beside its worker
+    finally:
+        torch.set_num_threads(threads)

@@ -19,6 +19,7 @@ from PIL import Image
 from pixmix.augment.transforms import CenterCrop, Resize, to_uint8_tensor
 from pixmix.data.readers import load_npy
 from pixmix.utils.errors import PixmixError
+from pixmix.utils.runtime import limit_threads, usable_cpus
 
 
 def subset(n: int, limit: int | None) -> np.ndarray:
@@ -62,11 +63,27 @@ class PilImages(torch.utils.data.Dataset):
 
 def pil_batches(images: Sequence[Any], indices: np.ndarray, batch_size: int,
                 transform: Callable[[Image.Image], Image.Image], workers: int) -> Iterator[torch.Tensor]:
-    """Batches of :class:`PilImages`, decoded by ``workers`` processes (0: in this one), in order."""
+    """Batches of :class:`PilImages`, decoded by ``workers`` processes (0: in this one), in order.
+
+    Processes x threads stay within the usable CPUs: each worker runs one thread, and while they run this
+    process keeps the rest (at least one).
+    """
     # Nothing here is random; the generator only keeps the loader's base seed off the global RNG.
     loader = torch.utils.data.DataLoader(PilImages(images, indices, transform), batch_size=batch_size,
-                                         shuffle=False, num_workers=workers, generator=torch.Generator())
-    yield from loader
+                                         shuffle=False, num_workers=workers, generator=torch.Generator(),
+                                         worker_init_fn=one_thread if workers else None)
+    threads = torch.get_num_threads()
+    if workers:
+        torch.set_num_threads(max(1, min(threads, usable_cpus() - workers)))
+    try:
+        yield from loader
+    finally:
+        torch.set_num_threads(threads)
+
+
+def one_thread(_worker: int) -> None:
+    """A decoding worker's ``worker_init_fn``: one torch and BLAS thread."""
+    limit_threads(1)
 
 
 class ResizeCrop:

@@ -5,11 +5,11 @@ The options are checked once, when :class:`EvalOptions` is built; every measure 
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
 from pixmix.utils.errors import PixmixError
+from pixmix.utils.runtime import plan_workers
 
 DEFAULT_OOD_SAMPLES = 2000  # the reference: len(CIFAR test) // 5
 
@@ -55,8 +55,9 @@ def suite_named(name: str) -> Suite:
 
 
 def default_workers() -> int:
-    """Image-decoding processes for folder datasets when none are asked for: one per CPU, at most 8."""
-    return min(8, os.cpu_count() or 1)
+    """Image-decoding processes for folder datasets when none are asked for: one per usable CPU
+    (:func:`~pixmix.utils.runtime.plan_workers`: affinity, cgroup quota, SLURM_CPUS_PER_TASK), at most 8."""
+    return min(8, plan_workers(None)[0])
 
 
 @dataclass(frozen=True)

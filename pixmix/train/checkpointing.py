@@ -17,8 +17,8 @@ from typing import Any
 from pixmix.augment.recipes import Recipe
 from pixmix.models import load_checkpoint, save_checkpoint
 from pixmix.train.errors import TrainError
-from pixmix.utils.errors import PixmixError
 from pixmix.train.loop import Learner, cosine_factor
+from pixmix.utils.errors import PixmixError
 
 # Fields that may differ when a run is resumed: more epochs extend it (the cosine is re-planned from
 # there on); keep_every only changes which checkpoints are kept.

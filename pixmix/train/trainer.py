@@ -61,6 +61,7 @@ from pixmix.train.loop import (
     validate,
     validation_error,
 )
+from pixmix.utils.runtime import limit_threads, usable_cpus
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("bfloat16", "float16")
@@ -343,6 +344,7 @@ def train(
         raise TrainError(f"stop_after_epochs must be >= 0, got {stop_after_epochs}", param="stop_after_epochs")
     ctx = open_context(config.device)
     try:
+        limit_threads(plan_threads(config.workers)[0])
         say = log if ctx.rank == 0 else _silent
         run, state = _set_up(config, ctx, shards, Path(out), plan, classes, mixset, val_shards, say, progress)
         start = _resume(run, state)
@@ -358,6 +360,18 @@ def train(
         return summary
     finally:
         close_context(ctx)
+
+
+def plan_threads(workers: int, cpus: int | None = None) -> tuple[int, int]:
+    """``(main process threads, threads per loader worker)`` so that all of them fit the usable CPUs.
+
+    Each DataLoader worker runs one torch thread (the DataLoader sets it); the main process (the model's
+    forward and backward) keeps the rest, at least one. With no workers the main process has them all.
+    """
+    budget = usable_cpus() if cpus is None else max(1, cpus)
+    if workers <= 0:
+        return budget, 0
+    return max(1, budget - workers), 1
 
 
 def _silent(_: str) -> None:
