@@ -226,3 +226,60 @@ def test_a_cifar_shard_set_gets_the_cifar_recipe_unless_told(tmp_path) -> None:
         (folder / "manifest.json").write_text(json.dumps({**manifest, "config": config}))
         assert ShardSet.load(folder).recipe_name == expected
     assert ShardLoader(folder, batch_size=4, rank=0, world_size=1, num_workers=0).recipe is IMAGENET
+
+
+# --- allocation bombs in dataset pickles ---------------------------------------------------------------
+
+import pickle  # noqa: E402
+import tracemalloc  # noqa: E402
+
+from pixmix.data.readers import CIFAR  # noqa: E402
+from pixmix.utils.errors import PixmixError  # noqa: E402
+
+
+def cifar_root(tmp_path: Path, payload: bytes) -> Path:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_bytes(payload)
+    return folder / "data_batch_1"
+
+
+def reconstruct_bomb(shape: tuple[int, ...]) -> bytes:
+    """A protocol-2 pickle of ``{b'data': _reconstruct(ndarray, shape, b'b')}`` with a tiny state."""
+    p = pickle
+    return (b"\x80\x02}q\x00C\x04data"
+            + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+            + p.dumps(shape, protocol=2)[2:-1] + b"C\x01b" + b"\x87R"
+            + p.dumps((1, shape, np.dtype(np.uint8), False, b"\x00" * 16), protocol=2)[2:-1] + b"b" + b"s.")
+
+
+@pytest.mark.parametrize("name, payload", [
+    ("reconstruct", reconstruct_bomb((3 * 10**9,))),
+    ("state", reconstruct_bomb((1,)).replace(b"\x00" * 16, b"\x00" * 15 + b"\x01")),  # shape/data mismatch
+    ("bytes", b"\x80\x02}q\x00C\x04datacbuiltins\nbytes\n\x8a\x06\x00\x00\x00\x00\x00\x01\x85Rs."),  # 2**40
+    ("binbytes8", b"\x80\x04\x8e" + (2**40).to_bytes(8, "little") + b"tiny."),
+    ("memo", b"\x80\x02}r\xff\xff\xff\x7f."),
+])
+def test_an_allocation_bomb_pickle_is_refused_without_allocating(tmp_path, name, payload) -> None:
+    path = cifar_root(tmp_path, payload)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PixmixError) as info:
+            CIFAR(tmp_path, "cifar10")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message and "re-download" in message, message
+    assert peak < 64 << 20, (name, peak)
+
+
+def test_a_real_numpy_pickle_still_loads(tmp_path) -> None:
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    for protocol in (2, 4):
+        root = tmp_path / str(protocol)
+        batch = cifar_root(root, pickle.dumps({b"data": data, b"labels": [3, 4]}, protocol=protocol))
+        for i in range(2, 6):
+            batch.with_name(f"data_batch_{i}").write_bytes(batch.read_bytes())
+        train = CIFAR(root, "cifar10")
+        assert len(train) == 10 and np.array_equal(train.images[1].transpose(2, 0, 1).reshape(-1), data[1])

@@ -10,7 +10,10 @@ otherwise run code), and image files go through the decompression-bomb check of
 
 from __future__ import annotations
 
+import io
+import math
 import pickle
+import pickletools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,30 +33,112 @@ CIFAR_LAYOUT = {
 CORRUPTED_LAYOUT = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C"}
 PER_SEVERITY = 10_000
 
-# The only globals a CIFAR pickle may name: what numpy needs to rebuild an array.
+# The only globals a CIFAR pickle may name: what numpy needs to rebuild an array. The ones that could be
+# asked for a huge allocation (ndarray, _reconstruct, bytes) are replaced by the checked stand-ins below.
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"), ("builtins", "bytes"), ("_codecs", "encode"),
 }
+#: A dataset pickle larger than this is refused before it is read (CIFAR-100's train batch is ~160 MB).
+MAX_PICKLE_BYTES = 1 << 30
+# Opcodes whose argument indexes the unpickler's memo, which it grows to that index.
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something a dataset pickle never needs (an allocation beyond its own size)."""
+
+
+class _ArrayType:
+    """Stands in for ``numpy.ndarray``: only the subtype argument of ``_reconstruct``, never called."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _ArrayType:
+        raise _Refused("numpy.ndarray(...) is called directly (it would allocate the array it names)")
+
+
+class _PendingArray:
+    """What ``_reconstruct`` makes: the array is built in ``__setstate__`` (the BUILD opcode) only once its
+    shape, dtype and data agree, so its size is the size of bytes already in the pickle."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("an array state that is not numpy's (version, shape, dtype, fortran, data)")
+        shape, dtype, fortran, raw = state[-4:]
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise _Refused(f"an array shape {str(shape)[:60]} that is not a tuple of sizes")
+        dtype = np.dtype(dtype)
+        if dtype.hasobject:
+            raise _Refused("an array of Python objects")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != nbytes:
+            got = len(raw) if isinstance(raw, (bytes, bytearray)) else type(raw).__name__
+            raise _Refused(f"an array of shape {shape} ({nbytes} bytes) from {got} bytes of data")
+        self.array = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> _PendingArray:
+    if subtype is not _ArrayType:
+        raise _Refused(f"_reconstruct of {getattr(subtype, '__name__', subtype)!r}, not of numpy.ndarray")
+    return _PendingArray()
+
+
+def _bytes(*args: Any) -> bytes:
+    if args and isinstance(args[0], int):
+        raise _Refused(f"bytes({args[0]}) (an allocation of {args[0]} bytes)")
+    return bytes(*args)
+
+
+_STAND_INS: dict[str, Any] = {"ndarray": _ArrayType, "_reconstruct": _reconstruct, "bytes": _bytes}
 
 
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a dataset pickle")
-        return super().find_class(module, name)
+        return _STAND_INS.get(name) or super().find_class(module, name)
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Refuse counted lengths, frames and memo indices past the pickle's own size, which the unpickler
+    would allocate before noticing the data is not there (``pickletools.genops`` reads without running)."""
+    for opcode, arg, pos in pickletools.genops(io.BytesIO(data)):  # ValueError: a length past the end
+        if opcode.name == "FRAME" and isinstance(arg, int) and arg > len(data) - (pos or 0):
+            raise _Refused(f"a frame of {arg} bytes in {len(data)} bytes")
+        if opcode.name in _MEMO_OPCODES and isinstance(arg, int) and arg > len(data):
+            raise _Refused(f"memo index {arg} in a pickle of {len(data)} bytes")
+
+
+def _resolve(obj: Any) -> Any:
+    """``obj`` with every pending array replaced by the array built from its state."""
+    if isinstance(obj, _PendingArray):
+        if obj.array is None:
+            raise _Refused("an array without its data")
+        return obj.array
+    if isinstance(obj, dict):
+        return {k: _resolve(v) for k, v in obj.items()}
+    if isinstance(obj, list) and any(isinstance(v, (_PendingArray, dict, list)) for v in obj):
+        return [_resolve(v) for v in obj]
+    return obj
 
 
 def _load_batch(path: Path) -> dict:
-    """One CIFAR python batch, unpickled with the allow-list above."""
+    """One CIFAR python batch, unpickled with the allow-list above, refusing any allocation bomb."""
     try:
-        with open(path, "rb") as fh:
-            data = _SafeUnpickler(fh, encoding="bytes").load()
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise _Refused(f"{size} bytes, over the {MAX_PICKLE_BYTES} a dataset batch may have")
+        raw = path.read_bytes()
+        _check_opcodes(raw)
+        data = _resolve(_SafeUnpickler(io.BytesIO(raw), encoding="bytes").load())
     except FileNotFoundError as exc:
         raise PixmixError(f"{path} not found: point --data at the folder that holds it") from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise PixmixError(f"{path}: not a CIFAR python batch ({exc}); re-download it") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError, RecursionError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise PixmixError(f"{path}: not a CIFAR python batch ({reason}); re-download it") from None
     if not isinstance(data, dict):
         raise PixmixError(f"{path}: not a CIFAR python batch (a {type(data).__name__}, not a dict)")
     return data
