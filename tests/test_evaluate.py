@@ -421,3 +421,32 @@ def _val_only(root: Path, tmp_path: Path) -> Path:
     other = tmp_path / "val_only"
     shutil.copytree(root / "val", other / "val")
     return other
+
+
+def test_limit_runs_are_flagged_as_subsets(cifar_root, spread_run, tmp_path, monkeypatch) -> None:
+    """Issue 15: a --limit run beside the paper's full-set rows says it is a subset (md, png, printed summary)."""
+    import pixmix.evaluate.report as report_module
+
+    _, ckpt, _ = spread_run
+    titles: list[str] = []
+    real_plot = report_module.plot
+
+    def recording_plot(rows, path, title=""):
+        titles.append(title)
+        return real_plot(rows, path, title=title)
+
+    monkeypatch.setattr(report_module, "plot", recording_plot)
+    args = ["--checkpoint", str(ckpt), "--suite", "cifar10", "--data", str(cifar_root), "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--limit", "8", "--ood-samples", "8", "--quiet", "--workers", "0"]
+    result = CliRunner().invoke(eval_command, args)
+    assert result.exit_code == 0, result.output
+    assert "| This run † (subset: 8 per set) |" in result.output
+    assert "† subset: at most 8 images per set (--limit 8)" in result.output
+    md = (tmp_path / "o" / "results.md").read_text()
+    assert "| This run † (subset: 8 per set) |" in md and "**† subset: at most 8 images per set" in md
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["subset"] == {"limit": 8}
+    assert titles == ["cifar10: this run vs the paper\nsubset: 8 per set (the paper's rows: full sets)"]
+    # a full-set run: no marker, no note
+    _, _, full = spread_run
+    assert "†" not in write_report(full, tmp_path / "full")["md"].read_text()
+    assert titles[-1] == "cifar10: this run vs the paper"

@@ -46,7 +46,7 @@ def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, de
 
     Missing optional sets (-C-Bar, -P, folder OOD sets) are skipped and noted in the report.
     """
-    from pixmix.evaluate.report import summary_rows, summary_table, write_report
+    from pixmix.evaluate.report import subset_note, summary_rows, summary_table, write_report
     from pixmix.evaluate.suites import evaluate
 
     with user_errors(FLAGS):
@@ -56,6 +56,9 @@ def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, de
                            log=lambda m: click.echo(m, err=True))
         paths = write_report(results, out_dir)
     click.echo(summary_table(summary_rows(results)))
+    subset = subset_note(results)
+    if subset is not None:
+        click.echo(subset)
     for note in results["notes"]:
         click.echo(f"note: {note}")
     click.echo(f"wrote {paths['md']}, {paths['json']} and {paths['png']}")

@@ -39,7 +39,26 @@ def summary_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     return _table(["Method", *_header()], [[name, *(_fmt(row.get(k)) for k in KEYS)] for name, row in rows.items()])
 
 
+def subset_limit(results: Mapping[str, Any]) -> int | None:
+    """The ``--limit`` a run used (images per set), ``None`` for a full-set run."""
+    subset = results.get("subset")
+    limit = subset.get("limit") if isinstance(subset, Mapping) else results.get("settings", {}).get("limit")
+    return int(limit) if limit is not None else None
+
+
+def subset_note(results: Mapping[str, Any]) -> str | None:
+    """What marks a ``--limit`` run's row (``†``): its numbers are not comparable to the paper's full sets."""
+    limit = subset_limit(results)
+    if limit is None:
+        return None
+    return (f"† subset: at most {limit} images per set (--limit {limit}); the paper's rows are on the full sets, "
+            "so this run's numbers are not directly comparable to them")
+
+
 def summary_rows(results: Mapping[str, Any], name: str = "This run") -> dict[str, Mapping[str, Any]]:
+    """Our row (marked ``†`` when it is on a subset, see :func:`subset_note`), then the paper's."""
+    limit = subset_limit(results)
+    name = name if limit is None else f"{name} † (subset: {limit} per set)"
     rows: dict[str, Mapping[str, Any]] = {name: results["summary"]}
     for method, row in PAPER_RESULTS.get(results["suite"], {}).items():
         rows[f"Paper: {method}"] = row
@@ -56,6 +75,9 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"device {results['settings']['device']}, {results.get('seconds', '?')} s."), "",
            "## Summary (the paper's Table 2 layout; ↓ lower is better, ↑ higher is better)", "",
            summary_table(summary_rows(results)), ""]
+    note = subset_note(results)
+    if note is not None:
+        out += [f"**{note}.**", ""]
     if results["suite"] not in PAPER_RESULTS:
         out += ["The spec lists no paper numbers for this suite.", ""]
     if results["suite"] == "imagenet":
@@ -135,7 +157,9 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
     write_json(paths["json"], json_safe(results), sort_keys=False)
     paths["md"].write_text(markdown(results))
-    plot(summary_rows(results), paths["png"], title=f"{results['suite']}: this run vs the paper")
+    limit = subset_limit(results)
+    subtitle = "" if limit is None else f"\nsubset: {limit} per set (the paper's rows: full sets)"
+    plot(summary_rows(results), paths["png"], title=f"{results['suite']}: this run vs the paper{subtitle}")
     return paths
 
 
@@ -183,4 +207,4 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, pa
 
 # COLUMNS, KEYS and the paper's rows are defined in pixmix.evaluate.paper and stay importable from here.
 __all__ = ["COLUMNS", "KEYS", "PAPER_ABLATIONS", "PAPER_RESULTS", "compare", "load_results", "markdown", "plot",
-           "summary_rows", "summary_table", "write_report"]
+           "subset_limit", "subset_note", "summary_rows", "summary_table", "write_report"]

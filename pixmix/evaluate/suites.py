@@ -75,6 +75,8 @@ def evaluate(
         "checkpoint": _jsonable({"path": str(checkpoint), "model": state.get("model"), "recipe": recipe,
                                  "classes": state.get("classes"), "config": state.get("config")}),
         "settings": {"device": str(net.device), **options.settings(), "pgd": dict(PGD, random_start=True)},
+        # --limit: the numbers are on a subset, not comparable to the paper's full-set rows (the report says so)
+        "subset": {"limit": options.limit} if options.limit is not None else None,
         "notes": notes,
     }
     results.update(run_measures(net, data, spec, options, notes, log, trained_classes=state.get("classes")))
