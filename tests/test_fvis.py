@@ -354,3 +354,102 @@ def test_cuda_render_matches_cpu(trunk):
     assert torch.equal(torch.cuda.get_rng_state(), cuda_state) and lt.device == lucent_device
     assert gpu.device.type == "cpu" and gpu.shape == cpu.shape
     assert (gpu - cpu).abs().mean() < 0.02  # cuDNN/TF32 rounding only
+
+
+# --- user errors and the fallback's one line (issue 15) --------------------------------------------
+
+
+def test_missing_checkpoint_is_a_one_line_user_error(tmp_path):
+    from pixmix.utils.errors import PixmixError
+
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(PixmixError) as info:
+        fv.load_model("alexnet", checkpoint=missing)
+    assert isinstance(info.value, FileNotFoundError) and str(missing) in str(info.value)
+    assert "\n" not in str(info.value)
+    plan = fv.plan_units(["alexnet"], limit=1)
+    with pytest.raises(fv.CheckpointNotFoundError) as info:  # before anything is rendered
+        next(iter(fv.fvis_images(plan=plan, size=SIZE, steps=1, checkpoints={"alexnet": missing})))
+    assert info.value.param == "fvis_checkpoints" and str(missing) in str(info.value) and "alexnet" in str(info.value)
+
+
+def test_checkpoint_for_a_model_not_rendered_is_refused(tmp_path):
+    from pixmix.utils.errors import PixmixError
+
+    ckpt = tmp_path / "r50.pth"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(PixmixError) as info:
+        fv.check_checkpoints({"resnet50": ckpt}, ["alexnet"])
+    message = str(info.value)
+    assert "'resnet50'" in message and str(ckpt) in message and "not being rendered" in message
+    assert info.value.param == "fvis_checkpoints" and "\n" not in message
+    with pytest.raises(PixmixError, match="'resnet50'.*not being rendered"):
+        next(iter(fv.fvis_images(["alexnet"], limit=1, size=SIZE, steps=1, checkpoints={"resnet50": ckpt})))
+    with pytest.raises(PixmixError, match="'vgg99'.*not being rendered"):  # with a plan: the known models
+        next(iter(fv.fvis_images(plan=fv.plan_units(["alexnet"], limit=1), size=SIZE, steps=1,
+                                 checkpoints={"vgg99": ckpt})))
+    assert fv.check_checkpoints([("alexnet", str(ckpt))], ["alexnet"]) == {"alexnet": ckpt}
+
+
+def test_checkpoint_errors_through_the_build_and_the_cli_flag(tmp_path):
+    from mixset.build.builder import BuildConfig, build
+    from mixset.cli import FLAGS
+    from pixmix.cli.errors import translate
+    from pixmix.utils.errors import PixmixError
+
+    missing = tmp_path / "missing.pth"
+    config = BuildConfig(out=tmp_path / "o", sources=("fvis",), fvis_models=("alexnet",), limit=1, fvis_steps=1,
+                         fvis_size=16, fvis_checkpoints=(("alexnet", str(missing)),))
+    with pytest.raises(PixmixError) as info:
+        build(config, log=lambda _: None, progress=False)
+    shown = translate(info.value, FLAGS)
+    assert shown.startswith("--fvis-checkpoint") and str(missing) in shown and "\n" not in shown
+
+
+OFFLINE_RENDER = """
+import sys, urllib.error, torch.hub
+def offline(*args, **kwargs):
+    raise urllib.error.URLError("no network in this test")
+torch.hub.download_url_to_file = offline  # torchvision's weights download: as when offline
+import mixset.sources.fvis as fv
+seen = []
+out = list(fv.fvis_images(plan=fv.plan_units(["alexnet"], limit=2), size=16, steps=1, batch=1,
+                          on_fallback=lambda model, desc: seen.append(model)))
+assert seen == ["alexnet"], seen
+print(out[0][1]["weights"])
+"""
+
+
+def test_offline_fallback_prints_nothing_but_its_one_line(tmp_path):
+    env = {**__import__("os").environ, "TORCH_HOME": str(tmp_path), "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-c", OFFLINE_RENDER], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("random-init fallback: ") and "no network" in done.stdout, done.stdout
+    assert len(done.stdout.splitlines()) == 1, done.stdout  # no "Downloading: ..." line
+    assert "Downloading" not in done.stderr and "RuntimeWarning" not in done.stderr, done.stderr
+    assert done.stderr.strip() == "", done.stderr
+
+
+def test_build_offline_says_it_once_per_model(tmp_path, monkeypatch, capfd):
+    import torch.hub
+
+    from mixset.build.builder import BuildConfig, build
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    lines: list[str] = []
+    config = BuildConfig(out=tmp_path / "o", sources=("fvis",), fvis_models=("alexnet",), limit=2, fvis_steps=1,
+                         fvis_size=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build(config, log=lines.append, progress=False)
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err, out + err
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+    everything = [*lines, *out.splitlines(), *err.splitlines()]
+    said = [line for line in everything if "weights" in line and "alexnet" in line.lower()]
+    assert len(said) == 1, said

@@ -78,10 +78,12 @@ inside the functions that need it: ``import mixset.sources.fvis`` stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -108,6 +110,8 @@ __all__ = [
     "to_pil",
     "fvis_images",
     "derive_seed",
+    "check_checkpoints",
+    "CheckpointNotFoundError",
 ]
 
 TRANSFORMS = ("lucent", "none")
@@ -222,10 +226,37 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return state
 
 
+class CheckpointNotFoundError(PixmixError, FileNotFoundError):
+    """A checkpoint file that does not exist: a one-line user error (and, as before, a FileNotFoundError)."""
+
+
+def check_checkpoints(checkpoints: Mapping[str, Path | str] | Sequence[tuple[str, Path | str]],
+                      models: Sequence[str] | None = None) -> dict[str, Path]:
+    """``{model: path}`` after checking every entry; the build's ``--fvis-checkpoint MODEL=PATH`` values.
+
+    A model that is not rendered (not in ``models``; when ``models`` is None, not in :data:`DEFAULT_LAYERS`)
+    or a path that is not a file is a one-line :class:`PixmixError` naming the model and the file, with
+    ``param="fvis_checkpoints"`` (the build's option, shown as ``--fvis-checkpoint``); a missing file is a
+    :class:`CheckpointNotFoundError`.
+    """
+    pairs = list(checkpoints.items()) if isinstance(checkpoints, Mapping) else list(checkpoints)
+    rendered = list(DEFAULT_LAYERS) if models is None else list(models)
+    for model, path in pairs:
+        if model not in rendered:
+            raise PixmixError(f"checkpoint {model}={path} names model {model!r}, which is not being rendered "
+                              f"(models: {rendered}); fix the model name or add it to the models",
+                              param="fvis_checkpoints")
+        if not Path(path).is_file():
+            raise CheckpointNotFoundError(f"checkpoint {model}={path}: file {path} does not exist; check the path",
+                                          param="fvis_checkpoints")
+    return {model: Path(path) for model, path in pairs}
+
+
 def _load_checkpoint(name: str, path: Path) -> tuple[nn.Module, str]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {path} for {name} does not exist; check the path",
+                                      param="checkpoint")
     try:
         state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         head = _HEADS.get(name)
@@ -248,13 +279,15 @@ def load_model(name: str, weights: str = "default", checkpoint: Path | None = No
     - ``checkpoint``: a local ``state_dict`` (optionally wrapped in ``{"state_dict": ...}`` or saved
       from DDP), loaded with ``torch.load(weights_only=True)``; ``num_classes`` is taken from it for the
       known architectures. Any failure raises a one-line :class:`~pixmix.utils.errors.PixmixError` naming
-      the file (a missing file raises ``FileNotFoundError``). ``weights`` is ignored.
+      the file (a missing file: :class:`CheckpointNotFoundError`, also a ``FileNotFoundError``). ``weights`` is
+      ignored.
     - ``weights="default"``: torchvision's DEFAULT weight enum (from the torch hub cache, downloaded
       when the network allows); another string names an enum member (e.g. ``"IMAGENET1K_V1"``);
       ``"random"`` asks for the seeded random initialisation without a warning.
     - When the pretrained weights cannot be had (no network, no cache): ``warnings.warn`` and the
       documented fallback, the architecture with a seeded random initialisation; the description is
-      ``"random-init fallback: <reason>"``.
+      ``"random-init fallback: <reason>"``. torch's own download line and progress bar (stdout, stderr) are not
+      shown: the outcome is the description (and the warning).
     """
     if checkpoint is not None:
         model, desc = _load_checkpoint(name, Path(checkpoint))
@@ -271,7 +304,10 @@ def load_model(name: str, weights: str = "default", checkpoint: Path | None = No
         known = ["default", *enum.__members__]
         raise PixmixError(f"unknown weights {weights!r} for {name}; known: {known}", param="weights") from None
     try:
-        with torch.random.fork_rng(devices=[]):  # builds (random-inits) the model before loading
+        # builds (random-inits) the model before loading; torch.hub's "Downloading: ..." line (stdout) and
+        # progress bar (stderr) are kept off the terminal (a failure is reported once, below)
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             model = get_model(name, weights=member)
     except Exception as exc:  # noqa: BLE001 - URLError, OSError, hash mismatch, corrupt cache...
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
@@ -563,6 +599,7 @@ def fvis_images(
     weights: str = "default",
     checkpoints: Mapping[str, Path] | None = None,
     transforms: Literal["lucent", "none"] = "lucent",
+    on_fallback: Callable[[str, str], None] | None = None,
 ) -> Iterator[tuple[Image.Image, dict[str, Any]]]:
     """Plan -> load -> truncate -> render: yields ``(PIL RGB image, metadata)`` in plan order.
 
@@ -573,11 +610,20 @@ def fvis_images(
     share initialisations. Metadata: ``model, layer, channel, weights`` (the description from
     :func:`load_model`, e.g. ``"random-init fallback: ..."``), ``steps, size, seed, render_seed, lr,
     transforms``; ``render_units(trunk, [channel], seed=render_seed, ...)`` reproduces the image.
+
+    ``checkpoints`` are checked before anything is rendered (:func:`check_checkpoints`: against ``models``,
+    or with a ``plan``, against the known models). When a model falls back to random weights,
+    :func:`load_model`'s ``RuntimeWarning`` is not issued: the fallback is in every image's ``weights``, and
+    ``on_fallback(model, description)`` is called once for the model (``mixset build`` logs one line).
     """
     entries = list(plan_units(models, limit) if plan is None else plan)
-    checkpoints = dict(checkpoints or {})
+    checkpoints = check_checkpoints(checkpoints or {}, models if plan is None else None)
     for model_name, model_entries in groupby(entries, key=lambda entry: entry[0].model):
-        model, desc = load_model(model_name, weights=weights, checkpoint=checkpoints.get(model_name))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="FVIS WARNING: pretrained weights", category=RuntimeWarning)
+            model, desc = load_model(model_name, weights=weights, checkpoint=checkpoints.get(model_name))
+        if on_fallback is not None and desc.startswith("random-init fallback"):
+            on_fallback(model_name, desc)
         for spec, layer_entries in groupby(model_entries, key=lambda entry: entry[0]):
             channels = [channel for _, channel in layer_entries]
             trunk = truncated_trunk(model, spec.layer)
