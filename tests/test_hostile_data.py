@@ -283,3 +283,41 @@ def test_a_real_numpy_pickle_still_loads(tmp_path) -> None:
             batch.with_name(f"data_batch_{i}").write_bytes(batch.read_bytes())
         train = CIFAR(root, "cifar10")
         assert len(train) == 10 and np.array_equal(train.images[1].transpose(2, 0, 1).reshape(-1), data[1])
+
+
+# --- tar members that are symbolic links: skipped, and named -------------------------------------------
+
+import tarfile  # noqa: E402
+
+from pixmix.data.shards.mixing_set import MixingShards  # noqa: E402
+
+
+def add_symlink(shard: Path, name: str, target: str) -> None:
+    """Append a symbolic-link member to an existing (uncompressed) tar."""
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tar.addfile(info)
+
+
+def test_symlink_members_are_reported_by_name_in_shards_and_mixing_sets(tmp_path, caplog) -> None:
+    folder, _ = fuzzed_set(tmp_path / "set", "png", seed=4)
+    shard = folder / "shards" / "f-0.tar"
+    add_symlink(shard, "zz.png", "/etc/passwd")
+    loader = ShardLoader(folder, batch_size=8, rank=0, world_size=1, num_workers=0, shuffle=False)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    links = [e for e in loader.stats.errors if "'zz.png'" in e]
+    assert links == ["shards/f-0.tar: member 'zz.png' is a symbolic link to '/etc/passwd': skipped"]
+    # The mixing-set reader.
+    mix = tmp_path / "mix"
+    info = write_shard(mix / "shards" / "00000.tar",
+                       [Sample("m0", {"png": to_bytes(Image.new("RGB", (8, 8)), "png"), "json": b"{}"})], root=mix)
+    (mix / "manifest.json").write_text(json.dumps({"format": "pixmix-mixset", "version": 1,
+                                                   "shards": [info.to_json()]}))
+    add_symlink(mix / "shards" / "00000.tar", "m1.png", "../../secret.png")
+    with caplog.at_level("WARNING", logger="pixmix.data.shards"):
+        pictures = MixingShards(mix)
+    assert len(pictures) == 1 and len(pictures.skipped) == 1
+    assert "'m1.png' is a symbolic link to '../../secret.png'" in pictures.skipped[0]
+    assert any("m1.png" in r.getMessage() for r in caplog.records)

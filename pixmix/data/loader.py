@@ -42,6 +42,7 @@ from pixmix.augment.params import PixMixParams, sample_params
 from pixmix.augment.recipes import Recipe, get_recipe
 from pixmix.augment.transforms import SeededTransform, to_uint8_tensor
 from pixmix.data.shards.shard_set import ShardRecord, ShardSet
+from pixmix.data.shards.tar import member_kind
 from pixmix.utils.distributed import rank_world
 from pixmix.utils.errors import PixmixError
 from pixmix.utils.seeding import derive_seed, generator_for
@@ -301,17 +302,32 @@ def _sample_offset(path: Path, index: int) -> int:
     raise PixmixError(f"has only {count + 1} samples, cannot start at sample {index}")
 
 
-def _read_range(path: Path, start: int, stop: int) -> Iterator[dict[str, Any]]:
+def _tar_files(fh: Any, url: str, skipped: list[str]) -> Iterator[dict[str, Any]]:
+    """The regular members of a tar stream as webdataset file dicts; the others (links, folders) are
+    skipped and named in ``skipped`` (webdataset's own expander passes over them silently)."""
+    with tarfile.open(fileobj=fh, mode="r|") as stream:
+        for member in stream:
+            if not member.isreg():
+                skipped.append(f"member {member.name!r} is {member_kind(member)}: skipped")
+                continue
+            data = stream.extractfile(member)
+            assert data is not None  # a regular member
+            yield {"fname": member.name, "data": data.read(), "__url__": url}
+            stream.members = []  # type: ignore[attr-defined]  # keep no headers: a shard may hold many
+
+
+def _read_range(path: Path, start: int, stop: int, skipped: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Samples ``start`` to ``stop - 1`` of a shard as webdataset dicts (``__key__`` and raw fields).
 
-    Samples before ``start`` are skipped by seeking; reading stops after ``stop - 1``.
+    Samples before ``start`` are skipped by seeking; reading stops after ``stop - 1``. Members that are not
+    regular files are left out and described in ``skipped``.
     """
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    from webdataset.tariterators import group_by_keys
 
     with open(path, "rb") as fh:
         if start:
             fh.seek(_sample_offset(path, start))
-        samples = group_by_keys(tar_file_expander([{"url": str(path), "stream": fh}]))
+        samples = group_by_keys(_tar_files(fh, str(path), [] if skipped is None else skipped))
         for _, sample in zip(range(stop - start), samples):  # range first: no sample is read past stop
             yield sample
 
@@ -578,13 +594,22 @@ class ShardStream(torch.utils.data.IterableDataset):
             record = self.records[piece.shard]
             shard_id = self.shard_ids[piece.shard]
             got = 0
+            skipped: list[str] = []
             try:
-                for sample in _read_range(self.shardset.path(record), piece.start, piece.stop):
+                for sample in _read_range(self.shardset.path(record), piece.start, piece.stop, skipped):
+                    for message in skipped:
+                        self._report(errors, record.name, message)
+                    skipped.clear()
                     yield _Raw(shard_id, piece.start + got, record.name, sample, piece.repeat)
                     got += 1
+                for message in skipped:
+                    self._report(errors, record.name, message)
+                skipped.clear()
                 if got < piece.stop - piece.start:
                     raise PixmixError(f"ends after sample {piece.start + got}, the manifest says {record.samples}")
             except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+                for message in skipped:
+                    self._report(errors, record.name, message)
                 lost = piece.stop - piece.start - got
                 self._report(errors, record.name, f"{_message(exc)}; lost {lost} of its samples "
                                                   f"{piece.start}-{piece.stop - 1}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pixmix.data.images import open_image
+from pixmix.data.images import open_image, to_rgb
 from pixmix.data.shards.tar import MemberRef, index_shard, read_member
 from pixmix.utils.errors import PixmixError
 
@@ -35,17 +35,20 @@ class MixingShards(Sequence[Image.Image]):
                               "build it with mixset build") from exc
         if manifest.get("format") != MANIFEST_FORMAT:
             raise PixmixError(f"{manifest_path}: not a {MANIFEST_FORMAT} manifest")
+        #: Members left out because they are not regular files (symbolic links...), one message each.
+        self.skipped: list[str] = []
         self.refs: list[MemberRef] = [ref for entry in manifest["shards"]
-                                      for ref in self._pictures(self.folder / entry["name"], sources)]
+                                      for ref in self._pictures(self.folder / entry["name"], sources, self.skipped)]
         if not self.refs:
             of = " of " + ",".join(sources) if sources else ""
             raise PixmixError(f"{self.folder}: no pictures{of} in this mixing set")
 
     @staticmethod
-    def _pictures(shard: Path, sources: Sequence[str] | None) -> list[MemberRef]:
-        """Where the image field of each sample of ``shard`` lies (of the given sources only, if any)."""
+    def _pictures(shard: Path, sources: Sequence[str] | None, skipped: list[str]) -> list[MemberRef]:
+        """Where the image field of each sample of ``shard`` lies (of the given sources only, if any); members
+        that are not regular files are reported (logged and listed in ``skipped``)."""
         refs = []
-        for _key, fields in index_shard(shard):
+        for _key, fields in index_shard(shard, skipped):
             image = next((f for f in IMAGE_FIELDS if f in fields), None)
             if image is None:
                 continue
@@ -61,4 +64,4 @@ class MixingShards(Sequence[Image.Image]):
         ref = self.refs[index]
         # Shards are untrusted input too: allow-listed formats, bomb check before decoding.
         with open_image(read_member(ref), name=f"{ref.shard}@{ref.offset}") as im:
-            return im.convert("RGB")
+            return to_rgb(im)

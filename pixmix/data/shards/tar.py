@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import tarfile
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pixmix.utils.errors import PixmixError
+
+log = logging.getLogger("pixmix.data.shards")
 
 FIXED_MTIME = 0
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -132,13 +135,30 @@ def iter_shard(path: Path) -> Iterator[Sample]:
         raise PixmixError(f"{path}: unreadable shard ({exc}); delete it and re-run the build to rewrite it") from exc
 
 
-def index_shard(path: Path) -> list[tuple[str, dict[str, MemberRef]]]:
-    """``(key, {field: MemberRef})`` per sample, from the tar headers alone (no data is read)."""
+def member_kind(member: tarfile.TarInfo) -> str:
+    """What a tar member that is not a regular file is, in words (for reports)."""
+    if member.issym():
+        return f"a symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"a hard link to {member.linkname!r}"
+    return "a folder" if member.isdir() else "not a regular file"
+
+
+def index_shard(path: Path, skipped: list[str] | None = None) -> list[tuple[str, dict[str, MemberRef]]]:
+    """``(key, {field: MemberRef})`` per sample, from the tar headers alone (no data is read).
+
+    Members that are not regular files (symbolic or hard links, folders) are left out, each named in
+    ``skipped`` (when given) and in a warning of the ``pixmix.data.shards`` logger.
+    """
     out: list[tuple[str, dict[str, MemberRef]]] = []
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
                 if not member.isfile():
+                    message = f"{path}: member {member.name!r} is {member_kind(member)}: skipped"
+                    log.warning("%s", message)
+                    if skipped is not None:
+                        skipped.append(message)
                     continue
                 key, field = _split_member(member.name)
                 if not out or out[-1][0] != key:
