@@ -130,7 +130,7 @@ def run_demo(
     tiles, outputs = _demo_rows(pixmix, images, mixing, samples_per_row, torch.Generator().manual_seed(seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / "pixmix-demo.png"
-    _write_grid(tiles, png, display=max(size, 96), columns=samples_per_row + 2)
+    _write_grid(tiles, png, display=max(size, 96), labels=column_labels(samples_per_row))
     stacked = torch.stack(outputs)
     cfg = pixmix.config
     summary = DemoSummary(
@@ -169,19 +169,39 @@ def _demo_rows(
     return tiles, outputs
 
 
-def _write_grid(tiles: list[torch.Tensor], png: Path, *, display: int, columns: int) -> None:
-    """The tiles as one PNG grid, each scaled to ``display`` px (nearest, so pixels stay visible)."""
+HEADER_PX = 20  # the band above the grid that names each column
+
+
+def column_labels(samples_per_row: int) -> list[str]:
+    """What each column of the grid shows: the training image, its mixing picture, then its PixMix samples."""
+    return ["original", "mixing picture", *(f"PixMix sample {i}" for i in range(1, samples_per_row + 1))]
+
+
+def _write_grid(tiles: list[torch.Tensor], png: Path, *, display: int, labels: list[str]) -> None:
+    """The tiles as one PNG grid, each scaled to ``display`` px (nearest, so pixels stay visible), under a
+    header band of :data:`HEADER_PX` px naming each column."""
     import torch
+    from PIL import ImageDraw, ImageFont
     from torchvision.utils import make_grid
 
+    padding = 4
     grid = make_grid(
         torch.nn.functional.interpolate(torch.stack(tiles), size=display, mode="nearest"),
-        nrow=columns,
-        padding=4,
+        nrow=len(labels),
+        padding=padding,
         pad_value=1.0,
     )
+    body = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+    image = Image.new("RGB", (body.width, body.height + HEADER_PX), (255, 255, 255))
+    image.paste(body, (0, HEADER_PX))
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=11)
+    for column, label in enumerate(labels):
+        while draw.textlength(label, font=font) > display and " " in label:  # narrow tiles: drop leading words
+            label = label.split(" ", 1)[1]
+        centre = padding + column * (display + padding) + display / 2
+        draw.text((centre, HEADER_PX / 2 + padding / 2), label, fill=(0, 0, 0), font=font, anchor="mm")
     tmp = png.with_suffix(".png.tmp")
-    Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    image.save(tmp, format="PNG")
     tmp.replace(png)
 
 
