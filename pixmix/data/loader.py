@@ -41,6 +41,7 @@ from pixmix.augment.config import PixMixConfig
 from pixmix.augment.params import PixMixParams, sample_params
 from pixmix.augment.recipes import Recipe, get_recipe
 from pixmix.augment.transforms import SeededTransform, to_uint8_tensor
+from pixmix.data.images import to_rgb
 from pixmix.data.shards.shard_set import ShardRecord, ShardSet
 from pixmix.data.shards.tar import member_kind
 from pixmix.utils.distributed import rank_world
@@ -651,7 +652,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             return _Item(image, label, key, raw.repeat, image, params)
         pictures = self._mixing_pictures()
         picture = pictures[int(torch.randint(len(pictures), (1,), generator=gen))]
-        picture = self._mixing_transform(picture if picture.mode == "RGB" else picture.convert("RGB"), gen)
+        picture = self._mixing_transform(to_rgb(picture), gen)
         params = sample_params(_pixmix_config(self.recipe), 1, gen)
         return _Item(image, label, key, raw.repeat, to_uint8_tensor(picture), params)
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pixmix.augment.pixmix import PixMix
 from pixmix.augment.recipes import Recipe, get_recipe
-from pixmix.data.images import IMAGE_SUFFIXES, MAX_PIXELS, load_rgb
+from pixmix.data.images import IMAGE_SUFFIXES, MAX_PIXELS, load_rgb, to_rgb
 from pixmix.utils.errors import PixmixError
 from pixmix.utils.seeding import derive_seed, generator_for
 
@@ -52,7 +52,7 @@ def _picture(item: Any) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise PixmixError(f"mixing set items must be PIL images or (image, ...) tuples, got {type(image).__name__}",
                           param="mixing_set")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return to_rgb(image)  # 16-bit and float pictures scaled, not clipped
 
 
 class PixMixTransform:
@@ -97,7 +97,7 @@ class PixMixTransform:
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         gen = generator if generator is not None else self._worker_stream()
-        image = self.train_transform(image if image.mode == "RGB" else image.convert("RGB"), gen)
+        image = self.train_transform(to_rgb(image), gen)
         index = int(torch.randint(len(self.mixing_set), (1,), generator=gen))
         picture = self.mixing_transform(_picture(self.mixing_set[index]), gen)
         mixed = self.pixmix(image, picture, gen)
