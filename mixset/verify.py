@@ -41,6 +41,9 @@ def verify(folder: Path, decode: bool = True) -> list[str]:
     total = 0
     for entry in manifest["shards"]:
         path = folder / entry["name"]
+        if not _inside(folder, path):
+            problems.append(f"{path}: outside the set {folder}; refusing this manifest entry")
+            continue
         if not path.exists():
             problems.append(f"{path}: missing")
             continue
@@ -54,6 +57,11 @@ def verify(folder: Path, decode: bool = True) -> list[str]:
     if total != manifest["samples"]:
         problems.append(f"{folder}: {total} samples in shards, manifest says {manifest['samples']}")
     return problems
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    """Whether ``path`` (links followed) lies inside ``folder``."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _check_shard(path: Path, manifest: dict[str, Any], keys: set[str], decode: bool, problems: list[str]) -> int:

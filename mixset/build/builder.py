@@ -108,7 +108,8 @@ class Tally:
 def build(config: BuildConfig, log: Callable[[str], None] = print, progress: bool = True) -> BuildSummary:
     """Build (or resume) the mixing set of ``config``: plan, produce, write shards, then the contact sheet
     and, last, ``manifest.json``."""
-    with ShardSetWriter(config.out, prefix=SHARD_PREFIX, state=STATE, checksum=True, error=BuildError) as writer:
+    with ShardSetWriter(config.out, prefix=SHARD_PREFIX, state=STATE, checksum=True, error=BuildError,
+                        lock="writer") as writer:  # one build per --out
         writer.check_options(config.identity(), what="a build")
         writer.store_options(config.identity())
         items, reports = plan(config, log)

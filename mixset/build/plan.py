@@ -8,14 +8,16 @@ planned from the models' layers. An unreachable collection is reported (or, ``--
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mixset.build.config import BuildConfig, BuildError
 from mixset.sources.catalog import Collection, load_collections
 from pixmix.data.images import IMAGE_SUFFIXES
+from pixmix.data.shards.writer import check_name
 from pixmix.utils.errors import PixmixError
 
 # One image of a "urls" collection (or its list file) may be at most this large (a photo is a few MB).
@@ -57,11 +59,13 @@ def _collection_seed(seed: int, name: str) -> int:
 # --- collections -> items ----------------------------------------------------------------------------
 
 
-def prepare_collection(c: Collection, config: BuildConfig, log: Callable[[str], None]) -> list[Item]:
-    """The ordered items of one collection; downloads and extracts remote ones into the build cache."""
+def prepare_collection(c: Collection, config: BuildConfig, log: Callable[[str], None]) -> Iterable[Item]:
+    """The ordered items of one collection; downloads and extracts remote ones into the build cache.
+
+    Procedural and generated items are a lazy iterator (a count of 2**63-1 with ``--limit 2`` makes two)."""
     seed = _collection_seed(config.seed, c.name)
     if c.kind in ("procedural", "generator"):
-        return [Item(c, i, None, seed) for i in range(c.count)]
+        return (Item(c, i, None, seed) for i in range(c.count))
     cache = config.out / ".cache"
     if c.kind == "urls":
         return _url_items(c, config, cache, seed)
@@ -192,6 +196,8 @@ def plan_fvis(config: BuildConfig) -> list[Item]:
 def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], dict[str, CollectionReport]]:
     """The items of every source in order (``--limit`` per source) and a report per collection."""
     collections = load_collections(config.manifests, tuple(s for s in config.sources if s != "fvis"))
+    for c in collections:  # a collection's name names its cache folders: nothing may lead outside --out
+        check_name(c.name, f"{c.origin_file}: collection name", BuildError)
     reports: dict[str, CollectionReport] = {}
     items: list[Item] = []
     for source in config.sources:
@@ -224,12 +230,11 @@ def _plan_source(collections: list[Collection], config: BuildConfig, reports: di
             report.status = "skipped (limit reached)"
             continue
         try:
-            found = prepare_collection(c, config, log)
+            found = list(itertools.islice(prepare_collection(c, config, log), budget))
         except Exception as exc:  # noqa: BLE001 - unreachable remote collections are reported
             _report_failure(report, c, exc, config, log)
             continue
         if budget is not None:
-            found = found[:budget]
             budget -= len(found)
         report.planned = len(found)
         items.extend(found)

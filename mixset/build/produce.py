@@ -22,6 +22,7 @@ from mixset.build.config import BuildConfig
 from mixset.build.plan import MAX_IMAGE_BYTES, Item
 from pixmix.data.images import resize_shorter
 from pixmix.data.shards.tar import to_bytes
+from pixmix.utils.runtime import limit_threads
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,13 @@ def produced(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
             yield from _produce_fvis(group_items, config)
             continue
         args = ((item, config.image_size, config.quality, config.photo_format) for item in group_items)
-        if config.workers == 1:
+        processes, threads = config.worker_plan()  # at most the usable CPUs, unless --oversubscribe
+        if processes == 1:
             yield from map(_produce_star, args)
             continue
         # Not fork: torch (FVis) may already run threads in this process, which a fork can deadlock.
         ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "forkserver")
-        with ctx.Pool(config.workers) as pool:
+        with ctx.Pool(processes, initializer=limit_threads, initargs=(threads,)) as pool:
             yield from pool.imap(_produce_star, args, chunksize=4)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,6 +15,44 @@ from pixmix.utils.runtime import tune_cpu_allocator
 # Library parameters whose flag is not ``--`` + the name with dashes (see pixmix.cli.errors).
 FLAGS = {"sources": "--source", "photo_format": "--format", "image_format": "--format",
          "fvis_checkpoints": "--fvis-checkpoint"}
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count from ``4096``, ``256MiB``, ``1 GiB``, ``1.5KiB`` or ``2MB``; ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"expected a size such as 268435456, 256MiB or 1GiB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def human_size(n: int) -> str:
+    """``268435456`` -> ``256 MiB`` (exact binary units when they fit, else bytes)."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor} {unit}"
+    return f"{n} B"
+
+
+class ByteSize(click.ParamType):
+    """A click type for byte counts written like ``256MiB`` (see :func:`parse_size`); at least 1 byte."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if size < 1:
+            self.fail(f"must be at least 1 byte, got {value!r}", param, ctx)
+        return size
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,7 +77,9 @@ def main() -> None:
 @click.option("--format", "photo_format", type=click.Choice(["jpg", "webp"]), default="jpg", show_default=True,
               help="Encoding of fractals and photos.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes producing images.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes producing images; capped at the usable CPUs unless --oversubscribe.")
+@click.option("--oversubscribe", is_flag=True, help="Allow more --workers than usable CPUs (one thread each).")
 @click.option("--manifests", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of collection manifests (default: the project's manifests/).")
 @click.option("--strict", is_flag=True, help="Fail when a collection is unreachable instead of reporting it.")
@@ -56,8 +98,8 @@ def main() -> None:
               help="A local state_dict for MODEL (loaded with weights_only=True); repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, image_size: int, shard_size: int,
-          photo_format: str, quality: int, workers: int, manifests: Path | None, strict: bool, device: str,
-          fvis_models: str | None, fvis_steps: int, fvis_size: int, fvis_batch: int, fvis_weights: str,
+          photo_format: str, quality: int, workers: int, oversubscribe: bool, manifests: Path | None, strict: bool,
+          device: str, fvis_models: str | None, fvis_steps: int, fvis_size: int, fvis_batch: int, fvis_weights: str,
           fvis_checkpoints: tuple[str, ...], quiet: bool) -> None:
     """Assemble a PixMix mixing set as WebDataset shards with a manifest and a contact sheet."""
     from mixset.build.builder import build as run_build
@@ -73,7 +115,8 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
     with user_errors(FLAGS):
         config = BuildConfig(out=out, sources=sources, seed=seed, limit=limit, image_size=image_size,
                              shard_size=shard_size, quality=quality, photo_format=photo_format, strict=strict,
-                             manifests=manifests or DEFAULT_MANIFESTS, workers=workers, device=device,
+                             manifests=manifests or DEFAULT_MANIFESTS, workers=workers, oversubscribe=oversubscribe,
+                             device=device,
                              fvis_models=tuple(fvis_models.split(",")) if fvis_models else None,
                              fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
                              fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints))
@@ -115,12 +158,15 @@ def _shard_options(fn):
         click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True),
         click.option("--shard-samples", type=click.IntRange(1), default=None,
                      help="Samples per shard [default: from --shard-bytes]."),
-        click.option("--shard-bytes", type=click.IntRange(1), default=256 << 20, show_default=True,
-                     help="Target shard size, used when --shard-samples is not given."),
+        click.option("--shard-bytes", type=ByteSize(), default="256MiB", show_default=human_size(256 << 20),
+                     help="Target shard size (4096, 256MiB, 1GiB, 2MB ...), used when --shard-samples is "
+                     "not given."),
         click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
         click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images (quick runs)."),
         click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-                     help="Processes (CPU) or decode/encode threads (GPU) on this machine."),
+                     help="Processes (CPU) or decode/encode threads (GPU) on this machine; capped at the usable "
+                     "CPUs unless --oversubscribe (processes x torch/BLAS threads <= usable CPUs)."),
+        click.option("--oversubscribe", is_flag=True, help="Allow more --workers than usable CPUs."),
         click.option("--rank", type=click.IntRange(0), default=None,
                      help="This machine's rank [default: $RANK (torchrun), $SLURM_PROCID, or 0]."),
         click.option("--world-size", type=click.IntRange(1), default=None,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mixset.shard.errors import ShardError
 from mixset.shard.listing import DATASETS
-from pixmix.data.shards.writer import WriterOptions
+from pixmix.data.shards.writer import WriterOptions, check_name
 from pixmix.utils.errors import PixmixError
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class ShardConfig(WriterOptions):
         super().__post_init__()
         if self.dataset not in DATASETS:
             raise ShardError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        check_name(self.split, "--split", ShardError, param="split")  # it names the shard files
         if self.pixmix and self.mixset is None and self.partners != "augmented":
             raise ShardError("--pixmix needs --mixset DIR (a mixing set built by `mixset build`), "
                              "unless --partners augmented")
@@ -108,7 +109,8 @@ class ShardConfig(WriterOptions):
 
     def identity(self) -> dict[str, Any]:
         """The options that determine the output bytes (not workers, ranks or the output folder)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("out", "workers", "rank", "world_size", "device")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("out", "workers", "rank", "world_size", "device",
+                                                                     "oversubscribe")}
         out.update(data_dir=str(Path(self.data_dir).resolve()),
                    mixset=str(Path(self.mixset).resolve()) if self.mixset else None, format=self.format, kind=self.kind)
         if self.pixmix:

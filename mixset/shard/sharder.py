@@ -38,12 +38,15 @@ PROBE_SAMPLES = 16  # samples encoded to estimate bytes per sample when only --s
 MAX_SHARD_SAMPLES = 5_000
 
 
-def shard_writer(out: Path, split: str) -> ShardSetWriter:
+def shard_writer(out: Path, split: str, *, checksum: bool = True, rank: int | None = None) -> ShardSetWriter:
     """The writer of a ``mixset shard`` set: ``shards/<split>-<id>.tar``, journal in ``.shard/``.
 
-    Shards are checked by size on resume (rehashing hundreds of MB per shard would take as long as
-    writing it); the sha256 is in the journal and the manifest, and ``mixset verify`` checks it."""
-    return ShardSetWriter(out, prefix=split, state=STATE, checksum=False, error=ShardError)
+    On resume each kept shard's sha256 is checked against its journal entry (a same-size corrupted shard is
+    written again; hashing costs far less than decoding and encoding the shard). ``checksum=False`` (the
+    merge, right after the ranks wrote or checked their shards) trusts the size. ``rank``: the writer holds
+    that rank's lock (``.shard/rank-<rank>.lock``): two processes of one rank on one folder are refused."""
+    lock = None if rank is None else f"rank-{rank}"
+    return ShardSetWriter(out, prefix=split, state=STATE, checksum=checksum, error=ShardError, lock=lock)
 
 
 @dataclass
@@ -66,7 +69,7 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
     """Write this rank's shards (resuming), then the manifest if every shard of the plan is done."""
     started = time.perf_counter()
     source = open_source(config.dataset, config.data_dir, config.split, config.corrupted).limit(config.limit)
-    with shard_writer(config.out, source.split) as writer:
+    with shard_writer(config.out, source.split, rank=config.rank) as writer:
         per_shard = _claim(writer, config, source, log)
         tasks = plan_shards(len(source), config.views, per_shard, config.seed)
         _check_plan(writer, config, source, tasks, per_shard)
@@ -169,14 +172,15 @@ def _run(todo: Sequence[ShardTask], config: ShardConfig, source: Source,
     CPU; on a GPU, one process mixes while ``workers`` threads decode and encode (Pillow releases the GIL
     for both)."""
     device = config.resolved_device()
-    if device != "cpu" or config.workers == 1:
-        maker = Maker(config, source, device=device, threads=config.workers)
+    processes, threads = config.worker_plan()  # at most the usable CPUs, unless --oversubscribe
+    if device != "cpu" or processes == 1:
+        maker = Maker(config, source, device=device, threads=processes)
         for task in todo:
             yield _write_one(maker, task, writer)
         return
     # Not fork: torch may already run threads in this process, which a fork can deadlock.
     ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "forkserver")
-    with ctx.Pool(config.workers, initializer=_init_worker, initargs=(config, source)) as pool:
+    with ctx.Pool(processes, initializer=_init_worker, initargs=(config, source, threads)) as pool:
         yield from pool.imap_unordered(_write_star, [(t, writer) for t in todo])
 
 
@@ -191,11 +195,11 @@ def _write_one(maker: Maker, task: ShardTask, writer: ShardSetWriter) -> dict[st
 _WORKER: Maker | None = None
 
 
-def _init_worker(config: ShardConfig, source: Source) -> None:
+def _init_worker(config: ShardConfig, source: Source, threads: int = 1) -> None:
     global _WORKER
-    import torch
+    from pixmix.utils.runtime import limit_threads
 
-    torch.set_num_threads(1)  # one process per core
+    limit_threads(threads)  # processes x threads <= the usable CPUs
     _WORKER = Maker(config, source, device="cpu")
 
 
@@ -213,7 +217,7 @@ def merge(out: Path, missing_ok: bool = False) -> Path | None:
     Returns None (``missing_ok``) or raises ShardError naming the missing shards while some are not done.
     """
     stored, plan = _read_state(out)
-    writer = shard_writer(out, stored["split"])
+    writer = shard_writer(out, stored["split"], checksum=False)
     entries, missing = [], []
     for shard_id in range(plan["shards"]):
         entry = writer.entry(shard_id)

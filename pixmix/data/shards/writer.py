@@ -14,8 +14,13 @@ A shard set is a folder of ``shards/<prefix>-<id>.tar`` files, a hidden state fo
 
 Shards are either written by id, in any order and by several processes (``mixset shard``:
 :meth:`~ShardSetWriter.write`), or appended sample by sample and rolled over into the next shard
-(``mixset build``: :meth:`~ShardSetWriter.add`, :meth:`~ShardSetWriter.roll_over`). No lock: several
-ranks share one folder by writing disjoint shard ids.
+(``mixset build``: :meth:`~ShardSetWriter.add`, :meth:`~ShardSetWriter.roll_over`). Several ranks share
+one folder by writing disjoint shard ids; each writer holds an exclusive ``flock`` on its own lock file
+(``<state>/<lock>.lock``, one per rank), so a second process of the same rank is refused, naming the holder.
+The kernel drops the lock when its process exits or is killed.
+
+Every name that becomes a path (a split, a collection, a shard prefix) must match :data:`SAFE_NAME`
+(:func:`check_name`), so no option can write or delete files outside the set's folder.
 
 :class:`WriterOptions` holds the options every writing command takes (output folder, seed, limit,
 quality, workers, device), validated once; the commands' configurations extend it.
@@ -23,7 +28,11 @@ quality, workers, device), validated once; the commands' configurations extend i
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,9 +42,19 @@ from typing import Any, ClassVar
 from pixmix.data.shards.tar import Sample, ShardInfo, file_sha256, write_shard
 from pixmix.utils.errors import PixmixError
 from pixmix.utils.jsonfiles import write_json
+from pixmix.utils.runtime import plan_workers
 
 MANIFEST = "manifest.json"
 OPTIONS = "config.json"
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(value: str, option: str, error: type[PixmixError] = PixmixError, param: str | None = None) -> str:
+    """``value`` if it is a safe file name part (:data:`SAFE_NAME`), else a one-line error naming ``option``."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise error(f"{option} must be 1-64 letters, digits, '_' or '-' (starting with a letter or digit), "
+                    f"got {value!r}", param=param)
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +73,7 @@ class WriterOptions:
     quality: int = 90
     workers: int = 1
     device: str = "auto"
+    oversubscribe: bool = False  # allow more worker processes than usable CPUs
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -65,6 +85,11 @@ class WriterOptions:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise self.error(f"--device must be auto, cpu or cuda[:N], got {self.device!r}", param="device")
 
+    def worker_plan(self) -> tuple[int, int]:
+        """``(processes, threads each)``: ``workers`` capped at the usable CPUs (unless ``oversubscribe``),
+        with processes x threads <= usable CPUs (:func:`pixmix.utils.runtime.plan_workers`)."""
+        return plan_workers(self.workers, oversubscribe=self.oversubscribe)
+
 
 class ShardSetWriter:
     """The resumable writer of one shard set (see the module's docstring for the protocol).
@@ -72,7 +97,9 @@ class ShardSetWriter:
     ``root``: the set's folder; ``prefix``: shard file names (``shards/<prefix>-000000.tar``); ``state``: the
     hidden folder of journal entries and stored options; ``checksum``: whether a re-run recomputes the sha256
     of every journalled shard (small sets) or trusts its size (sets of hundreds of MB per shard); ``error``:
-    the :class:`PixmixError` subclass raised for a folder that cannot be resumed.
+    the :class:`PixmixError` subclass raised for a folder that cannot be resumed; ``lock``: the name of the
+    exclusive lock a writing process holds while in the ``with`` block (``<state>/<lock>.lock``; None: no lock,
+    for readers such as a merge).
 
     A context manager: leaving it by an exception drops the samples not rolled over yet (a shard interrupted
     while being written never leaves its ``.tmp`` behind, except when the process is killed: then the next run
@@ -81,7 +108,12 @@ class ShardSetWriter:
     """
 
     def __init__(self, root: Path, *, prefix: str, state: str, checksum: bool = False,
-                 error: type[PixmixError] = PixmixError) -> None:
+                 error: type[PixmixError] = PixmixError, lock: str | None = None) -> None:
+        check_name(prefix, "the shard prefix", error)
+        if lock is not None:
+            check_name(lock, "the lock name", error)
+        self.lock = lock
+        self._lock_fd: int | None = None
         self.root = Path(root)
         self.prefix = prefix
         self.state = state
@@ -91,10 +123,57 @@ class ShardSetWriter:
         self._next = 0  # the id :meth:`roll_over` writes next
 
     def __enter__(self) -> ShardSetWriter:
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self.lock is not None:
+                self._acquire()
+        except OSError as exc:
+            raise self._os_error(exc, self.root) from exc
         return self
 
+    def _ours(self, exc: OSError) -> bool:
+        """Whether ``exc`` is about writing the set (not, say, reading an input while making the samples)."""
+        full = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+        return exc.errno in full or str(exc.filename or "").startswith(str(self.root))
+
+    def _os_error(self, exc: OSError, path: Path) -> PixmixError:
+        """A one-line error for a folder that cannot be written (read-only, no permission, disk full)."""
+        why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        return self.error(f"cannot write {exc.filename or path}: {why}; fix --out (space, permissions) and re-run "
+                          "the same command: the shards written so far are kept", param="out")
+
+    def _acquire(self) -> None:
+        """Hold an exclusive ``flock`` on ``<state>/<lock>.lock`` (pid and host inside) or refuse in one line."""
+        import fcntl
+
+        path = self.state_path(f"{self.lock}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = path.read_text(errors="replace").strip() or "another process"
+            raise self.error(f"{self.root} is being written by {holder} ({path}); wait for it to finish or "
+                             "stop it, or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_lock_fd"] = None  # the lock belongs to the process that took it
+        return state
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._release()
         if kind is not None:
             self._buffer.clear()
         elif self._buffer:
@@ -218,11 +297,13 @@ class ShardSetWriter:
         assert "shard" not in journal, "the journal key 'shard' is the writer's (its ShardInfo)"
         try:
             info = write_shard(self.shard_path(shard_id), samples, root=self.root)
-        except BaseException:
+            entry = {"shard": asdict(info), **journal}
+            write_json(self.journal_path(shard_id), entry)
+        except BaseException as exc:
             self._tmp(shard_id).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and self._ours(exc):
+                raise self._os_error(exc, self.shard_path(shard_id)) from exc
             raise
-        entry = {"shard": asdict(info), **journal}
-        write_json(self.journal_path(shard_id), entry)
         return entry
 
     def add(self, sample: Sample) -> int:
@@ -246,7 +327,10 @@ class ShardSetWriter:
         """Write ``manifest.json``, the last file of a complete set. Every added sample must be rolled over."""
         if self._buffer:
             raise RuntimeError(f"{len(self._buffer)} sample(s) added but not rolled over into a shard")
-        return write_json(self.manifest_path, manifest)
+        try:
+            return write_json(self.manifest_path, manifest)
+        except OSError as exc:
+            raise self._os_error(exc, self.manifest_path) from exc
 
 
 def _number(name: str, prefix: str) -> int:
@@ -268,4 +352,4 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-__all__ = ["MANIFEST", "ShardSetWriter", "WriterOptions", "package_versions"]
+__all__ = ["MANIFEST", "SAFE_NAME", "check_name", "ShardSetWriter", "WriterOptions", "package_versions"]
