@@ -11,6 +11,10 @@ A collection belongs to one source (``--source fractals``) and is one of:
   file or an http(s) URL of one, a URL per line with an optional sha256 after it), e.g. natural photos
   for the paper's "300K Random Images" role; each image is downloaded (resumable, checked) when built.
 Every collection states its licence and source page; items keep that provenance in the shards.
+
+:func:`load_collections` reads the default folder (``manifests/``) and then any extra folders
+(``--manifests DIR`` adds to the defaults; ``replace_defaults=True`` reads only the extra ones). Every field
+is type-checked: a wrong type is a one-line :class:`ManifestError` naming the file and the field.
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ Weights and the random-init fallback
     with the CPU generator seeded from ``derive_seed(0, "random-init", name)`` (the CPU half of
     ``torch.manual_seed``), so the same name always gives the same weights and the caller's RNG is
     untouched. The description then starts with ``"random-init fallback: "`` and :func:`fvis_images`
-    copies it into every image's metadata. Units of an untrained network have no learned features:
+    copies it into every image's metadata; :func:`fvis_images` does not repeat the warning (it calls its
+    ``on_fallback`` once per model instead) and torch's download line is never shown, so ``mixset build``
+    says it in one line per model. Units of an untrained network have no learned features:
     such images are for plumbing and timing, not for a mixing set. Every model construction (also
     before loading pretrained weights or a checkpoint) runs inside such a fork.
 
@@ -585,6 +587,17 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
+def _load_reporting(name: str, weights: str, checkpoint: Path | None,
+                    on_fallback: Callable[[str, str], None] | None) -> tuple[nn.Module, str]:
+    """:func:`load_model` without its fallback warning; ``on_fallback(name, description)`` instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="FVIS WARNING: pretrained weights", category=RuntimeWarning)
+        model, desc = load_model(name, weights=weights, checkpoint=checkpoint)
+    if on_fallback is not None and desc.startswith("random-init fallback"):
+        on_fallback(name, desc)
+    return model, desc
+
+
 def fvis_images(
     models: Sequence[str] | None = None,
     *,
@@ -605,25 +618,19 @@ def fvis_images(
 
     ``plan`` defaults to ``plan_units(models, limit)``. Consecutive entries of one model share one
     load (``checkpoints[model]`` when given, else ``weights``), consecutive entries of one layer one
-    trunk, and their channels are
-    rendered ``batch`` at a time with ``render_seed = derive_seed(seed, model, layer)`` so layers do not
-    share initialisations. Metadata: ``model, layer, channel, weights`` (the description from
+    trunk, rendered ``batch`` channels at a time with ``render_seed = derive_seed(seed, model, layer)`` so
+    layers do not share initialisations. Metadata: ``model, layer, channel, weights`` (the description from
     :func:`load_model`, e.g. ``"random-init fallback: ..."``), ``steps, size, seed, render_seed, lr,
     transforms``; ``render_units(trunk, [channel], seed=render_seed, ...)`` reproduces the image.
 
-    ``checkpoints`` are checked before anything is rendered (:func:`check_checkpoints`: against ``models``,
-    or with a ``plan``, against the known models). When a model falls back to random weights,
-    :func:`load_model`'s ``RuntimeWarning`` is not issued: the fallback is in every image's ``weights``, and
-    ``on_fallback(model, description)`` is called once for the model (``mixset build`` logs one line).
+    ``checkpoints`` are checked first (:func:`check_checkpoints`: against ``models``, with a ``plan`` the
+    known ones). A random-weights fallback is in every image's ``weights`` and calls ``on_fallback(model, desc)``
+    once per model, without :func:`load_model`'s ``RuntimeWarning`` (``mixset build`` logs one line).
     """
     entries = list(plan_units(models, limit) if plan is None else plan)
     checkpoints = check_checkpoints(checkpoints or {}, models if plan is None else None)
     for model_name, model_entries in groupby(entries, key=lambda entry: entry[0].model):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="FVIS WARNING: pretrained weights", category=RuntimeWarning)
-            model, desc = load_model(model_name, weights=weights, checkpoint=checkpoints.get(model_name))
-        if on_fallback is not None and desc.startswith("random-init fallback"):
-            on_fallback(model_name, desc)
+        model, desc = _load_reporting(model_name, weights, checkpoints.get(model_name), on_fallback)
         for spec, layer_entries in groupby(model_entries, key=lambda entry: entry[0]):
             channels = [channel for _, channel in layer_entries]
             trunk = truncated_trunk(model, spec.layer)
