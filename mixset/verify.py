@@ -26,7 +26,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise PixmixError(f"{path} not found: is {folder} a finished mixset build? "
                           "(re-run mixset build to finish it)") from exc
     except (OSError, json.JSONDecodeError) as exc:
-        raise PixmixError(f"{path}: unreadable manifest ({exc})") from exc
+        raise PixmixError(f"{path}: unreadable or truncated manifest ({' '.join(str(exc).split())}); re-run the "
+                          "`mixset build` or `mixset shard` command that made the set (or `mixset shard merge`) "
+                          "to write it again") from exc
     if KNOWN.get(manifest.get("format")) != manifest.get("version"):
         raise PixmixError(f"{path}: not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} or {SHARDS_FORMAT} v{SHARDS_VERSION} "
                           f"manifest (format={manifest.get('format')!r}, version={manifest.get('version')!r})")

@@ -242,3 +242,34 @@ def test_a_read_only_out_is_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 1 and "cannot write" in result.output and "Traceback" not in result.output
     finally:
         parent.chmod(0o700)
+
+
+def test_ctrl_c_exits_130_in_one_line_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    import mixset.build.builder as builder
+
+    manifests = write_manifests(tmp_path / "m", count=3)
+    args = ["build", "--out", str(tmp_path / "s"), "--manifests", str(manifests), "--image-size", "32", "--quiet"]
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder, "_contact_sheet", interrupted)
+    result = CliRunner().invoke(mixset_main, args)
+    assert result.exit_code == 130 and "re-run the same command to resume" in result.output, result.output
+    monkeypatch.undo()
+    result = CliRunner().invoke(mixset_main, args)
+    assert result.exit_code == 0 and "1 resumed" in result.output, result.output
+
+
+def test_out_inside_data_dir_and_a_truncated_manifest_are_one_line(imagenet: Path, tmp_path: Path) -> None:
+    with pytest.raises(ShardError, match="inside --data-dir"):
+        ShardConfig(dataset="imagenet", data_dir=imagenet, out=imagenet / "shards-out")
+    manifests = write_manifests(tmp_path / "m", count=2)
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
+    text = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(text[: len(text) // 2])
+    for command in ("verify", "info"):
+        result = CliRunner().invoke(mixset_main, [command, str(out)])
+        assert result.exit_code == 1 and "truncated manifest" in result.output and "re-run" in result.output
+        assert len(result.output.strip().splitlines()) == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,16 @@ class ByteSize(click.ParamType):
         if size < 1:
             self.fail(f"must be at least 1 byte, got {value!r}", param, ctx)
         return size
+
+
+@contextmanager
+def _resumable() -> Iterator[None]:
+    """Ctrl-C: one line and exit status 130; the shards written so far stay (a re-run resumes)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("interrupted: the shards written so far are kept; re-run the same command to resume", err=True)
+        raise SystemExit(130) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,7 +132,8 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
                              fvis_models=tuple(fvis_models.split(",")) if fvis_models else None,
                              fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
                              fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints))
-        summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
+        with _resumable():
+            summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
     click.echo(f"built {summary.samples} samples in {summary.shards} shard(s) at {out} ({summary.resumed_shards} "
                f"resumed, {summary.duplicates} duplicates removed, {summary.rejected} rejected)")
     for r in summary.reports.values():
@@ -194,7 +207,8 @@ def _run_shard(dataset: str, split: str, corrupted: bool = False, **opts) -> Non
         rank, world_size = distributed_defaults(opts.pop("rank"), opts.pop("world_size"))
         config = ShardConfig(dataset=dataset, split=split, corrupted=corrupted, rank=rank, world_size=world_size,
                              **opts)
-        s = run_shard(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
+        with _resumable():
+            s = run_shard(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
     rate = s.samples_written / s.seconds if s.seconds > 0 else 0.0
     click.echo(f"rank {s.rank}/{s.world_size}: wrote {s.shards_written} shard(s) ({s.samples_written} samples, "
                f"{rate:.1f}/s), {s.shards_resumed} already complete, {len(s.failures)} image(s) skipped")
