@@ -420,7 +420,7 @@ def test_build_errors_name_the_parameter_at_fault(tmp_path) -> None:
     from pixmix.utils.errors import PixmixError
 
     with pytest.raises(BuildError) as info:
-        BuildConfig(out=tmp_path, photo_format="png")
+        BuildConfig(out=tmp_path, photo_format="gif")  # png is a set format since issue 15 (item 7)
     assert isinstance(info.value, PixmixError) and info.value.param == "photo_format"
     with pytest.raises(BuildError, match="--workers must be >= 1") as info:
         BuildConfig(out=tmp_path, workers=0)

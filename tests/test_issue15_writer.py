@@ -263,7 +263,8 @@ def test_ctrl_c_exits_130_in_one_line_and_resumes(tmp_path: Path, monkeypatch) -
 
 def test_out_inside_data_dir_and_a_truncated_manifest_are_one_line(imagenet: Path, tmp_path: Path) -> None:
     with pytest.raises(ShardError, match="inside --data-dir"):
-        ShardConfig(dataset="imagenet", data_dir=imagenet, out=imagenet / "shards-out")
+        shard(ShardConfig(dataset="imagenet", data_dir=imagenet, out=imagenet / "shards-out"), log=quiet,
+              progress=False)
     manifests = write_manifests(tmp_path / "m", count=2)
     out = tmp_path / "s"
     build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
@@ -273,3 +274,22 @@ def test_out_inside_data_dir_and_a_truncated_manifest_are_one_line(imagenet: Pat
         result = CliRunner().invoke(mixset_main, [command, str(out)])
         assert result.exit_code == 1 and "truncated manifest" in result.output and "re-run" in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+# --- 7. one image extension per set ----------------------------------------------------------------
+
+
+def test_a_set_with_fvis_has_one_extension_that_plain_webdataset_reads(tmp_path: Path) -> None:
+    import webdataset as wds
+
+    manifests = write_manifests(tmp_path / "m", count=3)
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, manifests=manifests, image_size=32, sources=("fractals", "fvis"), limit=3,
+                      fvis_models=("resnet50",), fvis_steps=1, fvis_size=16, fvis_weights="random"),
+          log=quiet, progress=False)
+    urls = [str(p) for p in sorted((out / "shards").glob("*.tar"))]
+    rows = list(wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("png", "json"))
+    assert len(rows) == json.loads((out / "manifest.json").read_text())["samples"] == 6
+    assert {meta["source"] for _, meta in rows} == {"fractals", "fvis"}
+    assert BuildConfig(out=out).photo_format == "jpg"
+    assert BuildConfig(out=out, sources=("fvis",), photo_format="jpg").photo_format == "jpg"

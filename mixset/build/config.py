@@ -35,7 +35,9 @@ class BuildConfig(WriterOptions):
     image_size: int = 256
     shard_size: int = 1000
     quality: int = 90
-    photo_format: str = "jpg"
+    # One image extension per set (webdataset's to_tuple and HF datasets need one): "auto" is png when
+    # FVis are included (lossless renders), jpg otherwise; it applies to every source.
+    photo_format: str = "auto"
     strict: bool = False
     manifests: Path = DEFAULT_MANIFESTS
     max_download_bytes: int = 4 << 30
@@ -58,8 +60,11 @@ class BuildConfig(WriterOptions):
             raise BuildError(f"--image-size must be in [32, 4096], got {self.image_size}", param="image_size")
         if self.shard_size < 1:
             raise BuildError(f"--shard-size must be >= 1, got {self.shard_size}", param="shard_size")
-        if self.photo_format not in ("jpg", "webp"):
-            raise BuildError(f"--format must be jpg or webp, got {self.photo_format!r}", param="photo_format")
+        if self.photo_format == "auto":
+            object.__setattr__(self, "photo_format", "png" if "fvis" in self.sources else "jpg")
+        if self.photo_format not in ("jpg", "png", "webp"):
+            raise BuildError(f"--format must be auto, jpg, png or webp, got {self.photo_format!r}",
+                             param="photo_format")
         if self.fvis_steps < 1 or self.fvis_batch < 1 or not 16 <= self.fvis_size <= 1024:
             raise BuildError(
                 f"--fvis-steps and --fvis-batch must be >= 1 and --fvis-size in [16, 1024], "

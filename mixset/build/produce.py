@@ -141,7 +141,7 @@ def _produce_fvis(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
                            checkpoints=checkpoints)
     for item, (image, render_meta) in zip(items, rendered):
         meta = dict(_base_meta(item), origin=render_meta)
-        yield _encoded(_key(item), _normalise(image, config.image_size), "png", config.quality, meta)
+        yield _encoded(_key(item), _normalise(image, config.image_size), config.photo_format, config.quality, meta)
 
 
 __all__ = ["Produced", "produce", "produced"]

@@ -86,8 +86,9 @@ def main() -> None:
 @click.option("--image-size", type=click.IntRange(32, 4096), default=256, show_default=True,
               help="Shorter side of every stored image.")
 @click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True, help="Samples per shard.")
-@click.option("--format", "photo_format", type=click.Choice(["jpg", "webp"]), default="jpg", show_default=True,
-              help="Encoding of fractals and photos.")
+@click.option("--format", "photo_format", type=click.Choice(["auto", "png", "jpg", "webp"]), default="auto",
+              show_default=True, help="Encoding of every image of the set (one extension per set, as webdataset's "
+              "to_tuple and HF datasets need): auto is png when --source fvis is included, jpg otherwise.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Processes producing images; capped at the usable CPUs unless --oversubscribe.")

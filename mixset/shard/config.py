@@ -52,9 +52,6 @@ class ShardConfig(WriterOptions):
         if self.dataset not in DATASETS:
             raise ShardError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         check_name(self.split, "--split", ShardError, param="split")  # it names the shard files
-        if Path(self.out).resolve().is_relative_to(Path(self.data_dir).resolve()):
-            raise ShardError(f"--out {self.out} is inside --data-dir {self.data_dir}: its shards would be listed "
-                             "as data; choose an --out outside it", param="out")
         if self.pixmix and self.mixset is None and self.partners != "augmented":
             raise ShardError("--pixmix needs --mixset DIR (a mixing set built by `mixset build`), "
                              "unless --partners augmented")

@@ -69,6 +69,9 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
     """Write this rank's shards (resuming), then the manifest if every shard of the plan is done."""
     started = time.perf_counter()
     source = open_source(config.dataset, config.data_dir, config.split, config.corrupted).limit(config.limit)
+    if Path(config.out).resolve().is_relative_to(Path(config.data_dir).resolve()):  # after the listing's checks
+        raise ShardError(f"--out {config.out} is inside --data-dir {config.data_dir}: its shards would be listed "
+                         "as data; choose an --out outside it", param="out")
     with shard_writer(config.out, source.split, rank=config.rank) as writer:
         per_shard = _claim(writer, config, source, log)
         tasks = plan_shards(len(source), config.views, per_shard, config.seed)
