@@ -293,3 +293,17 @@ def test_a_set_with_fvis_has_one_extension_that_plain_webdataset_reads(tmp_path:
     assert {meta["source"] for _, meta in rows} == {"fractals", "fvis"}
     assert BuildConfig(out=out).photo_format == "jpg"
     assert BuildConfig(out=out, sources=("fvis",), photo_format="jpg").photo_format == "jpg"
+
+
+def test_a_build_whose_every_item_fails_exits_non_zero_in_one_line(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"not an image")
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "p.toml").write_text(f'name = "p"\nsource = "natural"\nkind = "folder"\nlicence = "x"\n'
+                                      f'path = "{photos}"\n')
+    result = CliRunner().invoke(mixset_main, ["build", "--source", "natural", "--out", str(tmp_path / "s"),
+                                              "--manifests", str(manifests), "--image-size", "32", "--quiet"])
+    assert result.exit_code == 1 and "every one of the 1 item(s) failed" in result.output, result.output
+    assert not (tmp_path / "s" / "manifest.json").exists()

@@ -120,6 +120,9 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
         if done:
             log(f"resuming after {len(done)} complete shard(s), at item {cursor} of {len(items)}")
         _write_items(writer, items, cursor, config, tally, log, progress)
+        if not any(s.samples for s in tally.shards) and tally.failures:  # never "built" an empty set
+            raise BuildError(f"every one of the {len(tally.failures)} item(s) failed, first: {tally.failures[0]}; "
+                             "nothing was built")
         sheet = _contact_sheet(config.out, tally.shards)
         manifest = writer.finish(_manifest(config, tally, sheet))
     return BuildSummary(config.out, sum(s.samples for s in tally.shards), len(tally.shards), len(done),
