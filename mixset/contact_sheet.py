@@ -88,6 +88,8 @@ def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
     bands, complete = _read_bands(out, shards, group, caption or describe, wanted,
                                   lambda b: _full(b, expected, totals, wanted))
     order = _band_order(bands, groups, totals)
+    for name in order:  # a group the caller names gets a band (saying "no samples") even if none was read
+        bands.setdefault(name, Band(name))
     counts = {name: (totals[name] if totals is not None and name in totals else bands[name].seen) for name in order}
     sheet, tops = _draw(order, bands, counts, exact=totals is not None or complete)
     # A unique temporary name: several ranks (on several hosts) may write the same sheet at once.
@@ -210,7 +212,7 @@ def _draw(order: Sequence[str], bands: Mapping[str, Band], counts: Mapping[str, 
     tops: dict[str, int] = {}
     for s, name in enumerate(order):
         top = tops[name] = PAD + s * band_h
-        band = bands.get(name, Band(name))
+        band = bands[name]
         label = _fit(draw, _band_label(band, counts[name], exact), _font(13), sheet.width - 2 * PAD)
         draw.text((PAD, top + 2), label, fill=(240, 240, 240), font=_font(13))
         for i, (tile, text) in enumerate(zip(band.tiles, band.captions)):
