@@ -44,7 +44,7 @@ class Band:
     captions: list[str] = field(default_factory=list)
     tiles: list[Image.Image] = field(default_factory=list, repr=False)
     seen: int = 0
-    random_init: set[str] = field(default_factory=set)  # FVis models rendered with random-init (fallback) weights
+    random_init: set[str] = field(default_factory=set)  # models of the FVis shown rendered with fallback weights
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class ContactSheet:
     captions: dict[str, list[str]]
     complete: bool
     band_top: dict[str, int]  # the y of each band's label line, for readers of the PNG
+    labels: dict[str, str]  # each band's label, as drawn (before any cut to the sheet's width)
 
 
 def default_group(meta: Mapping[str, Any]) -> str:
@@ -91,13 +92,14 @@ def write_contact_sheet(out: Path, shards: Sequence[ShardInfo], path: Path,
     for name in order:  # a group the caller names gets a band (saying "no samples") even if none was read
         bands.setdefault(name, Band(name))
     counts = {name: (totals[name] if totals is not None and name in totals else bands[name].seen) for name in order}
-    sheet, tops = _draw(order, bands, counts, exact=totals is not None or complete)
+    labels = {name: _band_label(bands[name], counts[name], exact=totals is not None) for name in order}
+    sheet, tops = _draw(order, bands, labels)
     # A unique temporary name: several ranks (on several hosts) may write the same sheet at once.
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     sheet.save(tmp, format="PNG")
     tmp.replace(path)
     return ContactSheet(path, {n: bands[n].keys for n in order}, counts, {n: bands[n].captions for n in order},
-                        complete, tops)
+                        complete, tops, labels)
 
 
 def _full(bands: Mapping[str, Band], expected: int | Collection[str] | None,
@@ -124,9 +126,9 @@ def _read_bands(out: Path, shards: Sequence[ShardInfo], group: Callable[[dict[st
                 name = _group_of(group, meta)
                 band = bands.setdefault(name, Band(name))
                 band.seen += 1
-                band.random_init.update(_random_init(meta))
                 if len(band.tiles) >= wanted:
                     continue
+                band.random_init.update(_random_init(meta))
                 band.keys.append(key)
                 band.captions.append(caption(meta))
                 band.tiles.append(_tile_of(fh, refs))
@@ -195,17 +197,20 @@ def _band_order(bands: Mapping[str, Band], groups: int | Sequence[str] | None,
 
 
 def _band_label(band: Band, count: int, exact: bool) -> str:
+    """``name: N samples, first K shown``; without the caller's totals N is what was read (``N samples read``)."""
     shown = len(band.tiles)
-    if count == 0 or shown == 0:
-        return f"{band.name}: no samples"
-    samples = f"{count} sample{'s' if count != 1 else ''}" if exact else f"at least {count} samples"
-    rest = "all shown" if exact and shown == count else f"first {shown} shown"
+    if count == 0:
+        return f"{band.name}: no samples" + ("" if exact else " read")
+    if shown == 0:
+        return f"{band.name}: {count} samples, none found in the shards read"
+    samples = f"{count} sample{'s' if count != 1 else ''}{'' if exact else ' read'}"
+    rest = "all shown" if shown == count else f"first {shown} shown"
     notes = f" (random-init weights: {', '.join(sorted(band.random_init))})" if band.random_init else ""
     return f"{band.name}: {samples}, {rest}{notes}"
 
 
-def _draw(order: Sequence[str], bands: Mapping[str, Band], counts: Mapping[str, int],
-          exact: bool) -> tuple[Image.Image, dict[str, int]]:
+def _draw(order: Sequence[str], bands: Mapping[str, Band],
+          labels: Mapping[str, str]) -> tuple[Image.Image, dict[str, int]]:
     band_h = LABEL_H + ROWS_PER_SOURCE * (TILE + PAD)
     sheet = Image.new("RGB", (PER_ROW * (TILE + PAD) + PAD, max(1, len(order)) * band_h + PAD), BACKGROUND)
     draw = ImageDraw.Draw(sheet, "RGBA")
@@ -213,7 +218,7 @@ def _draw(order: Sequence[str], bands: Mapping[str, Band], counts: Mapping[str, 
     for s, name in enumerate(order):
         top = tops[name] = PAD + s * band_h
         band = bands[name]
-        label = _fit(draw, _band_label(band, counts[name], exact), _font(13), sheet.width - 2 * PAD)
+        label = _fit(draw, labels[name], _font(13), sheet.width - 2 * PAD)
         draw.text((PAD, top + 2), label, fill=(240, 240, 240), font=_font(13))
         for i, (tile, text) in enumerate(zip(band.tiles, band.captions)):
             x, y = PAD + (i % PER_ROW) * (TILE + PAD), top + LABEL_H + (i // PER_ROW) * (TILE + PAD)
@@ -225,7 +230,8 @@ def _draw(order: Sequence[str], bands: Mapping[str, Band], counts: Mapping[str, 
 def _caption(draw: ImageDraw.ImageDraw, x: int, y: int, text: str) -> None:
     """Up to two lines, on a dark strip at the bottom of the tile, each cut to the tile's width."""
     font = _font(10)
-    lines = [_fit(draw, line, font, TILE - 4) for line in text.splitlines()[:2] if line]
+    # Spaces doubled: the small font's are narrow enough to run words together.
+    lines = [_fit(draw, line.replace(" ", "  "), font, TILE - 4) for line in text.splitlines()[:2] if line]
     if not lines:
         return
     line_h = 11

@@ -51,6 +51,7 @@ def test_a_source_only_in_a_later_shard_gets_its_band(tmp_path: Path) -> None:
     assert result.bands["B"] == ["B-0000", "B-0001", "B-0002"]
     assert result.counts == {"A": 22, "B": 3} and result.complete
     assert result.captions["B"][0] == "B\ngen-b blobs"
+    assert result.labels == {"A": "A: 22 samples read, first 16 shown", "B": "B: 3 samples read, all shown"}
     with Image.open(out / "sheet.png") as sheet:
         sheet = sheet.convert("RGB")
         top_b = result.band_top["B"]
@@ -69,6 +70,8 @@ def test_known_totals_stop_reading_once_every_band_is_full(tmp_path: Path) -> No
     assert list(result.bands) == ["B", "A", "C"]  # the caller's order; C is named, so it has a band
     assert result.counts == {"B": 3, "A": 500, "C": 0} and not result.complete
     assert len(result.bands["A"]) == 16 and len(result.bands["B"]) == 3 and result.bands["C"] == []
+    assert result.labels == {"B": "B: 3 samples, all shown", "A": "A: 500 samples, first 16 shown",
+                             "C": "C: no samples"}
     with Image.open(out / "sheet.png") as sheet:
         sheet = sheet.convert("RGB")
         assert tile_centre(sheet, result.band_top["B"], 0) == COLOURS["B"]
@@ -106,6 +109,21 @@ def test_captions_say_what_each_picture_is() -> None:
     assert describe(corrupt) == "gaussian_noise s3\ncat (3)"
     assert describe({"view": 1, "class": "ship", "label": 8}) == "view 1\nship (8)"
     assert describe(folder) == "natural photos\ndog.jpg"
+
+
+def test_fallback_weights_are_said_for_the_fvis_shown(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+
+    def fvis(i: int, model: str, weights: str) -> Sample:
+        origin = {"model": model, "layer": "conv1", "channel": i, "weights": weights}
+        return sample("fvis", i, origin=origin)
+
+    shown = [fvis(i, "alexnet", "random-init fallback: offline") for i in range(10)]
+    shown += [fvis(10 + i, "vgg16", "torchvision VGG16_Weights") for i in range(6)]
+    result = write_contact_sheet(out, [shard(out, 0, [*shown, fvis(16, "googlenet", "random-init fallback: x")])],
+                                 out / "sheet.png")
+    assert result.labels["fvis"] == "fvis: 17 samples read, first 16 shown (random-init weights: alexnet)"
+    assert result.captions["fvis"][0] == "fvis alexnet\nconv1 u0"
 
 
 def test_unreadable_image_and_missing_json_do_not_stop_the_sheet(tmp_path: Path) -> None:
