@@ -429,3 +429,18 @@ def test_build_errors_name_the_parameter_at_fault(tmp_path) -> None:
             str(write_manifests(tmp_path / "m"))]
     result = CliRunner().invoke(mixset_main, args)
     assert result.exit_code == 1 and result.output.startswith("Error: --fvis-models: no default layers for model(s)")
+
+
+def test_a_checkpoint_for_a_model_not_rendered_is_refused_before_rendering(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mixset.cli import main
+
+    ckpt = tmp_path / "vgg.pt"
+    ckpt.write_bytes(b"x")
+    args = ["build", "--source", "fvis", "--out", str(tmp_path / "out"), "--fvis-models", "resnet50",
+            "--fvis-checkpoint", f"vgg16={ckpt}", "--limit", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "--fvis-checkpoint" in result.output and "vgg16" in result.output and "not being rendered" in result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -177,12 +177,14 @@ def _md5(path: Path) -> str:
 
 def plan_fvis(config: BuildConfig) -> list[Item]:
     """Every (model, layer, channel) to render, evenly thinned to ``--limit`` across models and layers."""
-    from mixset.sources.fvis import plan_units
+    from mixset.sources.fvis import check_checkpoints, plan_units
 
     try:
         units = plan_units(config.fvis_models)
     except PixmixError as exc:  # an unknown model: fvis's parameter at fault is the build's fvis_models
         raise BuildError(f"--fvis-models: {exc}", param="fvis_models") from exc
+    # Before anything renders: a missing checkpoint file or one for a model not rendered is one line.
+    check_checkpoints(config.fvis_checkpoints, sorted({spec.model for spec, _ in units}))
     if config.limit is not None and config.limit < len(units):
         units = [units[i * len(units) // config.limit] for i in range(config.limit)]
     items = []
