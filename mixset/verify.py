@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pixmix.data.shards.manifest import read_manifest as load_manifest
 from pixmix.data.shards.mixing_set import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
 from pixmix.data.shards.tar import file_sha256, iter_shard
-from pixmix.utils.errors import PixmixError
 
 # What `mixset build` (mixing sets) and `mixset shard` (datasets) write; verify and info read both.
 KNOWN = {MANIFEST_FORMAT: MANIFEST_VERSION, SHARDS_FORMAT: SHARDS_VERSION}
@@ -19,20 +19,7 @@ KNOWN = {MANIFEST_FORMAT: MANIFEST_VERSION, SHARDS_FORMAT: SHARDS_VERSION}
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of a finished set (``mixset build`` or ``mixset shard``); a one-line error otherwise."""
-    path = folder / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise PixmixError(f"{path} not found: is {folder} a finished mixset build? "
-                          "(re-run mixset build to finish it)") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PixmixError(f"{path}: unreadable or truncated manifest ({' '.join(str(exc).split())}); re-run the "
-                          "`mixset build` or `mixset shard` command that made the set (or `mixset shard merge`) "
-                          "to write it again") from exc
-    if KNOWN.get(manifest.get("format")) != manifest.get("version"):
-        raise PixmixError(f"{path}: not a {MANIFEST_FORMAT} v{MANIFEST_VERSION} or {SHARDS_FORMAT} v{SHARDS_VERSION} "
-                          f"manifest (format={manifest.get('format')!r}, version={manifest.get('version')!r})")
-    return manifest
+    return load_manifest(folder, KNOWN, "`mixset build` or `mixset shard`")[1]
 
 
 def verify(folder: Path, decode: bool = True) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from pixmix.data.images import open_image, to_rgb
+from pixmix.data.shards.manifest import read_manifest
 from pixmix.data.shards.tar import MemberRef, index_shard, read_member
 from pixmix.utils.errors import PixmixError
 
@@ -27,14 +28,7 @@ class MixingShards(Sequence[Image.Image]):
 
     def __init__(self, folder: str | Path, sources: Sequence[str] | None = None) -> None:
         self.folder = Path(folder)
-        manifest_path = self.folder / "manifest.json"
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PixmixError(f"{manifest_path}: not a readable mixset manifest ({exc}); "
-                              "build it with mixset build") from exc
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise PixmixError(f"{manifest_path}: not a {MANIFEST_FORMAT} manifest")
+        _, manifest = read_manifest(self.folder, {MANIFEST_FORMAT: MANIFEST_VERSION}, "`mixset build`")
         #: Members left out because they are not regular files (symbolic links...), one message each.
         self.skipped: list[str] = []
         self.refs: list[MemberRef] = [ref for entry in manifest["shards"]

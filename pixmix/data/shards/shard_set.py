@@ -9,11 +9,11 @@ training reads the shards of view ``e % views`` and sees each image once.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pixmix.data.shards.manifest import read_manifest
 from pixmix.utils.errors import PixmixError
 
 SHARDS_FORMAT = "pixmix-shards"
@@ -72,17 +72,8 @@ class ShardSet:
     def load(cls, folder: str | Path) -> ShardSet:
         """Read and check ``folder/manifest.json``; one-line PixmixError if it is not a finished shard set."""
         folder = Path(folder)
-        path = folder / "manifest.json"
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise PixmixError(f"{path} not found: is {folder} a finished `mixset shard` output? "
-                             "(re-run the command, or `mixset shard merge`, to finish it)") from exc
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PixmixError(f"{path}: unreadable manifest ({exc})") from exc
-        if raw.get("format") != SHARDS_FORMAT or raw.get("version") != SHARDS_VERSION:
-            raise PixmixError(f"{path}: not a {SHARDS_FORMAT} v{SHARDS_VERSION} manifest "
-                             f"(format={raw.get('format')!r}, version={raw.get('version')!r})")
+        path, raw = read_manifest(folder, {SHARDS_FORMAT: SHARDS_VERSION},
+                                  "`mixset shard` (or `mixset shard merge`)")
         try:
             shards = tuple(ShardRecord(**s) for s in raw["shards"])
             result = cls(folder=folder, kind=raw["kind"], views=int(raw["views"]), classes=tuple(raw["classes"]),
