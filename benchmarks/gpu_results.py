@@ -173,7 +173,7 @@ def _per_second(make: Callable[[int], Any], count: int) -> float:
 def generators(settings: Settings, device: str, tmp: Path) -> dict[str, Any]:
     import torch
 
-    from mixset.sources.generators import NAMES, generate_with_tries
+    from mixset.sources.generators import DEVICE_GENERATORS, NAMES, generate_with_tries
     from mixset.sources.procedural import generate_fractal
 
     threads = torch.get_num_threads()
@@ -183,11 +183,18 @@ def generators(settings: Settings, device: str, tmp: Path) -> dict[str, Any]:
         per_core = {"fractals": _per_second(lambda i: generate_fractal(0, i, size=size), count)}
         for name in NAMES:
             per_core[name] = _per_second(lambda i, n=name: generate_with_tries(n, 0, i, size), count)
+        on_device = {name: _per_second(lambda i, n=name: generate_with_tries(n, 0, i, size, device=device), count)
+                     for name in DEVICE_GENERATORS}
     finally:
         torch.set_num_threads(threads)
-    return {"images_per_s_per_gpu": {name: None for name in per_core},
-            "images_per_s_per_cpu_core": {k: round(v, 2) for k, v in per_core.items()},
-            "size": size, "note": "no generator has a GPU path yet: GPU figures are null, not zero"}
+    gpu = device.startswith("cuda")
+    per_gpu = {name: round(on_device[name], 2) if gpu and name in on_device else None for name in per_core}
+    spectrum = on_device["spectrum"] if gpu else per_core["spectrum"]
+    return {"images_per_s_per_gpu": per_gpu, "images_per_s_per_cpu_core": {k: round(v, 2) for k, v in per_core.items()},
+            "images_per_s_on_device": {k: round(v, 2) for k, v in on_device.items()}, "device": device,
+            "size": size, "projected_min_105k_spectrum": round(105_000 / spectrum / 60, 1),
+            "note": "GPU figures: one image at a time on the device (spectrum, stylegan); the numpy generators "
+                    "(fractals, deadleaves, fractaldb) have no GPU path: null, not zero"}
 
 
 SECTIONS: dict[str, Callable[[Settings, str, Path], dict[str, Any]]] = {

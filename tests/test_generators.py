@@ -22,6 +22,7 @@ from mixset.sources.catalog import DEFAULT_MANIFESTS, load_collection, load_coll
 from mixset.sources.generators import MIN_STD, NAMES, generate, generate_with_tries
 from mixset.verify import verify
 from pixmix.data.shards.tar import iter_shard
+from pixmix.utils.errors import PixmixError
 
 SIZE = 64
 
@@ -362,3 +363,31 @@ def test_shipped_ablation_manifests():
         assert c.kind == "generator" and c.generator == source and c.count >= 100_000
         assert c.origin_file.startswith("ablation-")
     assert all(c.source == "fractals" for c in load_collections(DEFAULT_MANIFESTS, ("fractals",)))
+
+
+# --- on a device (issue 11) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["spectrum", "stylegan"])
+def test_torch_generators_take_a_device_and_keep_the_cpu_bytes(name: str) -> None:
+    default = generate_with_tries(name, 3, 1, 48)
+    explicit = generate_with_tries(name, 3, 1, 48, device="cpu")
+    assert np.array_equal(default[0], explicit[0]) and default[1] == explicit[1]
+
+
+def test_numpy_generators_refuse_a_device() -> None:
+    with pytest.raises(PixmixError, match="deadleaves.*CPU only") as info:
+        generate_with_tries("deadleaves", 0, 0, 32, device="cuda")
+    assert info.value.param == "device"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["spectrum", "stylegan"])
+def test_torch_generators_on_cuda_match_the_cpu(name: str) -> None:
+    for index in range(3):
+        cpu_pixels, cpu_params, _ = generate_with_tries(name, 0, index, 128)
+        gpu_pixels, gpu_params, _ = generate_with_tries(name, 0, index, 128, device="cuda")
+        assert gpu_params["draw_seed"] == cpu_params["draw_seed"]  # the same draws
+        diff = np.abs(cpu_pixels.astype(np.int16) - gpu_pixels.astype(np.int16))
+        assert diff.mean() < 2.0, (name, index, diff.mean())  # FFT and reduction rounding, amplified by 10 rounds

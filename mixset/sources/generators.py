@@ -34,7 +34,7 @@ import numpy as np
 
 from pixmix.utils.errors import PixmixError
 
-__all__ = ["NAMES", "MIN_STD", "MAX_TRIES", "generate", "generate_with_tries", "single_thread"]
+__all__ = ["NAMES", "DEVICE_GENERATORS", "MIN_STD", "MAX_TRIES", "generate", "generate_with_tries", "single_thread"]
 
 NAMES = ("deadleaves", "spectrum", "stylegan", "fractaldb")
 _MODULES = {name: f"mixset.sources.{name}" for name in NAMES}
@@ -43,6 +43,8 @@ _MODULES = {name: f"mixset.sources.{name}" for name in NAMES}
 # "almost constant" and re-drawn. Accepted images of every generator are far above it (>= 30).
 MIN_STD = 4.0
 MAX_TRIES = 20
+# The generators written in torch, which can run on a GPU (the others are numpy code).
+DEVICE_GENERATORS = ("spectrum", "stylegan")
 MIN_SIZE, MAX_SIZE = 16, 4096
 
 
@@ -80,23 +82,30 @@ def single_thread() -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _draw(module: Any, draw_seed: int, size: int, context: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def _draw(module: Any, draw_seed: int, size: int, context: Any, device: str | None = None
+          ) -> tuple[np.ndarray, dict[str, Any]]:
     """One try of a generator module: its ``draw`` (uint8 HxWx3), or, for the torch generators, its
-    ``render_float`` (float [3, H, W] in [0, 1], run on one thread) rounded to uint8."""
+    ``render_float`` (float [3, H, W] in [0, 1], run on one thread, or on ``device``) rounded to uint8."""
     if hasattr(module, "draw"):
         return module.draw(draw_seed, size, context)
     import torch
 
     with single_thread():
-        img, params = module.render_float(draw_seed, size)
-    pixels = (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        img, params = module.render_float(draw_seed, size, device) if device else module.render_float(draw_seed, size)
+    pixels = (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
     return pixels, params
 
 
 def generate_with_tries(
-    name: str, seed: int, index: int, size: int = 256, max_tries: int = MAX_TRIES
+    name: str, seed: int, index: int, size: int = 256, max_tries: int = MAX_TRIES, device: str | None = None
 ) -> tuple[np.ndarray, dict[str, Any], int]:
-    """Image ``index`` of the ``name`` collection ``seed``: ``(uint8 [size, size, 3], params, tries)``."""
+    """Image ``index`` of the ``name`` collection ``seed``: ``(uint8 [size, size, 3], params, tries)``.
+
+    ``device`` (the torch generators, :data:`DEVICE_GENERATORS`): where the image is computed; the
+    draws are the same, the pixels agree with the CPU's to rounding (not bit for bit)."""
+    if device is not None and name not in DEVICE_GENERATORS:
+        raise PixmixError(f"generator {name!r} runs on the CPU only (device {device!r}); "
+                          f"on a device: {', '.join(DEVICE_GENERATORS)}", param="device")
     module = _module(name)
     seed = _check_int("seed", seed, 0)
     index = _check_int("index", index, 0)
@@ -108,7 +117,7 @@ def generate_with_tries(
     context = prepare(seed, index, size) if prepare is not None else None
     for tries in range(1, max_tries + 1):
         draw_seed = int(rng.integers(0, 2**53))  # JSON-safe in any implementation
-        pixels, params = _draw(module, draw_seed, size, context)
+        pixels, params = _draw(module, draw_seed, size, context, device)
         if pixels.std() >= MIN_STD and (accept is None or accept(pixels, params)):
             return pixels, {"draw_seed": draw_seed, **params}, tries
     raise RuntimeError(

@@ -103,8 +103,15 @@ def _raised_cosine(r: torch.Tensor, cut: float) -> tuple[torch.Tensor, torch.Ten
     return torch.cos(math.pi / 2 * t), torch.sin(math.pi / 2 * t)
 
 
-@lru_cache(maxsize=16)
-def _masks(h: int, w: int) -> dict[str, torch.Tensor]:
+def _masks(h: int, w: int, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The pyramid's Fourier masks for an ``h x w`` image, on ``device`` (cached per size and device)."""
+    return _masks_on(h, w, torch.device("cpu") if device is None else torch.device(device))
+
+
+@lru_cache(maxsize=32)
+def _masks_on(h: int, w: int, device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type != "cpu":  # computed once on the CPU (float64), then copied: the same masks everywhere
+        return {k: v.to(device) for k, v in _masks_on(h, w, torch.device("cpu")).items()}
     wy = (2 * math.pi * torch.fft.fftfreq(h, dtype=torch.float64))[:, None].expand(h, w // 2 + 1)
     wx = (2 * math.pi * torch.fft.rfftfreq(w, dtype=torch.float64))[None, :].expand(h, w // 2 + 1)
     r = torch.sqrt(wx * wx + wy * wy)
@@ -132,7 +139,7 @@ def _crop(f: torch.Tensor) -> torch.Tensor:
 def _pad(f: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Inverse of :func:`_crop`: embed a half-size spectrum in an ``h x w`` one (zeros elsewhere)."""
     q = h // 4
-    out = torch.zeros(*f.shape[:-2], h, w // 2 + 1, dtype=f.dtype)
+    out = torch.zeros(*f.shape[:-2], h, w // 2 + 1, dtype=f.dtype, device=f.device)
     out[..., :q, : f.shape[-1]] = f[..., :q, :] * 4.0
     out[..., h - q:, : f.shape[-1]] = f[..., q:, :] * 4.0
     return out
@@ -146,12 +153,12 @@ def build_pyramid(img: torch.Tensor, levels: int) -> dict[str, Any]:
 
 
 def _pyramid_from_spectrum(f: torch.Tensor, h: int, w: int, levels: int) -> dict[str, Any]:
-    m = _masks(h, w)
+    m = _masks(h, w, f.device)
     high = torch.fft.irfft2(f * m["hi0"], s=(h, w))
     x = f * m["lo0"]
     bands = []
     for _ in range(levels):
-        m = _masks(h, w)
+        m = _masks(h, w, f.device)
         bands.append(torch.fft.irfft2(x[:, None] * m["oriented"], s=(h, w)))
         x = _crop(x * m["lo"])
         h, w = h // 2, w // 2
@@ -163,10 +170,10 @@ def collapse_pyramid(pyr: dict[str, Any]) -> torch.Tensor:
     x = pyr["low"]
     for band in reversed(pyr["bands"]):
         h, w = band.shape[-2:]
-        m = _masks(h, w)
+        m = _masks(h, w, band.device)
         x = _pad(x, h, w) * m["lo"] + (torch.fft.rfft2(band) * m["oriented_conj"]).sum(dim=1)
     h, w = pyr["high"].shape[-2:]
-    m = _masks(h, w)
+    m = _masks(h, w, x.device)
     return torch.fft.irfft2(x * m["lo0"] + torch.fft.rfft2(pyr["high"]) * m["hi0"], s=(h, w))
 
 
@@ -189,9 +196,10 @@ def match_histograms(x: torch.Tensor, table: torch.Tensor, bins: int = MATCH_BIN
     # (float ops and int32 indices: mixed-dtype arithmetic and int64 conversions are far slower here)
     cell = torch.floor(pos).clamp_(0.0, bins - 1.0)
     frac = pos.sub_(cell)
-    idx = (cell.to(torch.int32) + (torch.arange(b, dtype=torch.int32) * bins)[:, None]).view(-1)
+    idx = (cell.to(torch.int32) + (torch.arange(b, dtype=torch.int32, device=x.device) * bins)[:, None]).view(-1)
     counts = torch.bincount(idx, minlength=b * bins).view(b, bins)
-    edges_u = torch.cat([torch.zeros(b, 1, dtype=torch.float64), counts.cumsum(dim=1).double() / n], dim=1)
+    edges_u = torch.cat([torch.zeros(b, 1, dtype=torch.float64, device=x.device), counts.cumsum(dim=1).double() / n],
+                        dim=1)
     t = table.shape[1]
     q = (edges_u * t - 0.5).clamp_(0.0, t - 1.0)
     j = q.long().clamp_(max=t - 2)
@@ -286,8 +294,14 @@ def _colour_projection(img: torch.Tensor, model: dict[str, torch.Tensor]) -> tor
 # The generator
 
 
-def render_float(draw_seed: int, size: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The float image ``[3, size, size]`` (before clipping to [0, 1]) and its parameters."""
+def render_float(draw_seed: int, size: int, device: torch.device | str | None = None
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The float image ``[3, size, size]`` (before clipping to [0, 1]) and its parameters.
+
+    Every random draw is made on the CPU (numpy, from ``draw_seed``); ``device`` is where the
+    projections run (default: the CPU). On a GPU the FFTs and reductions round differently, so the
+    pixels agree with the CPU's closely but not bit for bit."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
     rng = np.random.default_rng(draw_seed)
     levels = levels_for(size)
     step = 2**levels
@@ -296,10 +310,10 @@ def render_float(draw_seed: int, size: int) -> tuple[torch.Tensor, dict[str, Any
     aniso = float(rng.standard_normal() * 3 / 60)
     r = float(rng.uniform(0.4, 0.8))
     colour_params, ref = _colour_reference(rng, n)
-    img = torch.from_numpy(rng.random((3, n, n))).float()
-    amp = amplitude(n, slope, aniso)
-    table = generalised_laplacian_quantiles(r)
-    model = _colour_model(ref)
+    img = torch.from_numpy(rng.random((3, n, n))).float().to(dev)
+    amp = amplitude(n, slope, aniso).to(dev)
+    table = generalised_laplacian_quantiles(r).to(dev)
+    model = _colour_model(ref.to(dev))
     for _ in range(ITERATIONS):
         f = _spectrum_projection(torch.fft.rfft2(img), amp)
         img = _wmm_projection(f, n, levels, table)

@@ -74,11 +74,13 @@ def filter_bank() -> torch.Tensor:
     return torch.cat([bank, -bank])
 
 
-def pink_noise(res: int, alpha: float, g: torch.Generator) -> torch.Tensor:
-    """Unit-variance ``[res, res]`` noise with power spectrum ``1 / f^alpha`` (zero mean)."""
+def pink_noise(res: int, alpha: float, g: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+    """Unit-variance ``[res, res]`` noise with power spectrum ``1 / f^alpha`` (zero mean), shaped on ``device``
+    (drawn on the CPU from ``g``)."""
     white = torch.randn(res, res, generator=g)
-    fy = torch.fft.fftfreq(res, d=1.0 / res)[:, None]
-    fx = torch.fft.rfftfreq(res, d=1.0 / res)[None, :]
+    white = white if device is None else white.to(device)
+    fy = torch.fft.fftfreq(res, d=1.0 / res, device=white.device)[:, None]
+    fx = torch.fft.rfftfreq(res, d=1.0 / res, device=white.device)[None, :]
     f = torch.sqrt(fx * fx + fy * fy)
     f[0, 0] = 1.0
     amp = f.pow(-alpha / 2)
@@ -94,9 +96,10 @@ def _uniform(g: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Ten
 class _Net:
     """One randomly drawn network; ``layers`` records what each conv drew (for params)."""
 
-    def __init__(self, g: torch.Generator, out_res: int) -> None:
+    def __init__(self, g: torch.Generator, out_res: int, device: torch.device) -> None:
         self.g = g
         self.out_res = out_res
+        self.device = device  # where the feature maps live; every random draw stays on the CPU generator
         self.layers: list[dict[str, Any]] = []
         z = torch.randn(Z_DIM, generator=g)
         w = z / z.square().mean().sqrt()
@@ -119,21 +122,23 @@ class _Net:
         # Demodulation: unit expected variance of each output for unit-variance independent inputs.
         demod = torch.rsqrt((a.square() * filt.flatten(1).square().sum(1)[None, :]).sum(1) + 1e-8)
         weight = (a * demod[:, None])[:, :, None, None] * filt[None]
-        x = F.conv2d(x, weight, padding=1)
+        x = F.conv2d(x, weight.to(self.device), padding=1)
         alpha = float(_uniform(g, 0.5, 1.5, 1))
         strength = float(_uniform(g, 0.1, 1.0, 1))
-        x = x + (torch.randn(cout, generator=g) * strength)[None, :, None, None] * pink_noise(res, alpha, g)
-        x = x + _uniform(g, -0.2, 0.2, cout)[None, :, None, None]
+        scale = (torch.randn(cout, generator=g) * strength).to(self.device)
+        x = x + scale[None, :, None, None] * pink_noise(res, alpha, g, self.device)
+        x = x + _uniform(g, -0.2, 0.2, cout).to(self.device)[None, :, None, None]
         self.layers.append({"res": res, "subset": subset.tolist(), "noise_alpha": alpha, "noise_strength": strength})
         return F.leaky_relu(x, 0.2) * math.sqrt(2)
 
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
         cin = x.shape[1]
-        weight = torch.randn(3, cin, generator=self.g) * self.style(cin)[None, :] / math.sqrt(cin)
-        return F.conv2d(x, weight[:, :, None, None]) + _uniform(self.g, -0.2, 0.2, 3)[None, :, None, None]
+        weight = (torch.randn(3, cin, generator=self.g) * self.style(cin)[None, :] / math.sqrt(cin)).to(self.device)
+        bias = _uniform(self.g, -0.2, 0.2, 3).to(self.device)
+        return F.conv2d(x, weight[:, :, None, None]) + bias[None, :, None, None]
 
     def forward(self) -> torch.Tensor:
-        x = torch.randn(1, channels(4), 4, 4, generator=self.g)
+        x = torch.randn(1, channels(4), 4, 4, generator=self.g).to(self.device)
         x = self.conv(x)
         rgb = self.to_rgb(x)
         res = 4
@@ -145,17 +150,21 @@ class _Net:
         return rgb[0]
 
 
-def render_float(draw_seed: int, size: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The standardised float image ``[3, size, size]`` (before clipping and uint8) and its params."""
+def render_float(draw_seed: int, size: int, device: torch.device | str | None = None
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The standardised float image ``[3, size, size]`` (before clipping and uint8) and its params.
+
+    Every random draw comes from a CPU generator seeded with ``draw_seed``; ``device`` is where the
+    network runs (default: the CPU; on a GPU the pixels agree closely, not bit for bit)."""
     g = torch.Generator().manual_seed(draw_seed)
     res = max(8, 1 << (size - 1).bit_length())
-    net = _Net(g, res)
+    net = _Net(g, res, torch.device("cpu") if device is None else torch.device(device))
     with torch.no_grad():
         rgb = net.forward()
     top = (res - size) // 2
     rgb = rgb[:, top: top + size, top: top + size].double()
-    mean_t = torch.tensor(IMAGENET_MEAN, dtype=torch.float64) + _uniform(g, -0.05, 0.05, 3).double()
-    std_t = torch.tensor(IMAGENET_STD, dtype=torch.float64) * _uniform(g, 0.8, 1.2, 3).double()
+    mean_t = (torch.tensor(IMAGENET_MEAN, dtype=torch.float64) + _uniform(g, -0.05, 0.05, 3).double()).to(rgb.device)
+    std_t = (torch.tensor(IMAGENET_STD, dtype=torch.float64) * _uniform(g, 0.8, 1.2, 3).double()).to(rgb.device)
     mean = rgb.mean(dim=(1, 2), keepdim=True)
     std = rgb.std(dim=(1, 2), keepdim=True, unbiased=False).clamp_min(1e-12)
     out = (rgb - mean) / std * std_t[:, None, None] + mean_t[:, None, None]
