@@ -19,7 +19,7 @@ from mixset.sources import fractaldb as gen_fractaldb
 from mixset.sources import spectrum as gen_spectrum
 from mixset.sources import stylegan as gen_stylegan
 from mixset.sources.catalog import DEFAULT_MANIFESTS, load_collection, load_collections
-from mixset.sources.generators import MIN_STD, NAMES, generate, generate_with_tries
+from mixset.sources.generators import MIN_STD, NAMES, generate, generate_batch, generate_with_tries
 from mixset.verify import verify
 from pixmix.data.shards.tar import iter_shard
 from pixmix.utils.errors import PixmixError
@@ -375,6 +375,16 @@ def test_torch_generators_take_a_device_and_keep_the_cpu_bytes(name: str) -> Non
     assert np.array_equal(default[0], explicit[0]) and default[1] == explicit[1]
 
 
+@pytest.mark.parametrize("name", ["spectrum", "deadleaves"])
+def test_a_batch_is_the_images_one_at_a_time(name: str) -> None:
+    """Spectrum renders the batch's first tries together (its GPU path); the bytes are those of one at a time."""
+    indices = [4, 0, 9]
+    batch = generate_batch(name, 2, indices, 48)
+    for index, (pixels, params, tries) in zip(indices, batch, strict=True):
+        alone = generate_with_tries(name, 2, index, 48)
+        assert np.array_equal(pixels, alone[0]) and params == alone[1] and tries == alone[2]
+
+
 def test_numpy_generators_refuse_a_device() -> None:
     with pytest.raises(PixmixError, match="deadleaves.*CPU only") as info:
         generate_with_tries("deadleaves", 0, 0, 32, device="cuda")
@@ -391,3 +401,14 @@ def test_torch_generators_on_cuda_match_the_cpu(name: str) -> None:
         assert gpu_params["draw_seed"] == cpu_params["draw_seed"]  # the same draws
         diff = np.abs(cpu_pixels.astype(np.int16) - gpu_pixels.astype(np.int16))
         assert diff.mean() < 2.0, (name, index, diff.mean())  # FFT and reduction rounding, amplified by 10 rounds
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_spectrum_batch_on_cuda_matches_the_cpu() -> None:
+    indices = list(range(8))
+    for (gpu_pixels, gpu_params, _), index in zip(generate_batch("spectrum", 0, indices, 128, "cuda"), indices,
+                                                  strict=True):
+        cpu_pixels, cpu_params, _ = generate_with_tries("spectrum", 0, index, 128)
+        assert gpu_params["draw_seed"] == cpu_params["draw_seed"]
+        assert np.abs(cpu_pixels.astype(np.int16) - gpu_pixels.astype(np.int16)).mean() < 2.0

@@ -34,7 +34,8 @@ import numpy as np
 
 from pixmix.utils.errors import PixmixError
 
-__all__ = ["NAMES", "DEVICE_GENERATORS", "MIN_STD", "MAX_TRIES", "generate", "generate_with_tries", "single_thread"]
+__all__ = ["NAMES", "DEVICE_GENERATORS", "MIN_STD", "MAX_TRIES", "generate", "generate_batch", "generate_with_tries",
+           "single_thread"]
 
 NAMES = ("deadleaves", "spectrum", "stylegan", "fractaldb")
 _MODULES = {name: f"mixset.sources.{name}" for name in NAMES}
@@ -88,12 +89,9 @@ def _draw(module: Any, draw_seed: int, size: int, context: Any, device: str | No
     ``render_float`` (float [3, H, W] in [0, 1], run on one thread, or on ``device``) rounded to uint8."""
     if hasattr(module, "draw"):
         return module.draw(draw_seed, size, context)
-    import torch
-
     with single_thread():
         img, params = module.render_float(draw_seed, size, device) if device else module.render_float(draw_seed, size)
-    pixels = (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
-    return pixels, params
+    return _to_uint8(img), params
 
 
 def generate_with_tries(
@@ -123,6 +121,38 @@ def generate_with_tries(
     raise RuntimeError(
         f"no {name!r} image passed the quality checks in {max_tries} tries for seed={seed}, index={index}"
     )
+
+
+def _to_uint8(img: Any) -> np.ndarray:
+    import torch
+
+    return (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def generate_batch(name: str, seed: int, indices: list[int], size: int = 256, device: str | None = None
+                   ) -> list[tuple[np.ndarray, dict[str, Any], int]]:
+    """:func:`generate_with_tries` of every index, the first tries rendered together (generators with a
+    ``render_float_batch``: spectrum; the others one at a time). An image whose first try is rejected is
+    redone alone, so the result is that of :func:`generate_with_tries` for each index (on the CPU, the
+    same bytes; on a GPU, the same draws)."""
+    module = _module(name)
+    batch = getattr(module, "render_float_batch", None)
+    if batch is None or getattr(module, "prepare", None) is not None:
+        return [generate_with_tries(name, seed, i, size, device=device) for i in indices]
+    seed, size = _check_int("seed", seed, 0), _check_int("size", size, MIN_SIZE, MAX_SIZE)
+    firsts = [int(np.random.default_rng(np.random.SeedSequence([seed, _check_int("index", i, 0)])).integers(0, 2**53))
+              for i in indices]
+    with single_thread():
+        images, params = batch(firsts, size, device)
+    out = []
+    for i, first, img, drawn in zip(indices, firsts, images, params, strict=True):
+        pixels = _to_uint8(img)
+        accept = getattr(module, "accept", None)
+        if pixels.std() >= MIN_STD and (accept is None or accept(pixels, drawn)):
+            out.append((pixels, {"draw_seed": first, **drawn}, 1))
+        else:
+            out.append(generate_with_tries(name, seed, i, size, device=device))
+    return out
 
 
 def generate(name: str, seed: int, index: int, size: int = 256) -> tuple[np.ndarray, dict[str, Any]]:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 __all__ = ["ITERATIONS", "levels_for", "amplitude", "build_pyramid", "collapse_pyramid", "match_histograms",
-           "generalised_laplacian_quantiles", "render_float"]
+           "generalised_laplacian_quantiles", "render_float", "render_float_batch"]
 
 ITERATIONS = 10
 MATCH_BINS = 1024
@@ -323,3 +323,77 @@ def render_float(draw_seed: int, size: int, device: torch.device | str | None = 
     params = {"slope": slope, "anisotropy": aniso, "wmm_exponent": r, "levels": levels, "orientations": 4,
               "iterations": ITERATIONS, **colour_params}
     return img, params
+
+
+# --------------------------------------------------------------------------------------------------
+# Many images at once (a GPU's way: one kernel per operation for the whole batch)
+
+
+def _draw_params(draw_seed: int, n: int) -> tuple[dict[str, Any], torch.Tensor, np.ndarray]:
+    """The draws of :func:`render_float`, in its order: (scalars and colour params, colour reference, noise)."""
+    rng = np.random.default_rng(draw_seed)
+    scalars = {"slope": float(rng.uniform(0.5, 3.5)), "anisotropy": float(rng.standard_normal() * 3 / 60),
+               "wmm_exponent": float(rng.uniform(0.4, 0.8))}
+    colour_params, ref = _colour_reference(rng, n)
+    return {**scalars, **colour_params}, ref, rng.random((3, n, n))
+
+
+def _batched_colour_model(refs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`_colour_model` of each reference ``[b, pixels, 3]``."""
+    mean = refs.mean(dim=1, keepdim=True)
+    centred = refs - mean
+    cov = centred.transpose(1, 2).double() @ centred.double() / refs.shape[1]
+    vecs = torch.linalg.eigh(cov)[1].float()
+    table = torch.sort((centred @ vecs).transpose(1, 2).contiguous(), dim=2).values  # [b, 3, pixels]
+    return {"mean": mean, "axes": vecs, "table": table}
+
+
+def _batched_colour_projection(img: torch.Tensor, model: dict[str, torch.Tensor]) -> torch.Tensor:
+    b, c, h, w = img.shape
+    px = img.reshape(b, c, -1).transpose(1, 2) - model["mean"]  # [b, pixels, 3]
+    proj = (px @ model["axes"]).transpose(1, 2).reshape(b * c, -1)
+    matched = match_histograms(proj, model["table"].reshape(b * c, -1)).reshape(b, c, -1)
+    return (matched.transpose(1, 2) @ model["axes"].transpose(1, 2) + model["mean"]).transpose(1, 2).reshape(b, c, h, w)
+
+
+def _batched_wmm(f: torch.Tensor, n: int, levels: int, tables: torch.Tensor) -> torch.Tensor:
+    """:func:`_wmm_projection` of ``b`` images' spectra ``[b, 3, h, w/2+1]``, image ``i`` matched to ``tables[i]``."""
+    b = f.shape[0]
+    pyr = _pyramid_from_spectrum(f.reshape(b * 3, *f.shape[2:]), n, n, levels)
+
+    def match(band: torch.Tensor) -> torch.Tensor:
+        flat = band.reshape(-1, band.shape[-2] * band.shape[-1])  # rows: image-major, then channel (and band)
+        mean = flat.mean(dim=1, keepdim=True)
+        std = (flat.square().mean(dim=1, keepdim=True) - mean.square()).clamp_min(0.0).sqrt()
+        table = tables.repeat_interleave(flat.shape[0] // b, dim=0)
+        return (match_histograms(flat, table) * std).reshape(band.shape)
+
+    pyr["high"] = match(pyr["high"])
+    pyr["bands"] = [match(band) for band in pyr["bands"]]
+    return collapse_pyramid(pyr).reshape(b, 3, n, n)
+
+
+def render_float_batch(draw_seeds: list[int], size: int, device: torch.device | str | None = None
+                       ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """:func:`render_float` of every seed at once: ``([b, 3, size, size], params per image)``.
+
+    The draws are each seed's own (the same as one at a time); the projections run batched on ``device``
+    (default: the CPU), which on a GPU is what keeps it busy. Pixels agree with :func:`render_float`'s
+    to float rounding, not bit for bit."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    levels = levels_for(size)
+    n = -(-size // 2**levels) * 2**levels
+    draws = [_draw_params(seed, n) for seed in draw_seeds]
+    amp = torch.stack([amplitude(n, d[0]["slope"], d[0]["anisotropy"]) for d in draws])[:, None].to(dev)
+    tables = torch.cat([generalised_laplacian_quantiles(d[0]["wmm_exponent"]) for d in draws]).to(dev)
+    model = _batched_colour_model(torch.stack([d[1] for d in draws]).to(dev))
+    img = torch.from_numpy(np.stack([d[2] for d in draws])).float().to(dev)
+    for _ in range(ITERATIONS):
+        f = _spectrum_projection(torch.fft.rfft2(img), amp)
+        img = _batched_wmm(f, n, levels, tables)
+        img = _batched_colour_projection(img, model)
+    top = (n - size) // 2
+    params = [{"slope": d[0]["slope"], "anisotropy": d[0]["anisotropy"], "wmm_exponent": d[0]["wmm_exponent"],
+               "levels": levels, "orientations": 4, "iterations": ITERATIONS,
+               **{k: v for k, v in d[0].items() if k not in ("slope", "anisotropy", "wmm_exponent")}} for d in draws]
+    return img[:, :, top: top + size, top: top + size], params
