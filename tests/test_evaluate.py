@@ -108,8 +108,11 @@ def test_clean_and_corruption_numbers_match_an_independent_computation(cifar_roo
     assert results["clean"]["error"] == pytest.approx(metrics.top1_error(logits, test.labels))
     assert 0 < results["clean"]["error"] < 100 and results["clean"]["samples"] == 40
     probs = torch.from_numpy(logits).softmax(1).numpy()
-    assert results["clean"]["rms_calibration"] == pytest.approx(
-        metrics.rms_calibration_error(probs.max(1), probs.argmax(1) == test.labels))
+    # Two figures: the reference's (last bin dropped: with 40 images the only bin, so 0) and the corrected one.
+    conf, right = probs.max(1), probs.argmax(1) == test.labels
+    assert results["clean"]["rms_calibration"] == metrics.rms_calibration_error(conf, right, drop_last_bin=True) == 0
+    assert results["clean"]["rms_calibration_corrected"] == pytest.approx(metrics.rms_calibration_error(conf, right))
+    assert results["clean"]["rms_calibration_corrected"] > 0
 
     errors, confs, corrects = {}, [], []
     for c in metrics.CORRUPTIONS:
@@ -126,13 +129,16 @@ def test_clean_and_corruption_numbers_match_an_independent_computation(cifar_roo
     assert got["mce"] == got["mean_error"] and got["mce_normalisation"] == "none"  # CIFAR: no AlexNet
     # Calibration on C: per corruption (its 5 severities together, as the reference evaluates each file),
     # averaged; the pooled error is reported beside it.
-    per = [metrics.rms_calibration_error(np.concatenate(confs[5 * i:5 * i + 5]),
-                                         np.concatenate(corrects[5 * i:5 * i + 5]))
-           for i in range(len(metrics.CORRUPTIONS))]
-    assert got["rms_calibration"] == pytest.approx(np.mean(per))
-    assert got["rms_calibration_pooled"] == pytest.approx(
-        metrics.rms_calibration_error(np.concatenate(confs), np.concatenate(corrects)))
-    assert results["summary"]["rms_calibration_c"] == got["rms_calibration"]
+    # averaged; the pooled error is reported beside it. Reference (last bin dropped) and corrected.
+    for drop, suffix in ((True, ""), (False, "_corrected")):
+        per = [metrics.rms_calibration_error(np.concatenate(confs[5 * i:5 * i + 5]),
+                                             np.concatenate(corrects[5 * i:5 * i + 5]), drop_last_bin=drop)
+               for i in range(len(metrics.CORRUPTIONS))]
+        assert got[f"rms_calibration{suffix}"] == pytest.approx(np.mean(per))
+        assert got[f"rms_calibration_pooled{suffix}"] == pytest.approx(
+            metrics.rms_calibration_error(np.concatenate(confs), np.concatenate(corrects), drop_last_bin=drop))
+        assert results["summary"][f"rms_calibration_c{suffix}"] == got[f"rms_calibration{suffix}"]
+    assert got["rms_calibration_corrected"] > 0 and got["rms_calibration_pooled"] > 0  # 200 pooled: 2 bins
 
 
 def test_flip_rate_and_t5d_match_an_independent_computation(cifar_root, spread_run) -> None:
@@ -182,8 +188,9 @@ def test_constant_model_known_answers(cifar_root, tmp_path) -> None:
     labels = CIFAR(cifar_root, "cifar10", train=False).labels
     assert results["clean"]["error"] == pytest.approx(np.mean(labels != 3) * 100)
     conf = float(torch.softmax(constant_model(10, 3).fc.bias.detach(), 0).max())
-    # 40 test images: one calibration bin, so RMS = |confidence - accuracy|.
-    assert results["clean"]["rms_calibration"] == pytest.approx(abs(conf - np.mean(labels == 3)) * 100)
+    # 40 test images: one calibration bin, so RMS = |confidence - accuracy| (the reference drops it: 0).
+    assert results["clean"]["rms_calibration_corrected"] == pytest.approx(abs(conf - np.mean(labels == 3)) * 100)
+    assert results["clean"]["rms_calibration"] == 0.0
     assert all(v["flip_rate"] == 0 and v["t5d"] == 0 for v in results["perturbations"]["per_perturbation"].values())
     # Zero input gradient: PGD cannot move a prediction.
     assert results["adversarial"]["pgd_error"] == pytest.approx(results["clean"]["error"])
@@ -191,10 +198,11 @@ def test_constant_model_known_answers(cifar_root, tmp_path) -> None:
     for v in results["anomaly"]["per_set"].values():
         assert v["auroc"] == pytest.approx(50.0) and v["aupr"] == pytest.approx(100 * 20 / 60)
         assert v["fpr95"] == pytest.approx(100.0)
-    # The reference's last-bin bug: with a single bin nothing is left.
+    # --reference-calibration (drop_last_bin) is accepted for older callers: it changes nothing, and says so.
     dropped = evaluate(ckpt, "cifar10", cifar_root, device="cpu", batch_size=16, ood_samples=20, limit=40,
                        drop_last_bin=True, progress=False, log=lambda m: None)
-    assert dropped["clean"]["rms_calibration"] == 0.0 and dropped["settings"]["drop_last_bin"] is True
+    assert dropped["clean"] == results["clean"] and dropped["summary"] == results["summary"]
+    assert any("--reference-calibration has no effect" in n for n in dropped["notes"])
 
 
 def test_optional_sets_when_present(cifar_root, tmp_path) -> None:

@@ -71,11 +71,11 @@ def test_corruption_errors_and_mce() -> None:
 
 def test_anomaly_metrics_known_answers() -> None:
     perfect = anomaly_metrics([0, 1, 2], [3, 4, 5])
-    assert perfect == pytest.approx({"auroc": 100.0, "aupr": 100.0, "fpr95": 0.0})
+    assert perfect == pytest.approx({"auroc": 100.0, "aupr": 100.0, "fpr95": 0.0, "fpr95_ours": 0.0})
     worst = anomaly_metrics([3, 4, 5], [0, 1, 2])
     assert worst["auroc"] == pytest.approx(0.0) and worst["fpr95"] == pytest.approx(100.0)
     tied = anomaly_metrics([1, 1], [1, 1])
-    assert tied == pytest.approx({"auroc": 50.0, "aupr": 50.0, "fpr95": 100.0})
+    assert tied == pytest.approx({"auroc": 50.0, "aupr": 50.0, "fpr95": 100.0, "fpr95_ours": 100.0})
     mixed = anomaly_metrics([0.1, 0.4], [0.35, 0.8])
     assert mixed["auroc"] == pytest.approx(75.0) and mixed["aupr"] == pytest.approx(100 * 5 / 6)
     assert mixed["fpr95"] == pytest.approx(50.0)  # catching both anomalies also flags 0.4

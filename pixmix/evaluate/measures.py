@@ -69,9 +69,9 @@ def clean(net: Net, data: Path, suite: Suite, options: EvalOptions, trained_clas
     indices = subset(len(labels), options.limit)
     out = net.run(feeder(net, suite, options).batches(images, indices), len(indices), "clean")
     labels = labels[indices]
+    rms = metrics.rms_calibration_errors(out.conf, out.pred == labels)
     result = {"error": float(np.mean(out.pred != labels) * 100), "samples": len(labels),
-              "rms_calibration": metrics.rms_calibration_error(out.conf, out.pred == labels,
-                                                               drop_last_bin=options.drop_last_bin)}
+              "rms_calibration": rms["reference"], "rms_calibration_corrected": rms["corrected"]}
     return Clean(result, images, indices, labels, out.conf, wnids)
 
 
@@ -143,7 +143,7 @@ def _corruption_set(net: Net, folder: Path, suite: Suite, options: EvalOptions, 
         "errors": {name: [v * 100 for v in errs] for name, errs in errors.items()},
         "per_corruption": metrics.corruption_errors(errors),
         "mean_error": metrics.mce(errors),
-        **calibration(by_name, options.drop_last_bin),
+        **calibration(by_name),
         "samples_per_severity": samples,
     }
     missing = [n for n in names if n not in errors]
@@ -158,19 +158,26 @@ def _corruption_set(net: Net, folder: Path, suite: Suite, options: EvalOptions, 
 
 
 def calibration(by_name: dict[str, tuple[list[np.ndarray], list[np.ndarray]]],
-                drop_last_bin: bool) -> dict[str, Any]:
+                drop_last_bin: bool | None = None) -> dict[str, Any]:
     """RMS calibration error on corrupted images, from each corruption's (confidences, correct) per severity.
 
     The reference evaluates each corruption's file (its 5 severities together) and averages the
-    calibration errors; the error over every prediction pooled is reported beside it.
+    calibration errors; the error over every prediction pooled is reported beside it. Every figure comes
+    twice: the reference's (``rms_calibration*``: the most confident bin dropped, as the paper's numbers
+    were computed) and the corrected one (``*_corrected``: every bin). ``drop_last_bin`` is ignored (both
+    are always computed); it stays so that older callers keep working.
     """
-    per = {name: metrics.rms_calibration_error(np.concatenate(c), np.concatenate(k), drop_last_bin=drop_last_bin)
+    per = {name: metrics.rms_calibration_errors(np.concatenate(c), np.concatenate(k))
            for name, (c, k) in by_name.items()}
     confs = [c for cs, _ in by_name.values() for c in cs]
     corrects = [k for _, ks in by_name.values() for k in ks]
-    return {"rms_calibration": float(np.mean(list(per.values()))), "rms_calibration_per_corruption": per,
-            "rms_calibration_pooled": metrics.rms_calibration_error(np.concatenate(confs), np.concatenate(corrects),
-                                                                    drop_last_bin=drop_last_bin)}
+    pooled = metrics.rms_calibration_errors(np.concatenate(confs), np.concatenate(corrects))
+    out: dict[str, Any] = {}
+    for kind, suffix in (("reference", ""), ("corrected", "_corrected")):
+        out[f"rms_calibration{suffix}"] = float(np.mean([v[kind] for v in per.values()]))
+        out[f"rms_calibration_per_corruption{suffix}"] = {name: v[kind] for name, v in per.items()}
+        out[f"rms_calibration_pooled{suffix}"] = pooled[kind]
+    return out
 
 
 def _cifar_c(net: Net, folder: Path, suite: Suite, options: EvalOptions, names: Sequence[str]) -> Iterator[Corrupted]:
@@ -321,7 +328,7 @@ def anomaly(net: Net, data: Path, suite: Suite, options: EvalOptions, in_confide
     if len(per_set) < total:
         notes.append(f"anomaly means over {len(per_set)} of {total} OOD sets")
     return {"per_set": per_set, **{k: float(np.mean([v[k] for v in per_set.values()]))
-                                   for k in ("auroc", "aupr", "fpr95")}}
+                                   for k in ("auroc", "aupr", "fpr95", "fpr95_ours")}}
 
 
 __all__ = ["Clean", "adversarial", "anomaly", "calibration", "clean", "corruptions", "corruptions_bar", "feeder",

@@ -80,8 +80,10 @@ def rms_calibration_error(confidences: np.ndarray, correct: np.ndarray, bin_size
     """RMS calibration error in percent with adaptive (equal-count) bins of ``bin_size``.
 
     Samples are sorted by confidence and cut into bins of ``bin_size``; the last bin takes the
-    remainder. ``drop_last_bin=True`` reproduces the reference code, which skips the most confident
-    bin (a bug: the error is then computed on fewer samples than it is normalised by).
+    remainder. ``drop_last_bin=True`` reproduces the reference code (``calib_err`` of the PixMix /
+    Outlier Exposure calibration tools), which skips the most confident bin: a bug (the error is then
+    computed on fewer samples than it is normalised by), but the paper's numbers were computed with it.
+    With fewer than ``2 * bin_size`` samples there is one bin, so the reference's figure is 0.
     """
     conf, corr = np.asarray(confidences, dtype=float), np.asarray(correct, dtype=float)
     if conf.ndim != 1 or conf.shape != corr.shape or conf.size == 0:
@@ -99,22 +101,70 @@ def rms_calibration_error(confidences: np.ndarray, correct: np.ndarray, bin_size
     return float(np.sqrt(total) * 100)
 
 
+def fpr_at_recall(in_scores: np.ndarray, out_scores: np.ndarray, recall: float = 0.95) -> float:
+    """Outlier Exposure's FPR at ``recall``, in percent: the share of in-distribution samples flagged at the
+    threshold whose recall of the anomalies (``out_scores``, positives) is *closest* to ``recall``.
+
+    As hendrycks/outlier-exposure's ``fpr_and_fdr_at_recall``: thresholds are the distinct scores, from the
+    highest down to the first one that recalls every anomaly; on a tie in distance the higher recall wins,
+    and among thresholds of one recall the lowest (the most in-distribution samples flagged).
+    The paper's FPR95 figures were computed this way (:func:`fpr_at_recall_ours` is the usual
+    "first threshold reaching ``recall``" definition).
+    """
+    ins, outs = _scores(in_scores, out_scores)
+    scores = np.concatenate([ins, outs])
+    positive = np.concatenate([np.zeros(ins.size, bool), np.ones(outs.size, bool)])
+    order = np.argsort(scores, kind="mergesort")[::-1]  # descending; among ties the later sample first
+    scores, positive = scores[order], positive[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # each distinct score's last index
+    tps = np.cumsum(positive, dtype=np.float64)[last_of_run]
+    fps = last_of_run + 1 - tps
+    full = int(np.searchsorted(tps, tps[-1]))  # the first threshold that recalls every anomaly
+    recalls, fps = tps[:full + 1][::-1] / tps[-1], fps[:full + 1][::-1]  # highest recall first
+    best = int(np.argmin(np.abs(recalls - recall)))  # argmin: the first on ties (higher recall, lower threshold)
+    return float(fps[best] / ins.size * 100)
+
+
+def fpr_at_recall_ours(in_scores: np.ndarray, out_scores: np.ndarray, recall: float = 0.95) -> float:
+    """FPR in percent at the first threshold (from the highest score down) whose recall of the anomalies
+    reaches ``recall``: the usual definition, reported beside Outlier Exposure's (:func:`fpr_at_recall`)."""
+    from sklearn.metrics import roc_curve
+
+    ins, outs = _scores(in_scores, out_scores)
+    labels = np.concatenate([np.zeros(ins.size), np.ones(outs.size)])
+    fpr, tpr, _ = roc_curve(labels, np.concatenate([ins, outs]))
+    return float(fpr[np.searchsorted(tpr, recall, side="left")] * 100)
+
+
+def _scores(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ins, outs = np.asarray(in_scores, dtype=float).ravel(), np.asarray(out_scores, dtype=float).ravel()
+    if ins.size == 0 or outs.size == 0:
+        raise ValueError(f"anomaly_metrics needs in- and out-of-distribution scores, got {ins.size} and {outs.size}")
+    return ins, outs
+
+
 def anomaly_metrics(in_scores: np.ndarray, out_scores: np.ndarray, recall: float = 0.95) -> dict[str, float]:
     """AUROC, AUPR and FPR at ``recall`` TPR, in percent, with anomalies (``out_scores``) as positives.
 
     Scores: higher means more anomalous (for PixMix, the negative maximum softmax probability).
+    ``fpr95`` is Outlier Exposure's definition (:func:`fpr_at_recall`, the paper's), ``fpr95_ours`` the
+    first threshold reaching the recall (:func:`fpr_at_recall_ours`).
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
-    ins, outs = np.asarray(in_scores, dtype=float).ravel(), np.asarray(out_scores, dtype=float).ravel()
-    if ins.size == 0 or outs.size == 0:
-        raise ValueError(f"anomaly_metrics needs in- and out-of-distribution scores, got {ins.size} and {outs.size}")
+    ins, outs = _scores(in_scores, out_scores)
     labels = np.concatenate([np.zeros(ins.size), np.ones(outs.size)])
     scores = np.concatenate([ins, outs])
-    fpr, tpr, _ = roc_curve(labels, scores)
-    fpr_at = float(fpr[np.searchsorted(tpr, recall, side="left")])
     return {"auroc": float(roc_auc_score(labels, scores) * 100),
-            "aupr": float(average_precision_score(labels, scores) * 100), "fpr95": fpr_at * 100}
+            "aupr": float(average_precision_score(labels, scores) * 100),
+            "fpr95": fpr_at_recall(ins, outs, recall), "fpr95_ours": fpr_at_recall_ours(ins, outs, recall)}
+
+
+def rms_calibration_errors(confidences: np.ndarray, correct: np.ndarray, bin_size: int = 100) -> dict[str, float]:
+    """Both RMS calibration figures, in percent: ``reference`` (the most confident bin dropped, as the
+    paper's numbers were computed) and ``corrected`` (every bin)."""
+    return {"reference": rms_calibration_error(confidences, correct, bin_size, drop_last_bin=True),
+            "corrected": rms_calibration_error(confidences, correct, bin_size)}
 
 
 def is_noise_perturbation(name: str) -> bool:

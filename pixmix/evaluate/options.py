@@ -72,7 +72,7 @@ class EvalOptions:
     pgd_samples: int | None = None
     ood_samples: int = DEFAULT_OOD_SAMPLES
     limit: int | None = None
-    drop_last_bin: bool = False
+    drop_last_bin: bool = False  # no effect any more: both calibration figures are always reported
     workers: int = 0
 
     def __post_init__(self) -> None:
