@@ -19,8 +19,8 @@ FLAGS = {"data_dir": "--data", "out_dir": "--out", "drop_last_bin": "--reference
 @click.command("eval")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="A checkpoint written by `pixmix train`.")
-@click.option("--suite", type=click.Choice(["cifar10", "cifar100", "imagenet"]), required=True,
-              help="Test set, -C, -P and OOD sets to evaluate on.")
+@click.option("--suite", type=click.Choice(["cifar10", "cifar100", "imagenet", "places365"]), required=True,
+              help="Test set, -C, -P and OOD sets to evaluate on (places365: anomaly detection, Table 13).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder holding the datasets (e.g. cifar-10-batches-py/, CIFAR-10-C/, CIFAR-10-P/, ood/).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -36,8 +36,8 @@ FLAGS = {"data_dir": "--data", "out_dir": "--out", "drop_last_bin": "--reference
               help="At most this many images per set, evenly spaced (quick runs).")
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Image-decoding processes for folder datasets (default: min(8, CPUs)).")
-@click.option("--reference-calibration", is_flag=True,
-              help="Drop the most confident calibration bin, as the reference code does (a bug).")
+@click.option("--reference-calibration", is_flag=True, hidden=True,
+              help="No effect (kept for old scripts): both RMS calibration figures are always reported.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, device: str, batch_size: int, seed: int,
                  pgd_samples: int | None, ood_samples: int, limit: int | None, workers: int | None,
@@ -46,7 +46,7 @@ def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, de
 
     Missing optional sets (-C-Bar, -P, folder OOD sets) are skipped and noted in the report.
     """
-    from pixmix.evaluate.report import subset_note, summary_rows, summary_table, write_report
+    from pixmix.evaluate.report import subset_note, suite_columns, summary_rows, summary_table, write_report
     from pixmix.evaluate.suites import evaluate
 
     with user_errors(FLAGS):
@@ -55,7 +55,7 @@ def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, de
                            drop_last_bin=reference_calibration, workers=workers, progress=not quiet,
                            log=lambda m: click.echo(m, err=True))
         paths = write_report(results, out_dir)
-    click.echo(summary_table(summary_rows(results)))
+    click.echo(summary_table(summary_rows(results), suite_columns(results["suite"])))
     subset = subset_note(results)
     if subset is not None:
         click.echo(subset)

@@ -1,7 +1,11 @@
-"""Evaluation reports: ``results.json``, ``results.md`` (laid out like the paper's Table 2, with the paper's
-numbers beside ours) and ``results.png``; and :func:`compare` to put several runs side by side.
+"""Evaluation reports: ``results.json``, ``results.md`` (laid out like the paper's table for the suite, with
+the paper's rows beside ours) and ``results.png``; and :func:`compare` to put several runs side by side.
 
-Plots use matplotlib's object API on an Agg canvas (no pyplot, no display, no global backend switch).
+Every figure printed beside the paper's is computed the way the paper's was (RMS calibration with the
+reference code's last bin dropped, Outlier Exposure's FPR95, ImageNet-P normalised by AlexNet) and its
+header says so (``[paper's way]``); the corrected figures stand beside them in their own table.
+Measures a run lacks show as ``-`` with a note. Plots use matplotlib's object API on an Agg canvas (no
+pyplot, no display, no global backend switch).
 """
 
 from __future__ import annotations
@@ -12,19 +16,45 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pixmix.evaluate.paper import COLUMNS, KEYS, PAPER_ABLATIONS, PAPER_RESULTS
+from pixmix.evaluate.paper import (
+    COLUMN_INFO,
+    COLUMNS,
+    CORRECTED,
+    KEYS,
+    PAPER_ABLATIONS,
+    PAPER_RESULTS,
+    SUITE_TABLES,
+    TABLE13_METHODS,
+    TABLE13_PER_SET,
+    TABLE13_SETS,
+    TABLES,
+)
 from pixmix.utils.errors import PixmixError
 from pixmix.utils.jsonfiles import json_safe, write_json
+
+MISSING = "-"
+PAPERS_WAY = "[paper's way]"
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
+        return MISSING
     return f"{value:.{digits}f}"
 
 
-def _header() -> list[str]:
-    return [f"{title} {'↓' if lower else '↑'}" for _, title, lower in COLUMNS]
+def suite_columns(suite: str) -> tuple[str, ...]:
+    """The summary columns of ``suite``'s report: its main paper table's (Table 2's for other suites)."""
+    names = SUITE_TABLES.get(suite)
+    return TABLES[names[0]].columns if names else KEYS
+
+
+def _header(columns: Sequence[str]) -> list[str]:
+    out = []
+    for key in columns:
+        info = COLUMN_INFO[key]
+        label = f" {PAPERS_WAY}" if key in CORRECTED and key not in ("mfr", "mt5d") else ""
+        out.append(f"{info.header}{label} {'↓' if info.lower else '↑'}")
+    return out
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -34,9 +64,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def summary_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """A Markdown table in the paper's Table 2 layout: one row per name, the six summary numbers."""
-    return _table(["Method", *_header()], [[name, *(_fmt(row.get(k)) for k in KEYS)] for name, row in rows.items()])
+def summary_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = KEYS) -> str:
+    """A Markdown table: one row per name, the summary numbers of ``columns`` (default: Table 2's six)."""
+    return _table(["Method", *_header(columns)], [[name, *(_fmt(row.get(k)) for k in columns)]
+                                                  for name, row in rows.items()])
 
 
 def subset_limit(results: Mapping[str, Any]) -> int | None:
@@ -55,61 +86,153 @@ def subset_note(results: Mapping[str, Any]) -> str | None:
             "so this run's numbers are not directly comparable to them")
 
 
-def summary_rows(results: Mapping[str, Any], name: str = "This run") -> dict[str, Mapping[str, Any]]:
-    """Our row (marked ``†`` when it is on a subset, see :func:`subset_note`), then the paper's."""
+def _our_name(results: Mapping[str, Any], name: str) -> str:
     limit = subset_limit(results)
-    name = name if limit is None else f"{name} † (subset: {limit} per set)"
-    rows: dict[str, Mapping[str, Any]] = {name: results["summary"]}
+    return name if limit is None else f"{name} † (subset: {limit} per set)"
+
+
+def summary_rows(results: Mapping[str, Any], name: str = "This run") -> dict[str, Mapping[str, Any]]:
+    """Our row (marked ``†`` when it is on a subset, see :func:`subset_note`), then the paper's main table's."""
+    rows: dict[str, Mapping[str, Any]] = {_our_name(results, name): results["summary"]}
     for method, row in PAPER_RESULTS.get(results["suite"], {}).items():
         rows[f"Paper: {method}"] = row
     return rows
 
 
-def markdown(results: Mapping[str, Any]) -> str:
-    """The whole ``results.md``: the Table 2 layout with the paper's rows, then detail tables and notes."""
+def missing_note(summary: Mapping[str, Any], columns: Sequence[str]) -> str | None:
+    """The note under a table whose columns this run has no number for (shown as ``-``)."""
+    absent = [COLUMN_INFO[k].short for k in columns if summary.get(k) is None]
+    if not absent:
+        return None
+    return (f"`{MISSING}`: not measured in this run ({', '.join(absent)}): the suite has no such set or it was "
+            "absent under --data (see Notes)")
+
+
+def corrected_table(summary: Mapping[str, Any]) -> str:
+    """Each comparable figure (computed as the paper's, printed beside it) with its corrected twin beside."""
+    rows = []
+    for key, (twin, what) in CORRECTED.items():
+        if summary.get(twin) is None and (summary.get(key) is None or key in ("mfr", "mt5d")):
+            continue  # nothing to compare (CIFAR-P's mFR has no normalised twin: the paper's is the raw one)
+        rows.append([COLUMN_INFO[key].header, _fmt(summary.get(key), 2), _fmt(summary.get(twin), 2), what])
+    return _table(["Measure", "As the paper's (beside its rows)", "Corrected", "The corrected figure uses"], rows)
+
+
+def _paper_section(results: Mapping[str, Any], table: str) -> list[str]:
+    """One of the paper's tables for this suite: our row in its layout, then its rows."""
+    t = TABLES[table]
+    rows: dict[str, Mapping[str, Any]] = {_our_name(results, "This run"): results["summary"]}
+    rows.update({f"Paper: {m}": r for m, r in t.rows.items()})
+    out = [f"## {t.name}: {t.title} (↓ lower is better, ↑ higher is better)", "", summary_table(rows, t.columns), ""]
+    note = missing_note(results["summary"], t.columns)
+    return out + ([note, ""] if note else []) + ([t.note, ""] if t.note else [])
+
+
+def _heading(results: Mapping[str, Any]) -> list[str]:
     ckpt = results.get("checkpoint", {})
     model = ckpt.get("model") or {}
-    out = [f"# PixMix evaluation: {results['suite']}", "",
-           (f"Checkpoint `{ckpt.get('path')}` ({model.get('arch', '?')}, {model.get('num_classes', '?')} classes, "
-            f"recipe {ckpt.get('recipe', {}).get('name', '?')}); seed {results['settings']['seed']}, "
-            f"device {results['settings']['device']}, {results.get('seconds', '?')} s."), "",
-           "## Summary (the paper's Table 2 layout; ↓ lower is better, ↑ higher is better)", "",
-           summary_table(summary_rows(results)), ""]
+    return [f"# PixMix evaluation: {results['suite']}", "",
+            (f"Checkpoint `{ckpt.get('path')}` ({model.get('arch', '?')}, {model.get('num_classes', '?')} classes, "
+             f"recipe {ckpt.get('recipe', {}).get('name', '?')}); seed {results['settings']['seed']}, "
+             f"device {results['settings']['device']}, {results.get('seconds', '?')} s."), ""]
+
+
+def _summary_sections(results: Mapping[str, Any]) -> list[str]:
+    """The suite's paper tables with our row, the subset note, and the corrected figures beside."""
+    suite = results["suite"]
+    out: list[str] = []
+    tables = SUITE_TABLES.get(suite, ())
+    if not tables:
+        out += ["## Summary (the paper's Table 2 layout)", "", summary_table(summary_rows(results)), "",
+                "The spec lists no paper numbers for this suite.", ""]
+    for table in tables:
+        out += _paper_section(results, table)
     note = subset_note(results)
     if note is not None:
         out += [f"**{note}.**", ""]
-    if results["suite"] not in PAPER_RESULTS:
-        out += ["The spec lists no paper numbers for this suite.", ""]
-    if results["suite"] == "imagenet":
+    out += [f"Columns marked {PAPERS_WAY} are computed as the paper's numbers were, so that they compare with its "
+            "rows; the corrected figures:", "", corrected_table(results["summary"]), ""]
+    if suite == "imagenet" and "corruptions" in results:
         c = results["corruptions"]
         out += [(f"ImageNet-C: mCE {_fmt(c['mce'])}% is normalised by AlexNet's errors; the unnormalised mean "
                  f"error is {_fmt(c['mean_error'])}%."), ""]
-    out += ["## Clean", "", _table(["Error (%)", "RMS calibration (%)", "Images"],
-                                   [[_fmt(results["clean"]["error"], 2), _fmt(results["clean"]["rms_calibration"], 2),
-                                     str(results["clean"]["samples"])]]), ""]
+    return out
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The whole ``results.md``: the suite's paper tables with our row, the corrected figures, detail
+    tables and notes."""
+    out = _heading(results) + _summary_sections(results)
+    clean = results["clean"]
+    out += ["## Clean", "", _table(["Error (%)", f"RMS calibration (%) {PAPERS_WAY}", "RMS calibration corrected (%)",
+                                    "Images"],
+                                   [[_fmt(clean["error"], 2), _fmt(clean.get("rms_calibration"), 2),
+                                     _fmt(clean.get("rms_calibration_corrected"), 2), str(clean["samples"])]]), ""]
     for key, title in (("corruptions", "Corruptions"), ("c_bar", "Corruptions (-C-Bar)")):
         if key in results:
             out += [f"## {title}", "", _corruption_table(results[key]), ""]
+    if isinstance(results.get("r"), Mapping):
+        out += _renditions(results["r"])
     if "perturbations" in results:
-        p = results["perturbations"]
-        rows = [[name, "noise" if v["noise"] else "temporal", _fmt(v["flip_rate"], 2), _fmt(v["t5d"], 3),
-                 str(v["sequences"]), "yes" if v["in_mean"] else "no"] for name, v in p["per_perturbation"].items()]
-        rows.append(["**mean**", "", _fmt(p["mfr"], 2), _fmt(p["mt5d"], 3), "", ""])
-        out += ["## Consistency (-P)", "", _table(["Perturbation", "Kind", "Flip rate (%)", "T5D", "Sequences",
-                                                   "In mean"], rows), ""]
-    a = results["adversarial"]
-    out += ["## Adversaries", "", (f"PGD L-inf, epsilon {a['epsilon'] * 255:g}/255, {a['steps']} steps of "
-                                   f"{a['step_size'] * 255:g}/255, random start: error {_fmt(a['pgd_error'], 2)}% "
-                                   f"on {a['samples']} images."), ""]
-    an = results["anomaly"]
-    rows = [[name, _fmt(v["auroc"], 2), _fmt(v["aupr"], 2), _fmt(v["fpr95"], 2), str(v["samples"])]
-            for name, v in an["per_set"].items()]
-    rows.append(["**mean**", _fmt(an["auroc"], 2), _fmt(an["aupr"], 2), _fmt(an["fpr95"], 2), ""])
-    out += ["## Anomaly detection (score: negative max softmax probability)", "",
-            _table(["OOD set", "AUROC (%) ↑", "AUPR (%) ↑", "FPR95 (%) ↓", "Images"], rows), ""]
+        out += _perturbation_section(results["perturbations"])
+    if "adversarial" in results:
+        a = results["adversarial"]
+        out += ["## Adversaries", "", (f"PGD L-inf, epsilon {a['epsilon'] * 255:g}/255, {a['steps']} steps of "
+                                       f"{a['step_size'] * 255:g}/255, random start: error {_fmt(a['pgd_error'], 2)}% "
+                                       f"on {a['samples']} images."), ""]
+    if "anomaly" in results:
+        out += _anomaly_section(results["anomaly"], results["suite"])
     out += ["## Notes", ""] + [f"- {note}" for note in results.get("notes", [])] + (
         [] if results.get("notes") else ["- none"])
     return "\n".join(out) + "\n"
+
+
+def _renditions(r: Mapping[str, Any]) -> list[str]:
+    return ["## Renditions (ImageNet-R)", "",
+            _table(["Error (%)", f"RMS calibration (%) {PAPERS_WAY}", "RMS calibration corrected (%)"],
+                   [[_fmt(r.get("error"), 2), _fmt(r.get("rms_calibration"), 2),
+                     _fmt(r.get("rms_calibration_corrected"), 2)]]), ""]
+
+
+def _perturbation_section(p: Mapping[str, Any]) -> list[str]:
+    rows = [[name, "noise" if v["noise"] else "temporal", _fmt(v["flip_rate"], 2), _fmt(v["t5d"], 3),
+             str(v["sequences"]), "yes" if v["in_mean"] else "no"] for name, v in p["per_perturbation"].items()]
+    rows.append(["**mean**", "", _fmt(p["mfr"], 2), _fmt(p["mt5d"], 3), "", ""])
+    out = ["## Consistency (-P)", "", _table(["Perturbation", "Kind", "Flip rate (%)", "T5D", "Sequences",
+                                              "In mean"], rows), ""]
+    if p.get("mfr_raw") is not None:
+        out += [f"Unnormalised: mFR {_fmt(p['mfr_raw'], 2)}%, mT5D {_fmt(p.get('mt5d_raw'), 3)}.", ""]
+    return out
+
+
+def _anomaly_section(an: Mapping[str, Any], suite: str) -> list[str]:
+    rows = [[name, _fmt(v["auroc"], 2), _fmt(v["aupr"], 2), _fmt(v["fpr95"], 2), _fmt(v.get("fpr95_ours"), 2),
+             str(v["samples"])] for name, v in an["per_set"].items()]
+    rows.append(["**mean**", _fmt(an["auroc"], 2), _fmt(an["aupr"], 2), _fmt(an["fpr95"], 2),
+                 _fmt(an.get("fpr95_ours"), 2), ""])
+    out = ["## Anomaly detection (score: negative max softmax probability)", "",
+           _table(["OOD set", "AUROC (%) ↑", "AUPR (%) ↑", f"FPR95 (%) {PAPERS_WAY} ↓", "FPR95 ours (%) ↓", "Images"],
+                  rows), "",
+           (f"FPR95 {PAPERS_WAY}: Outlier Exposure's threshold whose recall of the anomalies is closest to 95%; "
+            "ours: the first threshold recalling at least 95%."), ""]
+    if suite == "places365":
+        out += _table13_per_set(an)
+    return out
+
+
+def _table13_per_set(an: Mapping[str, Any]) -> list[str]:
+    """Table 13 per OOD set: our AUROC / AUPR beside the paper's Baseline, OE and PixMix."""
+    per = an["per_set"]
+    rows = []
+    for name in (*TABLE13_SETS, "average"):
+        ours = {"auroc": an["auroc"], "aupr": an["aupr"]} if name == "average" else per.get(name, {})
+        cells = [name]
+        for metric in ("auroc", "aupr"):
+            cells += [_fmt(ours.get(metric)), *(_fmt(TABLE13_PER_SET[m][name][metric]) for m in TABLE13_METHODS)]
+        rows.append(cells)
+    header = ["OOD set"] + [f"{metric} {who}" for metric in ("AUROC", "AUPR") for who in ("ours", *TABLE13_METHODS)]
+    return ["## Table 13 per OOD set (Places365; the paper's Baseline, OE, PixMix beside ours)", "",
+            _table(header, rows), "", f"`{MISSING}`: OOD set not evaluated in this run (see Notes).", ""]
 
 
 def _corruption_table(c: Mapping[str, Any]) -> str:
@@ -118,27 +241,35 @@ def _corruption_table(c: Mapping[str, Any]) -> str:
     rows.append(["**mean**", "", "", "", "", "", _fmt(c["mean_error"], 2)])
     extra = "" if c.get("mce_normalisation") != "alexnet" else f"\n\nmCE (AlexNet-normalised): {_fmt(c['mce'], 2)}%"
     return (_table(["Corruption", "s1", "s2", "s3", "s4", "s5", "Mean error (%)"], rows)
-            + f"\n\nRMS calibration on these images: {_fmt(c['rms_calibration'], 2)}%" + extra)
+            + f"\n\nRMS calibration on these images: {_fmt(c['rms_calibration'], 2)}% {PAPERS_WAY}, "
+            + f"{_fmt(c.get('rms_calibration_corrected'), 2)}% corrected (every bin)" + extra)
 
 
-def plot(rows: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
-    """One bar panel per Table 2 column, a bar per row name; missing values are marked n/a."""
+def plot(rows: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "",
+         columns: Sequence[str] = KEYS) -> Path:
+    """One bar panel per column (default: Table 2's six), a bar per row name; missing values are marked n/a."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     names = list(rows)
-    fig = Figure(figsize=(4 * 3, 3.2 * 2 + 0.25 * len(names)), layout="constrained")
+    ncols = 3 if len(columns) <= 6 else 4
+    nrows = max(1, math.ceil(len(columns) / ncols))
+    fig = Figure(figsize=(4 * ncols, 3.2 * nrows + 0.25 * len(names)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colors = [f"C{i % 10}" for i in range(len(names))]
-    for ax, (key, header, lower) in zip(axes.ravel(), COLUMNS, strict=True):
+    for ax in axes[len(columns):]:
+        ax.set_axis_off()
+    for ax, key in zip(axes, columns, strict=False):
+        info = COLUMN_INFO[key]
         values = [rows[n].get(key) for n in names]
         heights = [v if v is not None else 0.0 for v in values]
         bars = ax.bar(range(len(names)), heights, color=colors)
         for bar, v in zip(bars, values, strict=True):
             ax.annotate("n/a" if v is None else f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=7)
-        ax.set_title(f"{header} {'↓' if lower else '↑'}", fontsize=9)
+        label = f" {PAPERS_WAY}" if key in CORRECTED and key not in ("mfr", "mt5d") else ""
+        ax.set_title(f"{info.short}{label} {'↓' if info.lower else '↑'}", fontsize=9)
         ax.set_xticks(range(len(names)), [str(i + 1) for i in range(len(names))], fontsize=8)
         ax.margins(y=0.15)
     fig.legend(bars, [f"{i + 1}: {n}" for i, n in enumerate(names)], loc="outside lower center",
@@ -159,7 +290,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, P
     paths["md"].write_text(markdown(results))
     limit = subset_limit(results)
     subtitle = "" if limit is None else f"\nsubset: {limit} per set (the paper's rows: full sets)"
-    plot(summary_rows(results), paths["png"], title=f"{results['suite']}: this run vs the paper{subtitle}")
+    plot(summary_rows(results), paths["png"], title=f"{results['suite']}: this run vs the paper{subtitle}",
+         columns=suite_columns(results["suite"]))
     return paths
 
 
@@ -190,6 +322,7 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, pa
         raise PixmixError("compare needs at least one results dict", param="results")
     suites = {r["suite"] for r in results.values()}
     rows: dict[str, Mapping[str, Any]] = {name: r["summary"] for name, r in results.items()}
+    columns = suite_columns(next(iter(suites))) if len(suites) == 1 else KEYS
     if paper and len(suites) == 1:
         rows.update({f"Paper: {m}": row for m, row in PAPER_RESULTS.get(next(iter(suites)), {}).items()})
     if paper_ablations and suites == {"cifar100"}:
@@ -199,12 +332,15 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, pa
     paths = {"json": out / "comparison.json", "md": out / "comparison.md", "png": out / "comparison.png"}
     write_json(paths["json"], json_safe({"suites": sorted(suites), "rows": rows}), sort_keys=False)
     notes = [f"- {name}: {note}" for name, r in results.items() for note in r.get("notes", [])]
-    paths["md"].write_text(f"# Comparison ({', '.join(sorted(suites))})\n\n" + summary_table(rows) + "\n"
+    missing = [m for r in results.values() if (m := missing_note(r["summary"], columns))]
+    paths["md"].write_text(f"# Comparison ({', '.join(sorted(suites))})\n\n" + summary_table(rows, columns) + "\n"
+                           + "".join(f"\n{m}\n" for m in dict.fromkeys(missing))
                            + ("\n## Notes\n\n" + "\n".join(notes) + "\n" if notes else ""))
-    plot(rows, paths["png"], title=", ".join(sorted(suites)))
+    plot(rows, paths["png"], title=", ".join(sorted(suites)), columns=columns)
     return paths
 
 
 # COLUMNS, KEYS and the paper's rows are defined in pixmix.evaluate.paper and stay importable from here.
-__all__ = ["COLUMNS", "KEYS", "PAPER_ABLATIONS", "PAPER_RESULTS", "compare", "load_results", "markdown", "plot",
-           "subset_limit", "subset_note", "summary_rows", "summary_table", "write_report"]
+__all__ = ["COLUMNS", "KEYS", "MISSING", "PAPER_ABLATIONS", "PAPER_RESULTS", "compare", "corrected_table",
+           "load_results", "markdown", "missing_note", "plot", "subset_limit", "subset_note", "suite_columns",
+           "summary_rows", "summary_table", "write_report"]
