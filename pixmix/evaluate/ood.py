@@ -11,13 +11,14 @@ Outlier Exposure test code (hendrycks/outlier-exposure, the PixMix evaluation), 
   (the reference blurs the HxWx3 array as a volume), values under 0.75 set to 0. Drawn at the reference's
   32 px and scaled up for larger inputs: a blur scaled with the image would average the noise away.
 
-Folder sets (Textures, SVHN, LSUN, Places) are images anywhere under ``<data>/ood/<name>/``, shorter
+Folder sets (Textures, SVHN, LSUN, Places69; for Places365 in-distribution, Table 13: Textures, SVHN,
+ImageNet, Places69) are images anywhere under ``<data>/ood/<name>/``, shorter
 side resized to the input size then centre-cropped, as the reference's ``Resize(32), CenterCrop(32)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,10 @@ from pixmix.utils.errors import PixmixError
 from pixmix.utils.seeding import derive_seed
 
 SYNTHETIC_SETS = ("gaussian", "rademacher", "blobs")
-# Folder under <data>/ood/ -> the name the paper uses.
+# Folder under <data>/ood/ -> the name the paper uses (CIFAR and ImageNet suites).
 FOLDER_SETS = {"textures": "Textures", "svhn": "SVHN", "lsun": "LSUN", "places": "Places69"}
+# Table 13 (Places365 in-distribution): ImageNet instead of LSUN.
+PLACES365_FOLDER_SETS = {"textures": "Textures", "svhn": "SVHN", "imagenet": "ImageNet", "places": "Places69"}
 BLOB_BASE_SIZE = 32
 
 
@@ -124,10 +127,11 @@ class ImageFiles(Sequence[Image.Image]):
         return load_rgb(self.files[index])
 
 
-def folder_sets(data_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
-    """The folder OOD sets present under ``<data_dir>/ood/``, and a note for each one missing."""
+def folder_sets(data_dir: str | Path, sets: Mapping[str, str] | None = None) -> tuple[dict[str, Path], list[str]]:
+    """The folder OOD sets present under ``<data_dir>/ood/`` (``sets``: folder -> paper name, default
+    :data:`FOLDER_SETS`), and a note for each one missing."""
     found, notes = {}, []
-    for key, paper_name in FOLDER_SETS.items():
+    for key, paper_name in (FOLDER_SETS if sets is None else sets).items():
         path = Path(data_dir) / "ood" / key
         if path.is_dir():
             found[key] = path
@@ -136,5 +140,5 @@ def folder_sets(data_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
     return found, notes
 
 
-__all__ = ["BLOB_BASE_SIZE", "FOLDER_SETS", "SYNTHETIC_SETS", "ImageFiles", "blobs", "folder_sets", "gaussian_noise",
-           "rademacher_noise", "synthetic_set"]
+__all__ = ["BLOB_BASE_SIZE", "FOLDER_SETS", "PLACES365_FOLDER_SETS", "SYNTHETIC_SETS", "ImageFiles", "blobs",
+           "folder_sets", "gaussian_noise", "rademacher_noise", "synthetic_set"]
