@@ -1,5 +1,5 @@
 """Readers for the datasets in their usual on-disk formats: CIFAR python batches, CIFAR-10/100-C
-``.npy`` files, and ImageNet-style class folders.
+``.npy`` files, ImageNet-style class folders and Outlier Exposure's ``300K_random_images.npy``.
 
 All are random-access sequences of ``(PIL RGB image, label)``; the CIFAR ones also expose the raw
 ``uint8 [N, 32, 32, 3]`` array. Input is treated as untrusted: the CIFAR pickles are read with an
@@ -25,6 +25,7 @@ from PIL import Image
 from pixmix.data.benchmarks import CORRUPTIONS
 from pixmix.data.images import IMAGE_SUFFIXES, load_rgb
 from pixmix.utils.errors import PixmixError
+from pixmix.utils.seeding import derive_seed
 
 CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
@@ -218,6 +219,54 @@ def load_npy(path: Path) -> np.ndarray:
         raise PixmixError(f"{path} not found: point --data at the folder that holds it") from exc
     except (ValueError, OSError) as exc:
         raise PixmixError(f"{path}: not a readable .npy array ({exc}); re-download it") from exc
+
+
+# The 300K Random Images stream tag for derive_seed: (seed, RANDOM_IMAGES_STREAM, epoch, index).
+RANDOM_IMAGES_STREAM = 0x300
+
+
+class RandomImages(Sequence[Image.Image]):
+    """Outlier Exposure's 300K Random Images (``300K_random_images.npy``: ``uint8 [N, 32, 32, 3]``), memory-mapped,
+    as PIL images: the paper's "300K Random Images" mixing set (Table 4) without unpacking it into files.
+
+    With ``augment`` (the default) each image goes through the reference's transform, ``RandomCrop(32,
+    padding=4)`` (zero padding) then a horizontal flip with probability 1/2, drawn from ``(seed, epoch,
+    index)``: the same image for the same index and epoch in any process (call :meth:`set_epoch`).
+    """
+
+    def __init__(self, path: str | Path, seed: int = 0, augment: bool = True) -> None:
+        self.path = Path(path)
+        images = load_npy(self.path)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+            raise PixmixError(f"{self.path}: expected uint8 [N, H, W, 3] images (300K_random_images.npy is "
+                              f"[300000, 32, 32, 3]), got {images.dtype} {list(images.shape)}", param="path")
+        if seed < 0:
+            raise PixmixError(f"seed must be >= 0, got {seed}", param="seed")
+        self.images, self.seed, self.augment, self.epoch = images, seed, augment, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the crops and flips of ``epoch`` from now on."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
+        image = np.asarray(self.images[index])  # IndexError past the end, as a sequence should
+        if self.augment:
+            stream = derive_seed(self.seed, RANDOM_IMAGES_STREAM, self.epoch, int(index) % len(self))
+            image = reference_crop_flip(image, np.random.default_rng(stream))
+        return Image.fromarray(np.ascontiguousarray(image))
+
+
+def reference_crop_flip(image: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:
+    """``RandomCrop(size, padding)`` with zero padding, then a horizontal flip with probability 1/2, on one
+    ``uint8 [H, W, 3]`` image (torchvision's order of draws: the crop's top, its left, then the flip)."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    top, left = (int(v) for v in rng.integers(0, 2 * padding + 1, size=2))
+    out = padded[top:top + h, left:left + w]
+    return out[:, ::-1] if rng.random() < 0.5 else out
 
 
 @dataclass(frozen=True)
