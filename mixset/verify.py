@@ -1,45 +1,66 @@
-"""``mixset verify`` and ``mixset info``: recheck a built set against its manifest; summarise it."""
+"""``mixset verify`` and ``mixset info``: recheck a built set against its manifest; summarise it.
+
+The set may be a local folder or a URL (``http(s)://``, ``s3://``, ``gs://``, ``pipe:``; see
+:mod:`pixmix.data.remote`): each shard is read once, as a stream, hashing and checking its samples on the way.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tarfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from pixmix.data.remote import Location, location
 from pixmix.data.shards.manifest import read_manifest as load_manifest
 from pixmix.data.shards.mixing_set import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
-from pixmix.data.shards.tar import file_sha256, iter_shard
+from pixmix.data.shards.tar import iter_tar
+from pixmix.utils.errors import PixmixError
+
+Folder = str | os.PathLike[str] | Location
 
 # What `mixset build` (mixing sets) and `mixset shard` (datasets) write; verify and info read both.
 KNOWN = {MANIFEST_FORMAT: MANIFEST_VERSION, SHARDS_FORMAT: SHARDS_VERSION}
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Folder) -> dict[str, Any]:
     """The manifest of a finished set (``mixset build`` or ``mixset shard``); a one-line error otherwise."""
     return load_manifest(folder, KNOWN, "`mixset build` or `mixset shard`")[1]
 
 
-def verify(folder: Path, decode: bool = True) -> list[str]:
+def verify(folder: Folder, decode: bool = True) -> list[str]:
     """Every problem found, one line each (empty: the set matches its manifest)."""
+    folder = location(folder)
     manifest = read_manifest(folder)
     problems: list[str] = []
     keys: set[str] = set()
     total = 0
     for entry in manifest["shards"]:
-        path = folder / entry["name"]
-        if not _inside(folder, path):
-            problems.append(f"{path}: outside the set {folder}; refusing this manifest entry")
+        try:
+            path = folder / entry["name"]
+        except PixmixError:
+            path = None
+        if path is None or (folder.is_local and not _inside(folder.path, path.path)):
+            problems.append(f"{folder}/{entry['name']}: outside the set {folder}; refusing this manifest entry")
             continue
-        if not path.exists():
+        try:
+            fh = path.open()
+        except FileNotFoundError:
             problems.append(f"{path}: missing")
             continue
-        digest, size = file_sha256(path)
+        except OSError as exc:
+            problems.append(f"{path}: unreadable ({exc})")
+            continue
+        with fh:
+            hashing = _Hashing(fh)
+            count = _check_shard(path, hashing, manifest, keys, decode, problems)
+            digest, size = hashing.finish()
         if size != entry["bytes"] or digest != entry["sha256"]:
             problems.append(f"{path}: sha256/size differ from the manifest (got {size} bytes, {digest[:12]}...)")
-        count = _check_shard(path, manifest, keys, decode, problems)
         if count != entry["samples"]:
             problems.append(f"{path}: {count} samples, manifest says {entry['samples']}")
         total += count
@@ -53,25 +74,60 @@ def _inside(folder: Path, path: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def _check_shard(path: Path, manifest: dict[str, Any], keys: set[str], decode: bool, problems: list[str]) -> int:
+class _Hashing:
+    """Reads through ``fh`` while hashing and counting the bytes (one pass checks both the tar and its sha256)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh, self.sha256, self.bytes = fh, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def finish(self) -> tuple[str, int]:
+        """Read what the tar reader left (end padding, or all of a broken shard); ``(sha256, size)``."""
+        try:
+            while self.read(1 << 20):
+                pass
+        except OSError:
+            pass  # a remote shard that fails now was reported by the reader already
+        return self.sha256.hexdigest(), self.bytes
+
+
+def _check_shard(path: Location, fh: _Hashing, manifest: dict[str, Any], keys: set[str], decode: bool,
+                 problems: list[str]) -> int:
     """Check every sample of one shard (keys unique across the set); returns how many samples it holds."""
     count = 0
     try:
-        for sample in iter_shard(path):
+        for sample in _samples(path, fh):
             count += 1
             if sample.key in keys:
                 problems.append(f"{path}: duplicate key {sample.key}")
             keys.add(sample.key)
             problems.extend(_check_sample(path, sample.key, sample.fields, manifest, decode))
-    except ValueError as exc:  # an unreadable shard (iter_shard), or a sample json that is not JSON
+    except ValueError as exc:  # an unreadable shard (iter_tar), or a sample json that is not JSON
         problems.append(str(exc))
     return count
 
 
-def _check_sample(path: Path, key: str, fields: Mapping[str, bytes], manifest: dict[str, Any],
+def _samples(path: Location, fh: _Hashing) -> Any:
+    """The samples of a shard stream; a broken tar is a one-line PixmixError naming it."""
+    try:
+        yield from iter_tar(fh)
+    except PixmixError as exc:
+        raise PixmixError(f"{path}: {exc}") from exc
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise PixmixError(f"{path}: unreadable shard ({exc}); delete it and re-run the build to rewrite it") from exc
+
+
+def _check_sample(path: Location, key: str, fields: Mapping[str, bytes], manifest: dict[str, Any],
                   decode: bool) -> list[str]:
     """One sample: a json, one image field whose sha256 its json records (and that decodes), and, in a
     dataset, a label that agrees with the manifest."""
+    if manifest.get("config", {}).get("dataset") == "external":  # `mixset index` of another tool's set
+        return _check_external(path, key, fields, manifest, decode)
     if "json" not in fields:
         return [f"{path}: sample {key} has no json field"]
     meta = json.loads(fields["json"])
@@ -83,19 +139,37 @@ def _check_sample(path: Path, key: str, fields: Mapping[str, bytes], manifest: d
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         problems.append(f"{path}: sample {key}: image sha256 differs from its json")
     if decode:
-        import io
-
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a problem to report
-            problems.append(f"{path}: sample {key}: image does not decode ({exc})")
+        problems.extend(_decode_problems(path, key, data))
     return problems
 
 
-def _check_labelled(path: Path, key: str, fields: Mapping[str, bytes], meta: dict[str, Any],
+def _decode_problems(path: Location, key: str, data: bytes) -> list[str]:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a problem to report
+        return [f"{path}: sample {key}: image does not decode ({exc})"]
+    return []
+
+
+def _check_external(path: Location, key: str, fields: Mapping[str, bytes], manifest: dict[str, Any],
+                    decode: bool) -> list[str]:
+    """A sample of a set indexed by ``mixset index`` (no per-sample json of ours): its image field (decodable)
+    and, when the index names one, its label field."""
+    image = manifest["image_field"]
+    if image not in fields:
+        return [f"{path}: sample {key} has no {image} field"]
+    label = (manifest.get("label_field") or "").partition(":")[0]
+    if label and label not in fields:
+        return [f"{path}: sample {key} has no {label} field"]
+    return _decode_problems(path, key, fields[image]) if decode else []
+
+
+def _check_labelled(path: Location, key: str, fields: Mapping[str, bytes], meta: dict[str, Any],
                     manifest: dict[str, Any]) -> list[str]:
     """A dataset sample: the manifest's image field, and a ``cls`` that agrees with its json and the classes."""
     problems = []
@@ -111,7 +185,7 @@ def _check_labelled(path: Path, key: str, fields: Mapping[str, bytes], meta: dic
     return problems
 
 
-def info(folder: Path) -> str:
+def info(folder: Folder) -> str:
     """A summary of a finished set: counts, options, collections (mixing sets) or views (shard sets)."""
     m = read_manifest(folder)
     if m["format"] == SHARDS_FORMAT:
@@ -127,11 +201,11 @@ def info(folder: Path) -> str:
                      f"{r['duplicates']} duplicates, {r['rejected']} rejected; licence: {r['licence']}{extra}")
     if m["failures"]:
         lines.append(f"  {len(m['failures'])} item(s) failed, first: {m['failures'][0]}")
-    lines.append(f"  contact sheet: {folder / m['contact_sheet']}")
+    lines.append(f"  contact sheet: {location(folder) / m['contact_sheet']}")
     return "\n".join(lines)
 
 
-def _shard_set_info(folder: Path, m: dict[str, Any]) -> str:
+def _shard_set_info(folder: Folder, m: dict[str, Any]) -> str:
     c = m["config"]
     lines = [f"{folder}: {m['samples']} samples of {m['items']} {c['dataset']} {c['split']} images in "
              f"{len(m['shards'])} shard(s), {sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB",

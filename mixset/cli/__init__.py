@@ -265,11 +265,30 @@ def shard_merge(out: Path) -> None:
     click.echo(f"manifest: {path}")
 
 
+class SetLocation(click.ParamType):
+    """An existing local folder, or a URL of a set (http(s)://, s3://, gs://, pipe:CMD, file://); other schemes
+    are refused in one line."""
+
+    name = "folder|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | Path:
+        from pixmix.data.remote import has_braces, location
+        from pixmix.utils.errors import PixmixError
+
+        try:
+            loc = location(str(value))
+        except PixmixError as exc:
+            self.fail(str(exc), param, ctx)
+        if loc.is_local and not has_braces(loc):
+            return click.Path(exists=True, file_okay=False, path_type=Path).convert(loc.path, param, ctx)
+        return str(value)
+
+
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", type=SetLocation())
 @click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster).")
-def verify(folder: Path, no_decode: bool) -> None:
-    """Recheck every shard and sample of a built set against its manifest."""
+def verify(folder: str | Path, no_decode: bool) -> None:
+    """Recheck every shard and sample of a built set (a folder or a URL) against its manifest."""
     from mixset.verify import verify as run_verify
 
     with user_errors(FLAGS):
@@ -282,13 +301,36 @@ def verify(folder: Path, no_decode: bool) -> None:
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def info(folder: Path) -> None:
-    """Summarise a built set: sources, collections, counts, licences."""
+@click.argument("folder", type=SetLocation())
+def info(folder: str | Path) -> None:
+    """Summarise a built set (a folder or a URL): sources, collections, counts, licences."""
     from mixset.verify import info as run_info
 
     with user_errors(FLAGS):
         click.echo(run_info(folder))
+
+
+@main.command()
+@click.argument("target", type=SetLocation())
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the index (default: TARGET/manifest.json for a folder, ./manifest.json for a URL).")
+@click.option("--force", is_flag=True, help="Replace an existing manifest.json.")
+def index(target: str | Path, out: Path | None, force: bool) -> None:
+    """Index a WebDataset shard set written by another tool (e.g. img2dataset) as a manifest.json.
+
+    TARGET: a folder of *.tar, an s3:// or gs:// prefix, or a brace pattern of shard URLs
+    (http://host/set/{00000..00099}.tar). Every shard is read once to count samples, hash it and find the
+    image and label fields; readers then use the manifest instead of scanning.
+    """
+    from mixset.indexing import write_index
+
+    with user_errors(FLAGS):
+        path, manifest, upload = write_index(target, out, force=force)
+    click.echo(f"{path}: {manifest['samples']} samples in {len(manifest['shards'])} shard(s), image field "
+               f"{manifest['image_field']!r}, label field {manifest['label_field']!r}, "
+               f"{len(manifest['classes'])} classes")
+    if upload is not None:
+        click.echo(f"upload it next to the shards: {upload}")
 
 
 # Registered last: its module imports only click; the pipeline machinery loads inside the command.

@@ -10,6 +10,29 @@ from pixmix.cli.errors import user_errors
 
 PRESET_NAMES = ("cifar", "cifar-baseline", "imagenet", "imagenet-baseline", "smoke", "smoke-baseline")
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+class SetLocation(click.ParamType):
+    """A shard or mixing set: an existing local folder, or a URL (http(s)://, s3://, gs://, pipe:CMD, file://, or
+    a brace pattern of shards); other schemes are refused in one line."""
+
+    name = "folder|url"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str | Path:
+        from pixmix.data.remote import has_braces, location
+        from pixmix.utils.errors import PixmixError
+
+        text = str(value)
+        try:
+            loc = location(text)
+        except PixmixError as exc:
+            self.fail(str(exc), param, ctx)
+        if loc.is_local and not has_braces(loc):
+            return _DIR.convert(loc.path, param, ctx)
+        return text
+
+
+_SET = SetLocation()
 # The presets' values of the tunable options, for --help only (torch stays unimported here); a test checks
 # them against pixmix.train.trainer.PRESETS. The -baseline presets share their base's values.
 PRESET_DEFAULTS: dict[str, dict[str, object]] = {
@@ -30,13 +53,15 @@ def _preset_default(name: str) -> str:
 @click.command()
 @click.option("--preset", type=click.Choice(PRESET_NAMES), required=True,
               help="The recipe: cifar (WRN-40-4), imagenet (ResNet-50), smoke (tiny CNN); -baseline: no PixMix.")
-@click.option("--shards", type=_DIR, required=True,
-              help="Training shard set (`mixset shard`): plain, or pre-generated PixMix views.")
+@click.option("--shards", type=_SET, required=True,
+              help="Training shard set (`mixset shard`, or WebDataset tars): a folder or a URL (http(s), s3, gs, "
+                   "pipe:).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: checkpoints/ and log.jsonl; an existing run there is resumed.")
-@click.option("--mixset", type=_DIR, default=None,
-              help="Mixing set (`mixset build`) for online PixMix on plain shards.")
-@click.option("--val-shards", type=_DIR, default=None, help="Shard set for the validation error after each epoch.")
+@click.option("--mixset", type=_SET, default=None,
+              help="Mixing set (`mixset build`) for online PixMix on plain shards: a folder or a URL.")
+@click.option("--val-shards", type=_SET, default=None,
+              help="Shard set for the validation error after each epoch: a folder or a URL.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Default: the preset's.")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help=f"Global batch (all ranks together). {_preset_default('batch_size')}")
@@ -64,12 +89,15 @@ def _preset_default(name: str) -> str:
 @click.option("--severity", type=float, default=None, help="Online PixMix op severity (default: the recipe's).")
 @click.option("--sync-bn/--no-sync-bn", default=None,
               help="Synchronise BatchNorm statistics across GPUs under DDP (default: off, as each GPU's own).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep remote shards in this folder (bounded by --cache-bytes); default: stream, never store.")
+@click.option("--cache-bytes", type=click.IntRange(1), default=None, help="Size bound of --cache-dir in bytes.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines (the final summary still prints).")
 def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards: Path | None, epochs: int | None,
           batch_size: int | None, lr: float | None, weight_decay: float | None, workers: int | None,
           seed: int | None, device: str | None, amp: bool | None, pretrained: str | None, keep_every: int | None,
           partners: str | None, k: int | None, beta: float | None, severity: float | None, sync_bn: bool | None,
-          quiet: bool) -> None:
+          quiet: bool, cache_dir: Path | None = None, cache_bytes: int | None = None) -> None:
     """Train (or resume) a PixMix or baseline model on a shard set; run under torchrun (or srun) for DDP.
 
     Checkpoints go to OUT/checkpoints/last.pt (and epoch-NNN.pt), one JSON line per epoch to OUT/log.jsonl.
@@ -80,6 +108,7 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
     lines: list[str] = []
     # Only the user's mistakes (PixmixError) become one-line errors: anything else is a bug, with its traceback.
     with user_errors():
+        _remote_options(cache_dir, cache_bytes)
         config = preset_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                workers=workers, seed=seed, device=device, amp=amp, pretrained=pretrained,
                                keep_every=keep_every, partners=partners, k=k, beta=beta, severity=severity,
@@ -88,6 +117,16 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
                      log=lines.append if quiet else click.echo, progress=not quiet)
     if quiet and lines:
         click.echo(lines[-1])  # the final summary line
+
+
+def _remote_options(cache_dir: Path | None, cache_bytes: int | None) -> None:
+    """Remote sets read by this process (and its loader workers) use this cache folder, when given."""
+    if cache_dir is None and cache_bytes is None:
+        return
+    from pixmix.data.remote import RemoteOptions, set_default_options
+
+    set_default_options(RemoteOptions(cache_dir=None if cache_dir is None else str(cache_dir),
+                                      cache_bytes=cache_bytes or 0))
 
 
 if __name__ == "__main__":  # `python -m pixmix.cli.train ...`, before the command is on the `pixmix` group

@@ -42,10 +42,12 @@ from pixmix.augment.params import PixMixParams, sample_params
 from pixmix.augment.recipes import Recipe, get_recipe
 from pixmix.augment.transforms import SeededTransform, to_uint8_tensor
 from pixmix.data.images import to_rgb
+from pixmix.data.remote import Location, location
 from pixmix.data.shards.shard_set import ShardRecord, ShardSet
 from pixmix.data.shards.tar import member_kind
 from pixmix.utils.distributed import rank_world
 from pixmix.utils.errors import PixmixError
+from pixmix.utils.runtime import limit_threads
 from pixmix.utils.seeding import derive_seed, generator_for
 
 log = logging.getLogger("pixmix.data.loader")
@@ -286,12 +288,12 @@ def finish_batch(
 # --- reading -------------------------------------------------------------------------------------
 
 
-def _sample_offset(path: Path, index: int) -> int:
-    """Byte offset of the first header of sample ``index``, found from the tar headers alone."""
+def _sample_offset(fh: Any, index: int) -> int:
+    """Byte offset of the first header of sample ``index`` in the open shard ``fh``, from the tar headers alone."""
     from webdataset.tariterators import base_plus_ext
 
     count, last = -1, None
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(fileobj=fh, mode="r:") as tar:
         for member in tar:  # "r:" seeks over member data: only headers are read
             if not member.isreg():
                 continue
@@ -317,17 +319,20 @@ def _tar_files(fh: Any, url: str, skipped: list[str]) -> Iterator[dict[str, Any]
             stream.members = []  # type: ignore[attr-defined]  # keep no headers: a shard may hold many
 
 
-def _read_range(path: Path, start: int, stop: int, skipped: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Samples ``start`` to ``stop - 1`` of a shard as webdataset dicts (``__key__`` and raw fields).
+def _read_range(path: Path | Location, start: int, stop: int,
+                skipped: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Samples ``start`` to ``stop - 1`` of a shard (a local file or a URL) as webdataset dicts (``__key__`` and
+    raw fields).
 
-    Samples before ``start`` are skipped by seeking; reading stops after ``stop - 1``. Members that are not
-    regular files are left out and described in ``skipped``.
+    Samples before ``start`` are skipped by seeking (a remote shard: forward over its headers, retried on
+    transient errors); reading stops after ``stop - 1``. Members that are not regular files are left out and
+    described in ``skipped``.
     """
     from webdataset.tariterators import group_by_keys
 
-    with open(path, "rb") as fh:
+    with location(path).open() as fh:
         if start:
-            fh.seek(_sample_offset(path, start))
+            fh.seek(_sample_offset(fh, start))
         samples = group_by_keys(_tar_files(fh, str(path), [] if skipped is None else skipped))
         for _, sample in zip(range(stop - start), samples):  # range first: no sample is read past stop
             yield sample
@@ -349,6 +354,25 @@ def _decode_image(data: bytes, field_name: str, label: str) -> torch.Tensor:
     except ImageError as exc:
         raise _Lost(f"undecodable {field_name}: {exc}") from exc
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _label(sample: dict[str, Any], label_field: str) -> int:
+    """The class index of a sample: an ASCII integer field (``cls``), or ``json:KEY``, a key of its json."""
+    source, _, key = label_field.partition(":")
+    if source not in sample:
+        raise _Lost(f"no {source!r} field")
+    raw = bytes(sample[source])
+    try:
+        if key:
+            import json
+
+            value = json.loads(raw).get(key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(value)
+            return value
+        return int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise _Lost(f"{label_field} {raw[:20]!r} is not a class index") from exc
 
 
 def _message(exc: BaseException) -> str:
@@ -624,12 +648,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _decode(self, raw: _Raw) -> tuple[torch.Tensor, int]:
         sample = raw.sample
         field_name = self.shardset.image_field
-        if field_name not in sample or "cls" not in sample:
-            raise _Lost(f"no {field_name!r} or 'cls' field")
-        try:
-            label = int(bytes(sample["cls"]).decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _Lost(f"cls {bytes(sample['cls'])[:20]!r} is not a class index") from exc
+        label = _label(sample, self.shardset.label_field)
+        if field_name not in sample:
+            raise _Lost(f"no {field_name!r} field")
         if not 0 <= label < len(self.shardset.classes):
             raise _Lost(f"class index {label} is outside the manifest's {len(self.shardset.classes)} classes")
         image = _decode_image(bytes(sample[field_name]), field_name, f"{raw.name} sample {sample.get('__key__')}")
@@ -662,7 +683,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             if isinstance(self.mixset, (str, os.PathLike)):
                 from pixmix.data.shards.mixing_set import MixingShards
 
-                self._pictures = MixingShards(self.mixset)
+                # A remote mixing set reads with the shard set's remote options (retries, cache folder).
+                options = None if isinstance(self.mixset, Location) else self.shardset.folder.options
+                self._pictures = MixingShards(self.mixset, options=options)
             else:
                 assert self.mixset is not None  # LoaderOptions refuses mode "online" without pictures
                 self._pictures = self.mixset
@@ -702,6 +725,12 @@ class StreamStats:
     errors: list[str] = field(default_factory=list)
 
 
+def limit_worker_threads(worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: one torch, OpenMP and BLAS thread (decoding is per sample), so
+    that workers x threads stay within the usable CPUs that the trainer shares between them and the model."""
+    limit_threads(1)
+
+
 def default_rank_world() -> tuple[int, int]:
     """(rank, world size): explicit in nothing, so from :mod:`pixmix.utils.distributed` (the process
     group, torchrun's RANK/WORLD_SIZE, SLURM's SLURM_PROCID/SLURM_NTASKS, else (0, 1))."""
@@ -720,7 +749,7 @@ class ShardLoader:
 
     def __init__(
         self,
-        folder: str | Path,
+        folder: str | Path | Location,
         *,
         batch_size: int,
         seed: int = 0,
@@ -744,13 +773,14 @@ class ShardLoader:
         self._open(folder, options, pin_memory)
 
     @classmethod
-    def from_options(cls, folder: str | Path, options: LoaderOptions, *, pin_memory: bool | None = None) -> ShardLoader:
+    def from_options(cls, folder: str | Path | Location, options: LoaderOptions, *,
+                     pin_memory: bool | None = None) -> ShardLoader:
         """The loader of ``folder`` with already validated options."""
         loader = cls.__new__(cls)
         loader._open(folder, options, pin_memory)
         return loader
 
-    def _open(self, folder: str | Path, options: LoaderOptions, pin_memory: bool | None) -> None:
+    def _open(self, folder: str | Path | Location, options: LoaderOptions, pin_memory: bool | None) -> None:
         self.shardset = ShardSet.load(folder)
         self.stream = ShardStream(self.shardset, options)
         self.num_workers = options.num_workers
@@ -788,6 +818,7 @@ class ShardLoader:
         loader = torch.utils.data.DataLoader(
             s, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
             pin_memory=self.pin_memory, generator=gen,
+            worker_init_fn=limit_worker_threads if self.num_workers else None,
         )
         for batch in loader:
             self.stats.samples += len(batch)
@@ -810,4 +841,5 @@ __all__ = [
     "epoch_assignment",
     "epoch_order",
     "finish_batch",
+    "limit_worker_threads",
 ]

@@ -35,6 +35,7 @@ from pixmix.augment.config import PARTNERS
 from pixmix.augment.recipes import RECIPES, Recipe, get_recipe
 from pixmix.augment.transforms import SeededTransform
 from pixmix.data.loader import ShardLoader
+from pixmix.data.remote import resolved
 from pixmix.data.shards.shard_set import ShardSet
 from pixmix.models import ARCHS, build_model, load_pretrained
 from pixmix.train.checkpointing import (
@@ -279,8 +280,8 @@ def make_val_loader(
 
 def data_record(shards: str | Path, plan: DataPlan, mixset: str | Path | None) -> dict[str, Any]:
     """The data a checkpoint records (a resume must read the same kind, mode, sample count and mixing set)."""
-    return {"shards": str(Path(shards).resolve()), "kind": plan.kind, "mode": plan.mode,
-            "mixset": str(Path(mixset).resolve()) if mixset is not None else None,
+    return {"shards": resolved(shards), "kind": plan.kind, "mode": plan.mode,
+            "mixset": resolved(mixset) if mixset is not None else None,  # a local path, or a URL as given
             "samples": ShardSet.load(shards).samples}
 
 

@@ -8,6 +8,7 @@ complete; the index of a set of shards (its manifest) is written last, by the ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pixmix.data.remote import Location
 from pixmix.utils.errors import PixmixError
 
 log = logging.getLogger("pixmix.data.shards")
@@ -101,7 +103,7 @@ def file_sha256(path: Path) -> tuple[str, int]:
 class MemberRef:
     """Where one field of one sample lies inside a shard."""
 
-    shard: Path
+    shard: Path | Location  # a local file, or a file of a remote set
     offset: int
     size: int
 
@@ -112,27 +114,44 @@ def _split_member(name: str) -> tuple[str, str]:
     return key, field
 
 
-def iter_shard(path: Path) -> Iterator[Sample]:
-    """The samples of one shard, in order. Raises PixmixError (one line, naming the shard) if broken."""
+def iter_shard(path: Path | Location) -> Iterator[Sample]:
+    """The samples of one shard (a local file or a remote one, streamed), in order. Raises PixmixError (one line,
+    naming the shard) if broken."""
+    if isinstance(path, Location) and path.is_local:
+        path = path.path
     try:
-        with tarfile.open(path, "r:") as tar:
-            key: str | None = None
-            fields: dict[str, bytes] = {}
-            for member in tar:
-                if not member.isfile():
-                    raise PixmixError(f"{path}: member {member.name!r} is not a regular file")
-                k, field = _split_member(member.name)
-                if key is not None and k != key:
-                    yield Sample(key, fields)
-                    fields = {}
-                key = k
-                data = tar.extractfile(member)
-                assert data is not None
-                fields[field] = data.read()
-            if key is not None:
-                yield Sample(key, fields)
+        if isinstance(path, Location):
+            with path.open() as fh:
+                yield from iter_tar(fh)
+        else:
+            with open(path, "rb") as fh:
+                yield from iter_tar(fh)
+    except PixmixError as exc:
+        raise PixmixError(f"{path}: {exc}") from exc
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PixmixError(f"{path}: unreadable shard ({exc}); delete it and re-run the build to rewrite it") from exc
+
+
+def iter_tar(fh: Any) -> Iterator[Sample]:
+    """The samples of a tar stream read front to back (``fh`` needs only ``read``); a member that is not a
+    regular file is an error (PixmixError); tar errors pass through."""
+    with tarfile.open(fileobj=fh, mode="r|") as tar:
+        key: str | None = None
+        fields: dict[str, bytes] = {}
+        for member in tar:
+            if not member.isfile():
+                raise PixmixError(f"member {member.name!r} is not a regular file")
+            k, field = _split_member(member.name)
+            if key is not None and k != key:
+                yield Sample(key, fields)
+                fields = {}
+            key = k
+            data = tar.extractfile(member)
+            assert data is not None
+            fields[field] = data.read()
+            tar.members = []  # type: ignore[attr-defined]  # keep no headers: a shard may hold many
+        if key is not None:
+            yield Sample(key, fields)
 
 
 def member_kind(member: tarfile.TarInfo) -> str:
@@ -144,15 +163,22 @@ def member_kind(member: tarfile.TarInfo) -> str:
     return "a folder" if member.isdir() else "not a regular file"
 
 
-def index_shard(path: Path, skipped: list[str] | None = None) -> list[tuple[str, dict[str, MemberRef]]]:
-    """``(key, {field: MemberRef})`` per sample, from the tar headers alone (no data is read).
+def index_shard(path: Path | Location, skipped: list[str] | None = None) -> list[tuple[str, dict[str, MemberRef]]]:
+    """``(key, {field: MemberRef})`` per sample, from the tar headers alone (no data is read; a remote shard is
+    read with forward seeks over the members' data).
 
     Members that are not regular files (symbolic or hard links, folders) are left out, each named in
     ``skipped`` (when given) and in a warning of the ``pixmix.data.shards`` logger.
     """
     out: list[tuple[str, dict[str, MemberRef]]] = []
+    if isinstance(path, Location) and path.is_local:
+        path = path.path
     try:
-        with tarfile.open(path, "r:") as tar:
+        with contextlib.ExitStack() as stack:
+            if isinstance(path, Location):
+                tar = stack.enter_context(tarfile.open(fileobj=stack.enter_context(path.open()), mode="r:"))
+            else:
+                tar = stack.enter_context(tarfile.open(path, "r:"))
             for member in tar:
                 if not member.isfile():
                     message = f"{path}: member {member.name!r} is {member_kind(member)}: skipped"
@@ -170,10 +196,14 @@ def index_shard(path: Path, skipped: list[str] | None = None) -> list[tuple[str,
 
 
 def read_member(ref: MemberRef) -> bytes:
-    """The bytes of one member, read at its offset (a short read is a truncated shard)."""
-    with open(ref.shard, "rb") as fh:
-        fh.seek(ref.offset)
-        data = fh.read(ref.size)
+    """The bytes of one member, read at its offset (a short read is a truncated shard); one ranged request for
+    a remote shard."""
+    if isinstance(ref.shard, Location):
+        data = ref.shard.read_range(ref.offset, ref.size)
+    else:
+        with open(ref.shard, "rb") as fh:
+            fh.seek(ref.offset)
+            data = fh.read(ref.size)
     if len(data) != ref.size:
         raise PixmixError(f"{ref.shard}: truncated at byte {ref.offset + len(data)}")
     return data
