@@ -680,7 +680,12 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _mixing_pictures(self) -> Sequence[Image.Image]:
         # Opened lazily, in each worker: only tar headers are read, and no file handle is inherited.
         if self._pictures is None:
-            if isinstance(self.mixset, (str, os.PathLike)):
+            if isinstance(self.mixset, (str, os.PathLike)) and str(self.mixset).endswith(".npy"):
+                from pixmix.data.readers import RandomImages
+
+                # Outlier Exposure's 300K_random_images.npy: its reference crop + flip per (seed, epoch, index).
+                self._pictures = RandomImages(self.mixset, seed=self.seed)
+            elif isinstance(self.mixset, (str, os.PathLike)):
                 from pixmix.data.shards.mixing_set import MixingShards
 
                 # A remote mixing set reads with the shard set's remote options (retries, cache folder).
@@ -689,6 +694,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             else:
                 assert self.mixset is not None  # LoaderOptions refuses mode "online" without pictures
                 self._pictures = self.mixset
+        if hasattr(self._pictures, "set_epoch"):  # RandomImages: this epoch's crops and flips
+            self._pictures.set_epoch(self.epoch)
         return self._pictures
 
     def _collate(self, items: list[_Item], substituted: int, errors: list[str]) -> Batch:
