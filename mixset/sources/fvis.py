@@ -2,7 +2,11 @@
 
 PixMix's second family of mixing pictures are feature visualisations of units in the initial layers
 of several CNNs (docs/mixing-sources.md, "Feature visualizations"). This module renders them with
-Lucid's recipe as Lucent reproduces it, but with its own optimisation loop so that it is fast:
+Lucid's recipe as Lucent reproduces it, but with its own optimisation loop so that it is fast. The
+renderer itself (parameterisation, Lucent's transforms ported to pure torch, truncation, the batched
+loop, :func:`to_pil`) lives in :mod:`pixmix.models.fvis_render` (Iterative PixMix renders the network
+being trained with it) and is re-exported here; this module plans units, loads torchvision models and
+checkpoints, and keeps Lucent for the side-by-side check of the port (:class:`_LucentReferenceTransforms`):
 
 - the model is cut after the target layer (:func:`truncated_trunk`): later layers never run;
 - ``batch`` units of one layer share one optimisation: one image parameter per unit, one forward and
@@ -27,14 +31,14 @@ Seeding and RNG isolation
     Everything is a pure function of the seed. Unit ``u``'s initial spectrum is drawn from a CPU
     ``torch.Generator`` seeded with ``derive_seed(seed, "init", u)``; the values equal what Lucent's
     ``param.image`` draws from the global RNG after ``torch.manual_seed(derive_seed(seed, "init", u))``.
-    Lucent's transforms draw from the *global numpy* RNG (``np.random.choice``): each call runs with a
-    private ``RandomState`` seeded with ``derive_seed(seed, "transforms")`` swapped in and the caller's
-    numpy state swapped back afterwards. The loop also runs inside ``torch.random.fork_rng`` (the CPU
+    Lucent's transforms draw from the *global numpy* RNG (``np.random.choice``); the pure-torch port makes
+    the same draws from a private ``RandomState`` seeded with ``derive_seed(seed, "transforms")`` and never
+    touches the global one. The loop also runs inside ``torch.random.fork_rng`` (the CPU
     generator and the CUDA device in use) with those generators seeded from ``derive_seed(seed,
     "global")`` (not ``torch.manual_seed``, which would also reseed every other GPU), so anything that
     did draw from the global torch RNG would be seeded too; neither the caller's torch nor numpy RNG
-    state changes. Not thread-safe: two renders in threads of one process would share the swapped states
-    (and the patched ``lucent.optvis.transform.device``, see :class:`_LucentTransforms`).
+    state changes. Not thread-safe: two renders in threads of one process would share the forked
+    global torch RNG.
 
 Batching independence
     The transform stream depends on ``seed`` only (not on which units share the batch), the spectrum
@@ -75,7 +79,8 @@ Weights and the random-init fallback
     before loading pretrained weights or a checkpoint) runs inside such a fork.
 
 Lucent (``torch-lucent`` 0.1.8, which pins ``kornia==0.4.1`` and imports IPython) is imported only
-inside the functions that need it: ``import mixset.sources.fvis`` stays cheap.
+inside the functions that need it (the reference transforms; rendering never imports it):
+``import mixset.sources.fvis`` stays cheap.
 """
 
 from __future__ import annotations
@@ -83,7 +88,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,9 +97,28 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pixmix.models.fvis_render import (  # noqa: F401 - the renderer, re-exported (mixset's API before the move)
+    FFT_MAGIC,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INIT_SD,
+    MODEL_INPUT,
+    TRANSFORMS,
+    _freqs,
+    _ImageParam,
+    _LucentTransforms,
+    _model_input,
+    _render_batch,
+    _spectrum_init,
+    _StopForward,
+    _Trunk,
+    derive_seed,
+    render_units,
+    to_pil,
+    truncated_trunk,
+)
 from pixmix.utils.errors import PixmixError
 
 if TYPE_CHECKING:
@@ -116,13 +139,6 @@ __all__ = [
     "CheckpointNotFoundError",
 ]
 
-TRANSFORMS = ("lucent", "none")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MODEL_INPUT = 224  # Lucent upsamples parameters smaller than this before the model
-INIT_SD = 0.01  # Lucent's spectrum init standard deviation
-FFT_MAGIC = 4.0  # Lucid/Lucent divide the inverse FFT by this ("reduces saturation")
 
 
 @dataclass(frozen=True)
@@ -166,12 +182,6 @@ _HEADS = {
     "resnet50": "fc",
     "googlenet": "fc",
 }
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """A 63-bit seed that is a stable function of ``(seed, *keys)`` (blake2b; same in every process)."""
-    digest = hashlib.blake2b(repr((int(seed), *keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 # --- plan ------------------------------------------------------------------------------------------
@@ -324,69 +334,7 @@ def load_model(name: str, weights: str = "default", checkpoint: Path | None = No
     return model.eval(), f"torchvision {enum.__name__}.{member.name}"
 
 
-# --- truncation ------------------------------------------------------------------------------------
-
-
-class _StopForward(BaseException):  # BaseException: not swallowed by a model's `except Exception`
-    def __init__(self, output: Any) -> None:
-        super().__init__("forward stopped at the target layer")
-        self.output = output
-
-
-class _Trunk(nn.Module):
-    """``model`` run up to and including ``layer``; ``forward`` returns that layer's output tensor."""
-
-    def __init__(self, model: nn.Module, layer: str) -> None:
-        super().__init__()
-        self.layer = layer
-        self._target = (model.get_submodule(layer),)  # a tuple: not registered as a submodule
-        self.mode = "fx"
-        try:
-            from torchvision.models.feature_extraction import create_feature_extractor
-
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*nodes obtained by tracing.*")
-                self.body = create_feature_extractor(model, return_nodes={layer: "out"})
-        except Exception:  # noqa: BLE001 - not symbolically traceable: stop the eager forward instead
-            self.mode = "hook"
-            self.body = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "fx":
-            return self.body(x)["out"]
-
-        def stop(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            raise _StopForward(output)
-
-        handle = self._target[0].register_forward_hook(stop)
-        try:
-            self.body(x)
-        except _StopForward as stopped:
-            return stopped.output
-        finally:
-            handle.remove()
-        raise RuntimeError(f"layer {self.layer!r} was not called by the model's forward pass")
-
-
-def truncated_trunk(model: nn.Module, layer: str) -> nn.Module:
-    """A module that runs ``model`` only up to and including ``layer`` and returns its output.
-
-    Uses torchvision's FX ``create_feature_extractor`` (the graph is pruned after ``layer``, so later
-    modules are not even part of it); for models FX cannot trace, an eager forward that is aborted by
-    a temporary forward hook on ``layer`` as soon as it has run. Either way later layers never run,
-    including an in-place ReLU right after a conv: the output is the *pre-ReLU* conv output (see the
-    module docstring). A module called several times in one forward pass yields its first call.
-    Modules and parameters are shared with ``model`` (moving the trunk moves them; the trunk is
-    returned in ``eval()``, which puts the shared modules in ``eval()`` too).
-    """
-    names = {n for n, _ in model.named_modules()}
-    if layer not in names or layer == "":
-        close = sorted(n for n in names if n and (n.startswith(layer.rsplit(".", 1)[0]) or layer in n))[:10]
-        raise PixmixError(f"model has no module {layer!r}; similar: {close}", param="layer")
-    return _Trunk(model, layer).eval()
-
-
-# --- parameterisation and transforms (Lucent's) ------------------------------------------------------
+# --- Lucent, for the side-by-side check of the pure-torch port ------------------------------------
 
 
 def _lucent() -> Any:
@@ -400,44 +348,11 @@ def _lucent() -> Any:
     return lucent.optvis
 
 
-def _freqs(size: int) -> np.ndarray:
-    return _lucent().param.spatial.rfft2d_freqs(size, size)
+class _LucentReferenceTransforms:
+    """Lucent's own ``standard_transforms`` closures with a private, seeded numpy RNG (the side-by-side check).
 
-
-def _spectrum_init(units: Sequence[int], seed: int, size: int) -> torch.Tensor:
-    """CPU float32 [B, 3, size, F, 2]: unit ``u``'s N(0, 0.01) spectrum from seed ``(seed, "init", u)``.
-
-    Equal to Lucent's ``fft_image`` init after ``torch.manual_seed(derive_seed(seed, "init", u))``.
-    """
-    shape = (1, 3, *_freqs(size).shape, 2)
-    inits = [
-        torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, "init", int(u)))) * INIT_SD
-        for u in units
-    ]
-    return torch.cat(inits) if inits else torch.zeros((0, *shape[1:]))
-
-
-class _ImageParam:
-    """Lucent's ``param.image(size, fft=True, decorrelate=True)`` as a function of a batched spectrum."""
-
-    def __init__(self, size: int, device: torch.device) -> None:
-        color_correlation_normalized = _lucent().param.color.color_correlation_normalized
-        self.size = size
-        freqs = _freqs(size)
-        scale = 1.0 / np.maximum(freqs, 1.0 / size)
-        self.scale = torch.tensor(scale).float()[None, None, ..., None].to(device)
-        self.color_t = torch.tensor(color_correlation_normalized.T).to(device)
-
-    def __call__(self, spectrum: torch.Tensor) -> torch.Tensor:
-        spec = torch.view_as_complex(self.scale * spectrum)
-        image = torch.fft.irfftn(spec, s=(self.size, self.size), norm="ortho")
-        image = image[:, :3, : self.size, : self.size] / FFT_MAGIC
-        image = torch.matmul(image.permute(0, 2, 3, 1), self.color_t).permute(0, 3, 1, 2)
-        return torch.sigmoid(image)
-
-
-class _LucentTransforms:
-    """``lucent.optvis.transform.standard_transforms`` with a private, seeded numpy RNG.
+    The renderer uses the pure-torch port :class:`pixmix.models.fvis_render._LucentTransforms`; tests compare
+    the two bit for bit.
 
     Lucent's transforms call ``np.random.choice`` (global numpy RNG) and move tensors to the module
     global ``lucent.optvis.transform.device`` (``cuda:0`` whenever CUDA exists). Each call swaps in
@@ -462,129 +377,6 @@ class _LucentTransforms:
             self._state = np.random.get_state()
             np.random.set_state(saved_state)
             self._lt.device = saved_device
-
-
-# --- rendering -------------------------------------------------------------------------------------
-
-
-def _fork_rng_devices(device: torch.device) -> list[int]:
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
-
-
-def _model_input(x: torch.Tensor, size: int) -> torch.Tensor:
-    """What the model sees: ImageNet normalisation (Lucent's ``transform.normalize()``, vectorised), then
-    bilinear upsampling (``align_corners=True``) to 224 px when the parameter ``size`` is below 224."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    # channels_last: ~30% faster convolutions, pooling and BatchNorm for the trunk on the CPU (oneDNN);
-    # the layout only, the values are the same.
-    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-    if size < MODEL_INPUT:
-        x = F.interpolate(x, size=(MODEL_INPUT, MODEL_INPUT), mode="bilinear", align_corners=True)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def _render_batch(
-    trunk: nn.Module,
-    units: list[int],
-    *,
-    size: int,
-    steps: int,
-    lr: float,
-    seed: int,
-    device: torch.device,
-    transforms: str,
-) -> torch.Tensor:
-    param = _ImageParam(size, device)
-    spectrum = _spectrum_init(units, seed, size).to(device).requires_grad_(True)
-    transform = _LucentTransforms(derive_seed(seed, "transforms"), device) if transforms == "lucent" else None
-    rows = torch.arange(len(units), device=device)
-    cols = torch.tensor(units, device=device)
-    optimizer = torch.optim.Adam([spectrum], lr=lr)
-    for step in range(steps):
-        x = param(spectrum)
-        if transform is not None:
-            x = transform(x)
-        act = trunk(_model_input(x, size))
-        if step == 0:
-            if not isinstance(act, torch.Tensor) or act.dim() < 2:
-                raise ValueError(f"the trunk must return a [B, C, ...] tensor, got {type(act).__name__}")
-            bad = [u for u in units if not 0 <= u < act.shape[1]]
-            if bad:
-                raise PixmixError(f"units {bad} out of range for a layer with {act.shape[1]} channels", param="units")
-        picked = act[rows, cols]  # [B, ...]: slice i's own unit
-        loss = -picked.reshape(len(units), -1).mean(dim=1).sum()
-        (grad,) = torch.autograd.grad(loss, [spectrum])  # no .grad on the model's parameters
-        spectrum.grad = grad
-        optimizer.step()
-    with torch.no_grad():
-        return param(spectrum).float().cpu()
-
-
-def render_units(
-    trunk: nn.Module,
-    units: Sequence[int],
-    *,
-    size: int = 128,
-    steps: int = 512,
-    lr: float = 0.05,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    batch: int = 64,
-    transforms: Literal["lucent", "none"] = "lucent",
-) -> torch.Tensor:
-    """Feature visualisations of channels ``units`` of ``trunk``'s output: float [N, 3, size, size] in [0, 1].
-
-    ``trunk`` maps an ImageNet-normalised [B, 3, H, W] batch to the target layer's activations
-    [B, C, ...] (see :func:`truncated_trunk`); it is moved to ``device`` and run in ``eval()`` (the
-    modules' previous train/eval flags are restored afterwards). Units are rendered ``batch`` at a time,
-    one Lucent image parameter each, ``steps`` Adam steps on ``-sum_i mean(activation[i, unit_i])``
-    (see the module docstring for the recipe). ``transforms="none"`` skips Lucent's random transforms.
-
-    Image ``i`` is a function of ``(seed, units[i], size, steps, lr, transforms)`` and the trunk only:
-    it does not depend on the other units or on ``batch`` (up to float rounding). The global torch and
-    numpy RNG states are left unchanged. The result is on the CPU.
-    """
-    if transforms not in TRANSFORMS:
-        raise PixmixError(f"transforms must be one of {TRANSFORMS}, got {transforms!r}", param="transforms")
-    if size < 8:
-        raise PixmixError(f"size must be >= 8, got {size}", param="size")
-    if steps < 0 or batch < 1 or not (lr > 0 and math.isfinite(lr)):
-        raise PixmixError(f"need steps >= 0, batch >= 1 and a finite lr > 0 (got {steps}, {batch}, {lr})")
-    units = [int(u) for u in units]
-    if not units:
-        return torch.zeros((0, 3, size, size))
-    device = torch.device(device)
-    flags = {m: m.training for m in trunk.modules()}
-    trunk.to(device).eval()
-    out = []
-    try:
-        forked = _fork_rng_devices(device)
-        with torch.random.fork_rng(devices=forked):
-            # Nothing below should draw from the global torch RNG; if anything does, it is seeded.
-            # Seed only the generators forked here (torch.manual_seed would reseed every GPU).
-            torch.default_generator.manual_seed(derive_seed(seed, "global"))
-            for index in forked:
-                with torch.cuda.device(index):
-                    torch.cuda.manual_seed(derive_seed(seed, "global"))
-            for start in range(0, len(units), batch):
-                chunk = units[start : start + batch]
-                out.append(_render_batch(trunk, chunk, size=size, steps=steps, lr=lr, seed=seed, device=device,
-                                         transforms=transforms))
-    finally:
-        for module, training in flags.items():
-            module.training = training
-    return torch.cat(out)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A float [3, H, W] image in [0, 1] as an 8-bit PIL RGB image (rounded)."""
-    from PIL import Image
-
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
 def _load_reporting(name: str, weights: str, checkpoint: Path | None,
