@@ -252,3 +252,15 @@ def test_online_loader_takes_the_npy_as_its_mixing_set(tmp_path) -> None:
         CIFAR.train_transform()(image, gen)
         pic = CIFAR.mixing_transform()(pictures[int(torch.randint(len(pictures), (1,), generator=gen))], gen)
         assert torch.equal(batch.mixing[row], torch.from_numpy(np.array(pic)).permute(2, 0, 1)), key
+
+
+def test_table14_grid_puts_ours_beside_the_papers() -> None:
+    from pixmix.evaluate.report import table14_markdown
+
+    grid = table14_markdown({(2, 4): {"clean_error": 21.04, "mce": 33.0}, (4, 3): {"clean_error": 19.5}})
+    lines = grid.splitlines()
+    assert lines[0] == "| Clean error / C mCE (%), ours (paper's) | k = 2 | k = 3 | k = 4 |"
+    # Spec: beta 5: k=2 20.2/31.6, k=3 20.0/31.1, k=4 20.1/30.8; beta 4: 19.7/31.3, ...; beta 3: ..., 20.3/30.5.
+    assert lines[2] == "| beta = 5 | - / - (20.2 / 31.6) | - / - (20.0 / 31.1) | - / - (20.1 / 30.8) |"
+    assert lines[3].startswith("| beta = 4 | 21.0 / 33.0 (19.7 / 31.3) | - / - (20.3 / 30.9) |")
+    assert lines[4].endswith("| 19.5 / - (20.3 / 30.5) |")

@@ -27,6 +27,7 @@ from pixmix.evaluate.paper import (
     TABLE13_METHODS,
     TABLE13_PER_SET,
     TABLE13_SETS,
+    TABLE14,
     TABLES,
 )
 from pixmix.utils.errors import PixmixError
@@ -235,6 +236,20 @@ def _table13_per_set(an: Mapping[str, Any]) -> list[str]:
             _table(header, rows), "", f"`{MISSING}`: OOD set not evaluated in this run (see Notes).", ""]
 
 
+def table14_markdown(ours: Mapping[tuple[int, int], Mapping[str, Any]]) -> str:
+    """Table 14's k x beta grid (rows beta 5, 4, 3; columns k 2, 3, 4, as the paper): each cell our clean error
+    / C mCE, then the paper's in parentheses; ``-`` where ``ours`` (``(k, beta)`` -> summary) has no run."""
+    rows = []
+    for beta in (5, 4, 3):
+        cells = [f"beta = {beta}"]
+        for k in (2, 3, 4):
+            run, paper = ours.get((k, beta)) or {}, TABLE14[(k, beta)]
+            cells.append(f"{_fmt(run.get('clean_error'))} / {_fmt(run.get('mce'))} "
+                         f"({_fmt(paper['clean_error'])} / {_fmt(paper['mce'])})")
+        rows.append(cells)
+    return _table(["Clean error / C mCE (%), ours (paper's)", "k = 2", "k = 3", "k = 4"], rows)
+
+
 def _corruption_table(c: Mapping[str, Any]) -> str:
     rows = [[name, *(_fmt(e, 1) for e in errs), _fmt(c["per_corruption"][name], 2)]
             for name, errs in c["errors"].items()]
@@ -343,4 +358,4 @@ def compare(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, pa
 # COLUMNS, KEYS and the paper's rows are defined in pixmix.evaluate.paper and stay importable from here.
 __all__ = ["COLUMNS", "KEYS", "MISSING", "PAPER_ABLATIONS", "PAPER_RESULTS", "compare", "corrected_table",
            "load_results", "markdown", "missing_note", "plot", "subset_limit", "subset_note", "suite_columns",
-           "summary_rows", "summary_table", "write_report"]
+           "summary_rows", "summary_table", "table14_markdown", "write_report"]
