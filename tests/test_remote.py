@@ -377,6 +377,17 @@ def test_a_remote_mixing_set_gives_the_local_pictures(tmp_path) -> None:
         assert all(r and r.startswith("bytes=") and not r.endswith("-") for r in ranges)  # one range per picture
 
 
+def test_online_pixmix_with_a_remote_mixing_set_matches_the_local_one(local_set, tmp_path) -> None:
+    folder = make_mixset(tmp_path / "mix")
+    local = ShardLoader(local_set, batch_size=4, seed=6, num_workers=2, mixset=folder, recipe="cifar")
+    with serve(routes_of(folder)) as base:
+        remote = ShardLoader(local_set, batch_size=4, seed=6, num_workers=2, mixset=base, recipe="cifar")
+        got, want = batches_of(remote), batches_of(local)
+        assert remote.mode == "online" and len(got) == len(want) == 11
+        assert all(torch.equal(a.mixing, b.mixing) and a.keys == b.keys for a, b in zip(got, want))
+        assert base.requests("/shards/00000.tar")  # the pictures came from the server
+
+
 def test_the_cache_folder_keeps_shards_within_its_bound(local_set, tmp_path) -> None:
     sizes = sorted((p.stat().st_size for p in (local_set / "shards").iterdir()), reverse=True)
     bound = sizes[0] + sizes[1]  # room for two of the four shards
@@ -417,6 +428,32 @@ def test_loader_workers_run_one_thread_each(local_set, monkeypatch) -> None:
 
 
 # --- DDP -----------------------------------------------------------------------------------------------------
+
+
+def test_once_per_job_broadcasts_from_rank_0_but_never_inside_a_loader_worker(monkeypatch) -> None:
+    import torch.distributed as dist
+
+    from pixmix.data import remote
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+
+    def broadcast(box, src):  # rank 1 receives what rank 0 computed
+        calls.append("broadcast")
+        box[0] = ("ok", "from rank 0")
+
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    assert remote.once_per_job(("t", 1), lambda: calls.append("computed") or "mine") == "from rank 0"
+    assert remote.once_per_job(("t", 1), lambda: "again") == "from rank 0" and calls == ["broadcast"]
+    monkeypatch.setattr("torch.utils.data.get_worker_info", lambda: object())
+    assert remote.once_per_job(("t", 2), lambda: "mine") == "mine" and calls == ["broadcast"]
+    monkeypatch.setattr("torch.utils.data.get_worker_info", lambda: None)
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, ("error", "bad set")))
+    with pytest.raises(PixmixError, match="bad set"):
+        remote.once_per_job(("t", 3), lambda: "unused")
+    remote._ONCE.clear()
 
 
 @pytest.mark.slow

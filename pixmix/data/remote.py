@@ -441,7 +441,8 @@ _ONCE: dict[Any, Any] = {}
 def once_per_job(key: Any, compute: Callable[[], Any]) -> Any:
     """``compute()``, memoised in this process under ``key``; under an initialised torch.distributed group of
     several processes, computed by rank 0 only and broadcast (an error there is raised on every rank, so no
-    rank waits for a value that never comes). Every rank must make the same calls in the same order."""
+    rank waits for a value that never comes). Every rank must make the same calls in the same order; inside
+    DataLoader workers each process computes its own."""
     if key in _ONCE:
         return _ONCE[key]
     import sys
@@ -449,8 +450,12 @@ def once_per_job(key: Any, compute: Callable[[], Any]) -> Any:
     group = None
     if "torch" in sys.modules:
         import torch.distributed as dist
+        from torch.utils.data import get_worker_info
 
-        group = dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+        # A DataLoader worker inherits an initialised group from its rank but must never join a collective.
+        in_worker = get_worker_info() is not None
+        group = dist if not in_worker and dist.is_available() and dist.is_initialized() and \
+            dist.get_world_size() > 1 else None
     if group is None:
         _ONCE[key] = compute()
         return _ONCE[key]
