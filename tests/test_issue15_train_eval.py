@@ -21,11 +21,11 @@ def data(tmp_path_factory) -> Data:
 
 def test_train_help_shows_the_presets_defaults() -> None:
     text = " ".join(CliRunner().invoke(train_command, ["--help"], terminal_width=200).output.split())
-    assert "Default: the preset's (cifar 0.1, imagenet 0.01, smoke 0.05)" in text  # --lr
-    assert "cifar 128, imagenet 256, smoke 32" in text  # --batch-size
-    assert "cifar 4, imagenet 8, smoke 0" in text  # --workers
-    assert "cifar 0.0005, imagenet 0.0005, smoke 0.0005" in text  # --weight-decay
-    assert "cifar 0, imagenet 0, smoke 0" in text  # --seed
+    assert "Default: the preset's (cifar 0.1, imagenet 0.01, smoke 0.05, small 0.05, places365 0.01)" in text  # --lr
+    assert "cifar 128, imagenet 256, smoke 32, small 64, places365 256" in text  # --batch-size
+    assert "cifar 4, imagenet 8, smoke 0, small 2, places365 8" in text  # --workers
+    assert "cifar 0.0005, imagenet 0.0005, smoke 0.0005, small 0.0005, places365 0.0001" in text  # --weight-decay
+    assert "cifar 0, imagenet 0, smoke 0, small 0, places365 0" in text  # --seed
     for name, values in PRESET_DEFAULTS.items():  # the help's table is the presets' own values
         for preset, value in values.items():
             assert getattr(PRESETS[preset], name) == value == getattr(PRESETS[f"{preset}-baseline"], name)

@@ -8,7 +8,8 @@ import click
 
 from pixmix.cli.errors import user_errors
 
-PRESET_NAMES = ("cifar", "cifar-baseline", "imagenet", "imagenet-baseline", "smoke", "smoke-baseline")
+PRESET_NAMES = ("cifar", "cifar-baseline", "imagenet", "imagenet-baseline", "smoke", "smoke-baseline", "small",
+                "small-baseline", "places365", "places365-baseline")
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -36,11 +37,14 @@ _SET = SetLocation()
 # The presets' values of the tunable options, for --help only (torch stays unimported here); a test checks
 # them against pixmix.train.trainer.PRESETS. The -baseline presets share their base's values.
 PRESET_DEFAULTS: dict[str, dict[str, object]] = {
-    "batch_size": {"cifar": 128, "imagenet": 256, "smoke": 32},
-    "lr": {"cifar": 0.1, "imagenet": 0.01, "smoke": 0.05},
-    "weight_decay": {"cifar": 0.0005, "imagenet": 0.0005, "smoke": 0.0005},
-    "workers": {"cifar": 4, "imagenet": 8, "smoke": 0},
-    "seed": {"cifar": 0, "imagenet": 0, "smoke": 0},
+    "arch": {"cifar": "wrn40_4", "imagenet": "resnet50", "smoke": "smoke", "small": "wrn16_4",
+             "places365": "resnet18"},
+    "epochs": {"cifar": 100, "imagenet": 90, "smoke": 2, "small": 12, "places365": 10},
+    "batch_size": {"cifar": 128, "imagenet": 256, "smoke": 32, "small": 64, "places365": 256},
+    "lr": {"cifar": 0.1, "imagenet": 0.01, "smoke": 0.05, "small": 0.05, "places365": 0.01},
+    "weight_decay": {"cifar": 0.0005, "imagenet": 0.0005, "smoke": 0.0005, "small": 0.0005, "places365": 0.0001},
+    "workers": {"cifar": 4, "imagenet": 8, "smoke": 0, "small": 2, "places365": 8},
+    "seed": {"cifar": 0, "imagenet": 0, "smoke": 0, "small": 0, "places365": 0},
 }
 
 
@@ -50,9 +54,25 @@ def _preset_default(name: str) -> str:
     return f"Default: the preset's ({values})."
 
 
+def _list_archs(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--list-archs``: print the model names ``--arch`` takes, by source, and exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from pixmix.models import arch_choices
+
+    choices = arch_choices()
+    for source, names in choices.items():
+        click.echo(f"{source}: {' '.join(names)}")
+    if "timm" not in choices:
+        click.echo("timm: not installed (pip install 'pixmix-data[timm]' adds timm:NAME models)")
+    ctx.exit(0)
+
+
 @click.command()
 @click.option("--preset", type=click.Choice(PRESET_NAMES), required=True,
-              help="The recipe: cifar (WRN-40-4), imagenet (ResNet-50), smoke (tiny CNN); -baseline: no PixMix.")
+              help="The recipe: cifar (WRN-40-4), imagenet (ResNet-50), smoke (tiny CNN), small (WRN-16-4 at 32 px, "
+                   "CPU-friendly), places365 (ResNet-18 fine-tuned from --pretrained Places365 weights); -baseline: "
+                   "no PixMix.")
 @click.option("--shards", type=_SET, required=True,
               help="Training shard set (`mixset shard`, or WebDataset tars): a folder or a URL (http(s), s3, gs, "
                    "pipe:).")
@@ -62,7 +82,12 @@ def _preset_default(name: str) -> str:
               help="Mixing set (`mixset build`) for online PixMix on plain shards: a folder or a URL.")
 @click.option("--val-shards", type=_SET, default=None,
               help="Shard set for the validation error after each epoch: a folder or a URL.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Default: the preset's.")
+@click.option("--arch", default=None,
+              help="Network: the project's (wrn40_4, wrn16_4, resnet50, smoke), any torchvision classification model "
+                   f"(resnet18, ...) or timm:NAME (timm installed); see --list-archs. {_preset_default('arch')}")
+@click.option("--list-archs", is_flag=True, expose_value=False, is_eager=True, callback=_list_archs,
+              help="List the names --arch takes and exit.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help=_preset_default("epochs"))
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help=f"Global batch (all ranks together). {_preset_default('batch_size')}")
 @click.option("--lr", type=float, default=None,
@@ -89,6 +114,20 @@ def _preset_default(name: str) -> str:
 @click.option("--severity", type=float, default=None, help="Online PixMix op severity (default: the recipe's).")
 @click.option("--sync-bn/--no-sync-bn", default=None,
               help="Synchronise BatchNorm statistics across GPUs under DDP (default: off, as each GPU's own).")
+@click.option("--cutmix", type=click.FloatRange(0, 1), default=None,
+              help="CutMix probability per batch (lam ~ Beta(1, 1), mixed loss; the paper's Table 6 and its "
+                   "reference use 0.5), on PixMix or baseline inputs. Default: 0 (off).")
+@click.option("--iterative-fvis-every", type=click.IntRange(0), default=None,
+              help="Iterative PixMix (the paper's Table 5): every N optimiser steps render feature visualisations of "
+                   "the model being trained into a rolling pool of mixing pictures. Default: 0 (off).")
+@click.option("--iterative-fvis-pool", type=click.IntRange(1), default=None,
+              help="Pictures the Iterative pool holds (the oldest are replaced). Default: 256.")
+@click.option("--iterative-fvis-steps", type=click.IntRange(1), default=None,
+              help="Optimisation steps per Iterative render. Default: 64.")
+@click.option("--iterative-fvis-units", type=click.IntRange(1), default=None,
+              help="Units (channels of the first conv layers) rendered per refresh, over all ranks. Default: 16.")
+@click.option("--iterative-fvis-start-epoch", type=click.IntRange(0), default=None,
+              help="First epoch (from 0) mixed with the pool; earlier ones use --mixset. Default: 0.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep remote shards in this folder (bounded by --cache-bytes); default: stream, never store.")
 @click.option("--cache-bytes", type=click.IntRange(1), default=None, help="Size bound of --cache-dir in bytes.")
@@ -97,7 +136,8 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
           batch_size: int | None, lr: float | None, weight_decay: float | None, workers: int | None,
           seed: int | None, device: str | None, amp: bool | None, pretrained: str | None, keep_every: int | None,
           partners: str | None, k: int | None, beta: float | None, severity: float | None, sync_bn: bool | None,
-          quiet: bool, cache_dir: Path | None = None, cache_bytes: int | None = None) -> None:
+          quiet: bool, arch: str | None = None, cutmix: float | None = None,
+          cache_dir: Path | None = None, cache_bytes: int | None = None, **iterative: int | None) -> None:
     """Train (or resume) a PixMix or baseline model on a shard set; run under torchrun (or srun) for DDP.
 
     Checkpoints go to OUT/checkpoints/last.pt (and epoch-NNN.pt), one JSON line per epoch to OUT/log.jsonl.
@@ -112,7 +152,7 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
         config = preset_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                workers=workers, seed=seed, device=device, amp=amp, pretrained=pretrained,
                                keep_every=keep_every, partners=partners, k=k, beta=beta, severity=severity,
-                               sync_bn=sync_bn)
+                               sync_bn=sync_bn, arch=arch, cutmix=cutmix, **iterative)
         run_training(config, shards, out, mixset=mixset, val_shards=val_shards,
                      log=lines.append if quiet else click.echo, progress=not quiet)
     if quiet and lines:

@@ -1,6 +1,7 @@
 """The networks of the paper's recipes and their checkpoints, shared by training and evaluation.
 
-- :mod:`~pixmix.models.networks`: WRN-40-4, ResNet-50 and the smoke CNN, built by name;
+- :mod:`~pixmix.models.networks`: WRN-40-4, WRN-16-4, the smoke CNN and any torchvision (or timm) classification
+  model, built by name;
 - :mod:`~pixmix.models.checkpoints`: weights-only checkpoints, written atomically.
 """
 
@@ -10,6 +11,10 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ARCHS": "networks",
     "SmokeNet": "networks",
     "WideResNet": "networks",
+    "arch_choices": "networks",
+    "arch_source": "networks",
+    "classifier_prefix": "networks",
+    "torchvision_archs": "networks",
     "build_model": "networks",
     "count_parameters": "networks",
     "CHECKPOINT_FORMAT": "checkpoints",
@@ -17,6 +22,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "load_checkpoint": "checkpoints",
     "load_pretrained": "checkpoints",
     "load_state": "checkpoints",
+    "pretrained_state": "checkpoints",
     "model_from_checkpoint": "checkpoints",
     "save_checkpoint": "checkpoints",
 })

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixmix.models.networks import build_model
+from pixmix.models.networks import build_model, classifier_prefix
 from pixmix.utils.errors import PixmixError
 
 CHECKPOINT_FORMAT = "pixmix-checkpoint"
@@ -31,26 +31,43 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise PixmixError(f"{path}: not a loadable weights-only checkpoint ({first})") from exc
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict (a plain one, or a pixmix checkpoint's) into ``model``, weights only.
-
-    A classifier head whose shape differs (e.g. a 1000-class ImageNet model fine-tuned to fewer classes)
-    is left as initialised; any other mismatch is an error.
-    """
+def pretrained_state(path: str | Path) -> dict[str, Any]:
+    """The state dict inside ``path``, weights only: a plain state dict, a pixmix checkpoint's ``model_state``,
+    or the ``state_dict`` of a training checkpoint (e.g. CSAILVision's ``resnet18_places365.pth.tar``), with
+    DataParallel's ``module.`` prefixes removed."""
     state = load_state(path)
     if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
         state = state["model_state"]
-    if not isinstance(state, dict):
-        raise PixmixError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PixmixError(f"{path}: expected a state dict (of tensors), got {type(state).__name__}")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> str | None:
+    """Load a state dict (see :func:`pretrained_state`) into ``model``, weights only; a one-line note when its
+    classification head was replaced, else None.
+
+    A head whose class count differs (e.g. a 1000-class ImageNet model fine-tuned to fewer classes) is left
+    as freshly initialised; any other mismatch is an error.
+    """
+    state = pretrained_state(path)
     own = model.state_dict()
     head = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if any(not k.startswith(("fc.", "classifier.")) for k in head):
-        raise PixmixError(f"{path}: parameter shapes differ from the model's: {head[:3]}")
+    prefix = classifier_prefix(model)
+    if head and (prefix is None or any(not k.startswith(prefix) for k in head)):
+        raise PixmixError(f"{path}: parameter shapes differ from the model's: {head[:3]}", param="pretrained")
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     missing = [k for k in missing if k not in head]
     if missing or unexpected:
-        raise PixmixError(f"{path}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise PixmixError(f"{path}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})",
+                          param="pretrained")
+    if not head:
+        return None
+    weight = next((k for k in head if k.endswith("weight")), head[0])
+    return (f"--pretrained {path}: its head {prefix}* has {state[weight].shape[0]} classes, the model "
+            f"{own[weight].shape[0]}: replaced by a freshly initialised head")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -93,4 +110,4 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "load_pretrained", "load_state",
-           "model_from_checkpoint", "save_checkpoint"]
+           "model_from_checkpoint", "pretrained_state", "save_checkpoint"]

@@ -1,12 +1,18 @@
-"""The networks of the paper's recipes, built by name.
+"""The networks of the paper's recipes, and any torchvision or timm classification model, built by name.
 
 - ``wrn40_4``: Wide ResNet 40-4 (Zagoruyko & Komodakis) for 32 px CIFAR, dropout 0.3 inside blocks;
+- ``wrn16_4``: the same family at depth 16 (2.7M parameters): the CPU-friendly ``small`` preset's network;
 - ``resnet50``: torchvision's ResNet-50 (224 px ImageNet), optionally from a local state dict;
-- ``smoke``: a tiny CNN for tests and CPU smoke runs.
+- ``smoke``: a tiny CNN for tests and CPU smoke runs;
+- any name of ``torchvision.models.list_models(module=torchvision.models)`` (e.g. ``resnet18``), randomly
+  initialised (pretrained weights come from a local file, ``--pretrained``);
+- ``timm:NAME`` (or a plain timm name that is neither of the above) when timm is installed
+  (``pip install 'pixmix-data[timm]'``).
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import torch
@@ -86,20 +92,107 @@ class SmokeNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
-ARCHS = ("wrn40_4", "resnet50", "smoke")
+# The project's own names (resnet50 is torchvision's, listed here as the imagenet preset's network).
+ARCHS = ("wrn40_4", "wrn16_4", "resnet50", "smoke")
+TIMM_PREFIX = "timm:"
+_WRN_DEPTHS = {"wrn40_4": 40, "wrn16_4": 16}
+# torchvision builders whose defaults add auxiliary heads (their training forward would return a tuple) and
+# warn about a changing initialisation: one plain logits output, the current initialisation.
+_TORCHVISION_EXTRA: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+LIST_HINT = "`pixmix train --list-archs` lists the choices"
+
+
+def torchvision_archs() -> list[str]:
+    """torchvision's classification model names (``list_models(module=torchvision.models)``), sorted."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _timm() -> Any | None:
+    """The timm module, or None when it is not installed."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
+
+
+def _timm_missing(arch: str) -> PixmixError:
+    return PixmixError(f"--arch {arch} needs timm, which is not installed: pip install 'pixmix-data[timm]'",
+                       param="arch")
+
+
+def arch_source(arch: str) -> str:
+    """Where ``arch`` comes from: ``"own"``, ``"torchvision"`` or ``"timm"``; a one-line PixmixError if nowhere."""
+    if not isinstance(arch, str) or not arch:
+        raise PixmixError(f"--arch must be a model name, got {arch!r}; {LIST_HINT}", param="arch")
+    if arch in ARCHS:
+        return "own"
+    if arch.startswith(TIMM_PREFIX):
+        timm = _timm()
+        if timm is None:
+            raise _timm_missing(arch)
+        if not timm.is_model(arch.removeprefix(TIMM_PREFIX)):
+            raise PixmixError(f"--arch: timm has no model {arch.removeprefix(TIMM_PREFIX)!r}; {LIST_HINT}",
+                              param="arch")
+        return "timm"
+    if arch in torchvision_archs():
+        return "torchvision"
+    timm = _timm()
+    if timm is not None and timm.is_model(arch):
+        return "timm"
+    close = difflib.get_close_matches(arch, [*ARCHS, *torchvision_archs()], n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    extra = "" if timm is not None else "; timm's models need pip install 'pixmix-data[timm]'"
+    raise PixmixError(f"--arch: unknown model {arch!r}{hint}; {LIST_HINT}{extra}", param="arch")
+
+
+def arch_choices() -> dict[str, list[str]]:
+    """The names ``--arch`` takes, by source (timm's only when it is installed)."""
+    choices = {"own": list(ARCHS), "torchvision": torchvision_archs()}
+    timm = _timm()
+    if timm is not None:
+        choices["timm"] = [TIMM_PREFIX + name for name in timm.list_models()]
+    return choices
 
 
 def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """A freshly initialised network (initialisation draws from torch's global RNG: seed it first)."""
-    if arch == "wrn40_4":
-        return WideResNet(40, 4, num_classes, dropout=float(kwargs.get("dropout", 0.3)))
-    if arch == "resnet50":
-        from torchvision.models import resnet50
+    """A freshly initialised network (initialisation draws from torch's global RNG: seed it first).
 
-        return resnet50(weights=None, num_classes=num_classes)
+    ``kwargs``: ``dropout`` (the WRNs), ``width`` (smoke); other archs take none.
+    """
+    source = arch_source(arch)
+    if source == "timm":
+        timm = _timm()
+        if timm is None:  # arch_source checked; kept for the type checker
+            raise _timm_missing(arch)
+        return timm.create_model(arch.removeprefix(TIMM_PREFIX), pretrained=False, num_classes=num_classes)
+    if arch in _WRN_DEPTHS:
+        return WideResNet(_WRN_DEPTHS[arch], 4, num_classes, dropout=float(kwargs.get("dropout", 0.3)))
     if arch == "smoke":
         return SmokeNet(num_classes, width=int(kwargs.get("width", 16)))
-    raise PixmixError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}", param="arch")
+    import torchvision
+
+    # resnet50 (own) is torchvision's too.
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
+                                        **_TORCHVISION_EXTRA.get(arch, {}))
+
+
+def classifier_prefix(model: nn.Module) -> str | None:
+    """The state-dict prefix of ``model``'s classification head (its last Linear layer, else its last Conv2d:
+    SqueezeNet), e.g. ``"fc."``; None when it has neither."""
+    last_linear = last_conv = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_linear = name
+        elif isinstance(module, nn.Conv2d):
+            last_conv = name
+    name = last_linear if last_linear is not None else last_conv
+    return None if name is None else f"{name}."
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -107,4 +200,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHS", "SmokeNet", "WideResNet", "build_model", "count_parameters"]
+__all__ = ["ARCHS", "LIST_HINT", "TIMM_PREFIX", "SmokeNet", "WideResNet", "arch_choices", "arch_source", "build_model",
+           "classifier_prefix", "count_parameters", "torchvision_archs"]

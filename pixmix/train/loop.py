@@ -10,20 +10,25 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pixmix.augment.cutmix import CutMixBox, apply_cutmix, cutmix_loss, sample_cutmix
 from pixmix.augment.recipes import Recipe
 from pixmix.data.loader import ShardLoader, finish_batch
 from pixmix.train.context import TrainContext
 from pixmix.utils.seeding import derive_seed
 
+if TYPE_CHECKING:
+    from pixmix.train.iterative import IterativePool
+
 # Leading stream coordinates of the trainer's own seeds (apart from the loader's and the samples').
 _INIT_STREAM = (1 << 40) + 16
 _EPOCH_STREAM = (1 << 40) + 17
+_CUTMIX_STREAM = (1 << 40) + 0xC07  # CutMix's per-batch draws
 
 
 def cosine_factor(step: int, total_steps: int) -> float:
@@ -39,6 +44,23 @@ def cosine_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torc
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of torch's global RNG during ``epoch`` on ``rank`` (dropout and any other global draws)."""
     return derive_seed(seed, _EPOCH_STREAM, epoch, rank)
+
+
+def cutmix_rng(seed: int, epoch: int, rank: int, step: int) -> np.random.Generator:
+    """The generator of CutMix's draws for batch ``step`` (0-based, within the epoch) of ``epoch`` on ``rank``:
+    a pure function of these, so the same seed gives the same boxes, also after a resume."""
+    return np.random.default_rng(derive_seed(seed, _CUTMIX_STREAM, epoch, rank, step))
+
+
+def maybe_cutmix(
+    images: torch.Tensor, prob: float, seed: int, epoch: int, rank: int, step: int
+) -> tuple[torch.Tensor, CutMixBox | None]:
+    """``images`` CutMixed with probability ``prob`` from :func:`cutmix_rng` (0: untouched, no draws), and the box."""
+    if prob <= 0:
+        return images, None
+    rng = cutmix_rng(seed, epoch, rank, step)
+    box = sample_cutmix(images.shape[0], images.shape[-2], images.shape[-1], prob=prob, rng=rng)
+    return (images, None) if box is None else (apply_cutmix(images, box), box)
 
 
 def init_seed(seed: int) -> int:
@@ -150,9 +172,14 @@ class _Tally:
 
 def train_one_epoch(
     learner: Learner, loader: ShardLoader, ctx: TrainContext, recipe: Recipe, *, epoch: int, epochs: int, seed: int,
-    progress: bool = False,
+    progress: bool = False, cutmix: float = 0.0, pool: IterativePool | None = None,
 ) -> EpochStats:
-    """Train ``epoch`` (0-based) of ``epochs`` on this rank's batches; the statistics of all ranks."""
+    """Train ``epoch`` (0-based) of ``epochs`` on this rank's batches; the statistics of all ranks.
+
+    ``cutmix``: the probability per batch of CutMix on the (PixMix or base-augmented) inputs, with the mixed
+    loss; the training error counts against each image's own label. ``pool``: Iterative PixMix's pool, refreshed
+    from the model before the steps its schedule names and the source of online PixMix's mixing pictures.
+    """
     loader.set_epoch(epoch)
     torch.manual_seed(epoch_seed(seed, epoch, ctx.rank))
     learner.net.train()
@@ -161,9 +188,10 @@ def train_one_epoch(
     lr = learner.lr  # an epoch without batches reports the lr it would have used
     bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{epochs}") if progress and ctx.rank == 0 else None
     for batch in loader:
-        images, labels = finish_batch(batch, ctx.device, recipe)
+        images, labels = finish_batch(batch, ctx.device, recipe, mixing=_pool_partners(pool, learner, len(batch)))
+        images, box = maybe_cutmix(images, cutmix, seed, epoch, ctx.rank, tally.batches)
         logits = learner.precision.forward(learner.net, images)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = cutmix_loss(logits.float(), labels, box)
         lr = learner.update(loss)
         tally.add(batch, loss, logits, labels)
         if bar is not None:
@@ -178,6 +206,14 @@ def train_one_epoch(
     return EpochStats(train_loss=loss_total / max(samples, 1), train_error=wrong_total / max(samples, 1), lr=lr,
                       seconds=seconds, samples=samples, substituted=substituted,
                       errors=[e for _, errs in per_rank for e in errs], batches_per_rank=[b for b, _ in per_rank])
+
+
+def _pool_partners(pool: IterativePool | None, learner: Learner, count: int) -> torch.Tensor | None:
+    """The batch's mixing pictures from Iterative PixMix's pool (refreshed first when due), or None."""
+    if pool is None:
+        return None
+    pool.maybe_refresh(learner.model, learner.step)
+    return pool.partners(count, learner.step)
 
 
 def _progress_bar(total: int, desc: str) -> Any:
@@ -212,5 +248,5 @@ def validation_error(
     return validate(model, loader, ctx, recipe, Precision(use_amp, amp_dtype, channels_last))
 
 
-__all__ = ["EpochStats", "Learner", "Precision", "cosine_factor", "cosine_scheduler", "epoch_seed", "init_seed",
-           "train_one_epoch", "validate", "validation_error"]
+__all__ = ["EpochStats", "Learner", "Precision", "cosine_factor", "cosine_scheduler", "cutmix_rng", "epoch_seed",
+           "init_seed", "maybe_cutmix", "train_one_epoch", "validate", "validation_error"]

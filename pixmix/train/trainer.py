@@ -37,7 +37,7 @@ from pixmix.augment.transforms import SeededTransform
 from pixmix.data.loader import ShardLoader
 from pixmix.data.remote import resolved
 from pixmix.data.shards.shard_set import ShardSet
-from pixmix.models import ARCHS, build_model, load_pretrained
+from pixmix.models import arch_source, build_model, load_pretrained
 from pixmix.train.checkpointing import (
     RESUMABLE_CHANGES,
     CheckpointSaver,
@@ -50,6 +50,7 @@ from pixmix.train.checkpointing import (
 )
 from pixmix.train.context import TrainContext, close_context, open_context
 from pixmix.train.errors import TrainError
+from pixmix.train.iterative import IterativeOptions, IterativePool, load_pool, placeholder_pictures, save_pool
 from pixmix.train.loop import (
     EpochStats,
     Learner,
@@ -62,6 +63,7 @@ from pixmix.train.loop import (
     validate,
     validation_error,
 )
+from pixmix.utils.errors import PixmixError
 from pixmix.utils.runtime import limit_threads, usable_cpus
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -108,19 +110,32 @@ class TrainConfig:
     k: int | None = None
     beta: float | None = None
     severity: float | None = None
+    # CutMix (the paper's Table 6): the probability per batch of applying it, lam ~ Beta(1, 1), the mixed loss;
+    # on PixMix views too ("PixMix + CutMix"). The reference's CIFAR runs use 0.5.
+    cutmix: float = 0.0
+    # Iterative PixMix (the paper's Table 5): every N optimiser steps render FVis of the model being trained into a
+    # rolling pool of mixing pictures (0: off); see pixmix.train.iterative.
+    iterative_fvis_every: int = 0
+    iterative_fvis_pool: int = 256
+    iterative_fvis_steps: int = 64
+    iterative_fvis_units: int = 16
+    iterative_fvis_start_epoch: int = 0
 
     def __post_init__(self) -> None:
         self._check_names_and_counts()
         self._check_optimiser()
         self._check_run_options()
         self._check_pixmix()
+        self._check_iterative()
 
     def _bad(self, name: str, want: str) -> TrainError:
         return TrainError(f"--{name.replace('_', '-')} must be {want}, got {getattr(self, name)!r}", param=name)
 
     def _check_names_and_counts(self) -> None:
-        if self.arch not in ARCHS:
-            raise self._bad("arch", f"one of {', '.join(ARCHS)}")
+        try:
+            arch_source(self.arch)  # the project's own, torchvision's or timm's
+        except PixmixError as exc:
+            raise TrainError(str(exc), param="arch") from exc
         if self.recipe not in RECIPES:
             raise self._bad("recipe", f"one of {', '.join(sorted(RECIPES))}")
         for name in ("epochs", "batch_size"):
@@ -153,6 +168,8 @@ class TrainConfig:
             raise self._bad("amp_dtype", f"one of {', '.join(AMP_DTYPES)}")
         if not isinstance(self.sync_bn, bool):
             raise self._bad("sync_bn", "true or false")
+        if not _is_real(self.cutmix) or not 0 <= self.cutmix <= 1:
+            raise self._bad("cutmix", "a probability in [0, 1]")
 
     def _check_pixmix(self) -> None:
         if self.partners not in PARTNERS:
@@ -167,6 +184,34 @@ class TrainConfig:
         except ValueError as exc:  # the recipe's own check of k, beta, severity (a PixmixError or ValueError)
             raise TrainError(f"PixMix options: {exc}", param=getattr(exc, "param", None)) from exc
 
+    def _check_iterative(self) -> None:
+        for name in ("iterative_fvis_every", "iterative_fvis_start_epoch"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise self._bad(name, "an integer >= 0")
+        for name in ("iterative_fvis_pool", "iterative_fvis_steps", "iterative_fvis_units"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise self._bad(name, "an integer >= 1")
+        if not self.iterative_fvis_every:
+            return
+        if not self.pixmix:
+            raise TrainError(f"--iterative-fvis-every needs a PixMix preset (not {self.preset})",
+                             param="iterative_fvis_every")
+        if self.partners == "augmented":
+            raise TrainError("--iterative-fvis-every mixes with rendered pictures: not with --partners augmented",
+                             param="iterative_fvis_every")
+        if self.iterative_fvis_start_epoch >= self.epochs:
+            raise TrainError(f"--iterative-fvis-start-epoch {self.iterative_fvis_start_epoch} is not before the "
+                             f"last epoch ({self.epochs} epochs, counted from 0)", param="iterative_fvis_start_epoch")
+
+    @property
+    def iterative(self) -> IterativeOptions | None:
+        """Iterative PixMix's options, or None when it is off."""
+        if not self.iterative_fvis_every:
+            return None
+        return IterativeOptions(every=self.iterative_fvis_every, pool=self.iterative_fvis_pool,
+                                steps=self.iterative_fvis_steps, units=self.iterative_fvis_units,
+                                start_epoch=self.iterative_fvis_start_epoch)
+
     @property
     def training_recipe(self) -> Recipe:
         """The recipe with this run's PixMix partners (what the loader and finish_batch apply online)."""
@@ -177,7 +222,7 @@ class TrainConfig:
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
-        return {"dropout": self.dropout} if self.arch == "wrn40_4" else {}
+        return {"dropout": self.dropout} if self.arch in ("wrn40_4", "wrn16_4") else {}
 
     def to_json(self) -> dict[str, Any]:
         """``dataclasses.asdict``: plain JSON values only (stored in checkpoints, compared on resume)."""
@@ -192,9 +237,19 @@ _IMAGENET = TrainConfig(preset="imagenet", arch="resnet50", recipe="imagenet", p
 # A tiny CNN on 32 px images (recipe cifar): trains an epoch of a few hundred images in seconds on a CPU.
 _SMOKE = TrainConfig(preset="smoke", arch="smoke", recipe="cifar", pixmix=True, epochs=2, batch_size=32, lr=0.05,
                      workers=0)
+# CPU-friendly and learns for real: WRN-16-4 (2.7M parameters) at 32 px, recipe cifar; a few thousand 32 px
+# images train in minutes on a 2-core CPU (batch 64 gives enough steps on small sets; lr 0.05 stays stable on
+# them without warm-up).
+_SMALL = TrainConfig(preset="small", arch="wrn16_4", recipe="cifar", pixmix=True, epochs=12, batch_size=64, lr=0.05,
+                     weight_decay=5e-4, workers=2)
+# Table 13: ResNet-18 pretrained on Places365 (CSAILVision's resnet18_places365.pth.tar via --pretrained),
+# fine-tuned 10 epochs with the ImageNet recipe at the paper's ImageNet fine-tuning lr (0.01, cosine; batch 256 as
+# the imagenet preset) and the weight decay those weights were trained with (1e-4).
+_PLACES365 = TrainConfig(preset="places365", arch="resnet18", recipe="imagenet", pixmix=True, epochs=10,
+                         batch_size=256, lr=0.01, weight_decay=1e-4, workers=8, keep_every=1)
 PRESETS: dict[str, TrainConfig] = {
     c.preset: c
-    for base in (_CIFAR, _IMAGENET, _SMOKE)
+    for base in (_CIFAR, _IMAGENET, _SMOKE, _SMALL, _PLACES365)
     for c in (base, replace(base, preset=f"{base.preset}-baseline", pixmix=False))
 }
 
@@ -235,6 +290,9 @@ def plan_data(config: TrainConfig, shardset: ShardSet, mixset: str | Path | None
                              f"(or use preset {config.preset.removesuffix('-baseline')})")
         return DataPlan("views", shardset.kind, recipe.train_transform())
     if shardset.kind == "pixmix":
+        if config.iterative_fvis_every:
+            raise TrainError(f"{folder}: --iterative-fvis-every mixes online: pass plain shards, not pre-generated "
+                             "PixMix views", param="iterative_fvis_every")
         if mixset is not None:
             raise TrainError(f"{folder}: these shards hold pre-generated PixMix views already: drop --mixset "
                              "(or pass plain shards to mix online)")
@@ -248,6 +306,11 @@ def plan_data(config: TrainConfig, shardset: ShardSet, mixset: str | Path | None
             raise TrainError(f"{folder}: PixMix views made with the {stored} recipe, preset {config.preset} "
                              f"uses {recipe.name}")
         return DataPlan("views", "pixmix", None)
+    if mixset is None and config.iterative_fvis_every:
+        if config.iterative_fvis_start_epoch:
+            raise TrainError("--iterative-fvis-start-epoch mixes with a static set until then: pass --mixset DIR",
+                             param="iterative_fvis_start_epoch")
+        return DataPlan("online", "plain", None)  # Iterative PixMix: the first render is the first pool
     if mixset is None and config.partners == "augmented":
         return DataPlan("online", "plain", None)  # mixing with augmented inputs only: no mixing set
     if mixset is None:
@@ -262,8 +325,11 @@ def make_train_loader(
     world_size: int, batch_size: int,
 ) -> ShardLoader:
     """The training loader of one rank (``batch_size``: per rank)."""
+    pictures: Any = mixset
+    if plan.mode == "online" and mixset is None and config.iterative_fvis_every:
+        pictures = placeholder_pictures()  # replaced by the pool's pictures on the device
     return ShardLoader(shards, batch_size=batch_size, seed=config.seed, rank=rank, world_size=world_size,
-                       num_workers=config.workers, mode=plan.mode, mixset=mixset if plan.mode == "online" else None,
+                       num_workers=config.workers, mode=plan.mode, mixset=pictures if plan.mode == "online" else None,
                        recipe=config.training_recipe, transform=plan.transform, drop_last=True, shuffle=True)
 
 
@@ -320,6 +386,7 @@ class _Run:
     saver: CheckpointSaver
     say: Callable[[str], None]
     progress: bool
+    pool: IterativePool | None = None  # Iterative PixMix
 
 
 def train(
@@ -409,7 +476,23 @@ def _set_up(
             "kwargs": config.model_kwargs}
     saver = CheckpointSaver(files, config.epochs, config.keep_every, model=spec, config=config.to_json(),
                             recipe=recipe_record(config.training_recipe), classes=classes, data=data)
-    return _Run(config, ctx, shards, plan, loader, val_loader, learner, saver, say, progress), state
+    pool = _iterative_pool(config, ctx, static=mixset is not None, steps_per_epoch=len(loader))
+    return _Run(config, ctx, shards, plan, loader, val_loader, learner, saver, say, progress, pool), state
+
+
+def _iterative_pool(config: TrainConfig, ctx: TrainContext, *, static: bool, steps_per_epoch: int
+                    ) -> IterativePool | None:
+    """Iterative PixMix's pool of this rank (None when off): the recipe's image size, on the training device."""
+    options = config.iterative
+    if options is None:
+        return None
+    return IterativePool(options, seed=config.seed, image_size=config.training_recipe.image_size,
+                         start_step=options.start_epoch * steps_per_epoch, static=static, rank=ctx.rank,
+                         world_size=ctx.world_size, device=ctx.device)
+
+
+def _pool_file(run: _Run) -> Path:
+    return run.saver.files.checkpoints / "iterative-pool.pt"
 
 
 def _loaders(
@@ -438,11 +521,13 @@ def _initial_model(
     if state is not None:
         model.load_state_dict(state["model_state"])
     elif config.pretrained is not None:
-        load_pretrained(model, config.pretrained)
+        note = load_pretrained(model, config.pretrained)
         say(f"started from pretrained weights {config.pretrained}")
+        if note is not None:
+            say(note)
     if config.recipe == "imagenet" and config.pretrained is None and state is None:
         message = (f"preset {config.preset}: no --pretrained checkpoint given; the paper fine-tunes a pretrained "
-                   "ResNet-50, so this run trains from scratch and will not match its results")
+                   f"{config.arch}, so this run trains from scratch and will not match its results")
         warnings.warn(message, stacklevel=2)
         say(f"WARNING: {message}")
     return model
@@ -470,6 +555,8 @@ def _resume(run: _Run, state: dict[str, Any] | None) -> int:
     start = 0
     if state is not None:
         start = resume(state, run.learner, files, epochs=config.epochs, total_steps=total_steps, say=say)
+        if run.pool is not None and not load_pool(_pool_file(run), run.pool, run.learner.step):
+            say(f"note: no Iterative FVis pool saved at step {run.learner.step}: it is rendered again")
     if ctx.rank == 0:
         reconcile_log(files.log, start, state.get("metrics") if state is not None else None)
     if state is not None and state.get("metrics", {}).get("world_size") not in (None, ctx.world_size):
@@ -497,7 +584,12 @@ def _banner(run: _Run) -> str:
     return (f"training {config.preset}: {config.arch} on {run.shards} ({run.plan.kind} shards, "
             f"{run.plan.mode} mode), {config.epochs} epochs x {len(run.loader)} steps, batch {config.batch_size} "
             f"({ctx.world_size} x {config.batch_size // ctx.world_size}), lr {config.lr}, device {ctx.device}, "
-            f"amp {precision.dtype if precision.autocast else 'off'}")
+            f"amp {precision.dtype if precision.autocast else 'off'}"
+            + (f", CutMix p={config.cutmix}" if config.cutmix else "")
+            + (f", Iterative FVis every {config.iterative_fvis_every} steps from epoch "
+               f"{config.iterative_fvis_start_epoch + 1} (pool {config.iterative_fvis_pool}, "
+               f"{config.iterative_fvis_units} units x {config.iterative_fvis_steps} steps)"
+               if config.iterative_fvis_every else ""))
 
 
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
@@ -505,16 +597,21 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     config, ctx, learner = run.config, run.ctx, run.learner
     recipe = config.training_recipe
     stats = train_one_epoch(learner, run.loader, ctx, recipe, epoch=epoch, epochs=config.epochs, seed=config.seed,
-                            progress=run.progress)
+                            progress=run.progress, cutmix=config.cutmix, pool=run.pool)
     if not math.isfinite(stats.train_loss):
         raise TrainError(f"epoch {epoch + 1}: the training loss is {stats.train_loss}: lower --lr", param="lr")
     # (a validation loader without batches on this rank reports no error)
     val_error = validate(learner.model, run.val_loader, ctx, recipe, learner.precision) if run.val_loader else None
     record = _epoch_record(epoch, learner.step, stats, val_error, ctx.world_size,
                            view=run.loader.stream.records[0].view)
+    if run.pool is not None:
+        record.update(run.pool.record())
     if ctx.rank == 0:
+        if run.pool is not None:  # before last.pt: a resume finds the pool of the step it resumes at
+            save_pool(_pool_file(run), run.pool, learner.step)
         run.saver.save(learner, record)
-        run.say(_epoch_line(record, config.epochs))
+        run.say(_epoch_line(record, config.epochs)
+                + (f", {record['fvis_refreshes']} FVis refreshes so far" if run.pool is not None else ""))
     ctx.barrier()  # every rank sees the checkpoint before anyone moves on (or exits)
     return record
 
