@@ -406,6 +406,14 @@ def test_the_cache_folder_keeps_shards_within_its_bound(local_set, tmp_path) -> 
         with location(f"{base}/shards/{name}.tar", options).open() as fh:
             assert fh.read() == (local_set / "shards" / f"{name}.tar").read_bytes()
         assert len(base.requests(f"/shards/{name}.tar")) == before
+        # A file larger than the whole bound is streamed: one aborted attempt to cache it, then never again.
+        tiny = RemoteOptions(cache_dir=str(tmp_path / "tiny"), cache_bytes=100)
+        url = f"{base}/shards/v0-000.tar"
+        before = len(base.requests("/shards/v0-000.tar"))
+        for _ in range(2):
+            with location(url, tiny).open() as fh:
+                assert fh.read() == (local_set / "shards" / "v0-000.tar").read_bytes()
+        assert len(base.requests("/shards/v0-000.tar")) - before == 3 and not list((tmp_path / "tiny").iterdir())
 
 
 class _Threads:

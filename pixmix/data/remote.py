@@ -476,6 +476,9 @@ def once_per_job(key: Any, compute: Callable[[], Any]) -> Any:
 # --- the optional cache ----------------------------------------------------------------------------
 
 
+_TOO_LARGE: set[str] = set()  # files found larger than the cache bound, in this process
+
+
 def _cached_copy(loc: Location) -> Path | None:
     """The local copy of ``loc`` in the cache folder (fetched whole now if missing and small enough); None
     when there is no cache, or the file does not fit its bound."""
@@ -486,6 +489,8 @@ def _cached_copy(loc: Location) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(loc.url.encode()).hexdigest()[:32] + "-" + re.sub(r"[^A-Za-z0-9_.-]", "_", loc.name)[-64:]
     path = folder / key
+    if loc.url in _TOO_LARGE:
+        return None
     if path.exists():
         os.utime(path)  # least recently used goes first
         return path
@@ -499,6 +504,7 @@ def _cached_copy(loc: Location) -> Path | None:
             out.write(block)
     if size > options.cache_bytes:
         part.unlink(missing_ok=True)
+        _TOO_LARGE.add(loc.url)  # streamed from now on: never fetch its first cache_bytes again
         return None
     part.replace(path)
     _evict(folder, options.cache_bytes, keep=path)
