@@ -207,6 +207,11 @@ def info(folder: Folder) -> str:
 
 def _shard_set_info(folder: Folder, m: dict[str, Any]) -> str:
     c = m["config"]
+    if c.get("dataset") == "external":  # indexed by `mixset index`: what the scan found, no options of ours
+        return (f"{folder}: {m['samples']} samples in {len(m['shards'])} shard(s), "
+                f"{sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB, written by another tool and indexed by "
+                f"`mixset index`\n  image field {m['image_field']}, label field {m.get('label_field')}, "
+                f"{len(m['classes'])} classes")
     lines = [f"{folder}: {m['samples']} samples of {m['items']} {c['dataset']} {c['split']} images in "
              f"{len(m['shards'])} shard(s), {sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB",
              f"  kind: {m['kind']}, {m['views']} view(s), {len(m['classes'])} classes, field {m['image_field']}, "

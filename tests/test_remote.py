@@ -162,6 +162,16 @@ def test_transient_failures_are_retried_and_resume_where_they_stopped(local_set)
         assert loader.stats.errors == [] and loader.stats.substituted == 0
 
 
+def test_a_server_that_ignores_ranges_still_gives_the_bytes_from_the_offset() -> None:
+    body = bytes(range(256)) * 40
+    with serve({"/x.tar": Route(body, honor_range=False)}) as base:
+        loc = location(base + "/x.tar", FAST)
+        assert loc.read_range(5000, 300) == body[5000:5300]
+        with loc.open(7000) as fh:
+            assert fh.read() == body[7000:]
+        assert [r.status for r in base.requests("/x.tar")] == [200, 200]
+
+
 def test_retries_back_off_then_give_up_naming_the_url() -> None:
     import time
 
@@ -349,6 +359,9 @@ def test_mixset_index_writes_the_manifest_once_and_verify_reads_urls(tmp_path) -
     with serve(routes_of(folder)) as base:
         result = runner.invoke(main, ["verify", base])
         assert result.exit_code == 0 and result.output.strip().endswith(": OK"), result.output
+        result = runner.invoke(main, ["info", base])
+        assert result.exit_code == 0 and result.output.startswith(f"{base}: 8 samples in 2 shard(s), ")
+        assert "image field jpg, label field cls, 4 classes" in result.output
         before = len(base.requests())
         ShardLoader(base, batch_size=2, num_workers=0, recipe="cifar")  # the manifest: no scan
         assert [r.path for r in base.requests()[before:]] == ["/manifest.json"]
