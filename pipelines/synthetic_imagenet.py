@@ -7,7 +7,7 @@
 - ``ImageNet-C/<corruption>/<1..5>/<wnid>/*.JPEG`` (15 corruptions, stored cropped as released);
 - ``ImageNet-C-Bar/<corruption>/<severity "{:.2f}">/<wnid>/*.JPEG`` (its 10 corruptions);
 - ``imagenet-r/<wnid>/*.jpg`` for the classes that are among ImageNet-R's 200;
-- ``ImageNet-P/<perturbation>/<wnid>/<val name>.mp4`` (H.264, yuv420p, as released) for its 10 perturbations;
+- ``ImageNet-P/<perturbation>/<wnid>/<val name>.mp4`` (yuv420p mp4s) for its 10 perturbations;
 - ``ImageNet-O/<wnid>/*.jpg``: out-of-class pictures.
 
 The classes are real wnids: ImageNet's first class (tench, ``n01440764``, not in ImageNet-R) and then
@@ -68,17 +68,24 @@ def _save_jpegs(folder: Path, images: np.ndarray, names: Sequence[str]) -> None:
         Image.fromarray(image).save(folder / name, format="JPEG", quality=90)
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> None:
-    """``frames`` (uint8 ``[T, H, W, 3]``, even H and W) as an H.264 yuv420p mp4, as ImageNet-P's are."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "mpeg4") -> None:
+    """``frames`` (uint8 ``[T, H, W, 3]``, H and W multiples of 4) as a yuv420p mp4.
+
+    ``codec="libx264"`` writes H.264 as the ImageNet-P release is; the default, FFmpeg's own MPEG-4 Part 2
+    encoder, is used for the suite because libx264 was seen to give different bytes for the same frames
+    from run to run (even on one thread), and the suite is a pure function of its seed.
+    """
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"{codec} is not a video codec")
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
         stream.pix_fmt = "yuv420p"
-        # One encoding thread (x264's lookahead too) and a fixed quality: the same frames give the same file.
-        stream.options = {"crf": "12", "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
+        # One encoding thread and a fixed, high quality.
+        stream.options = {"qmin": "1", "qmax": "3"} if codec == "mpeg4" else {"crf": "12"}
         stream.codec_context.thread_count = 1
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(_yuv420p(frame), format="yuv420p")))
@@ -120,12 +127,12 @@ def write_imagenet_suite(root: str | Path, classes: int = 3, per_class: int = 4,
                          size: int = 48, p_frames: int = 5, ood_images: int = 6, seed: int = 0) -> Path:
     """Write the tiny tree described in the module docstring under ``root``; returns ``root``.
 
-    ``size`` (even) is the side of every picture; ImageNet-C, -C-Bar and -P hold ``val_per_class``
+    ``size`` (a multiple of 4) is the side of every picture; ImageNet-C, -C-Bar and -P hold ``val_per_class``
     images (sequences) per class; ``p_frames`` frames per ImageNet-P video.
     """
     root = Path(root)
-    if size < 8 or size % 2:
-        raise ValueError(f"size must be an even number >= 8 (H.264 yuv420p), got {size}")
+    if size < 8 or size % 4:
+        raise ValueError(f"size must be a multiple of 4, at least 8 (yuv420p video), got {size}")
     wnids = suite_wnids(classes)
     val_names = [[f"ILSVRC2012_val_{c * val_per_class + i + 1:08d}.JPEG" for i in range(val_per_class)]
                  for c in range(classes)]

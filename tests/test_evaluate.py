@@ -403,7 +403,9 @@ def test_imagenet_suite_maps_wnids_and_normalises_by_alexnet(tmp_path) -> None:
     assert c["mce"] == pytest.approx(metrics.mce(fractions, metrics.ALEXNET_ERRORS))
     assert c["mce_normalisation"] == "alexnet"
     assert c["mean_error"] == pytest.approx(metrics.mce(fractions))
-    fog1 = np.stack([np.asarray(Image.open(root / "ImageNet-C" / "fog" / "1" / w / "a.JPEG")) for w in wnids[1:]])
+    # ImageNet-C goes through the same Resize + CenterCrop as val (the reference's evaluate_c).
+    fog1 = np.stack([np.asarray(CenterCrop(64).apply(Resize(73).apply(Image.open(
+        root / "ImageNet-C" / "fog" / "1" / w / "a.JPEG").convert("RGB"), None), None)) for w in wnids[1:]])
     fog1_preds = logits_of(model, fog1, recipe["mean"], recipe["std"]).argmax(1)
     assert c["errors"]["fog"][0] == pytest.approx(np.mean(fog1_preds != np.array([1, 2])) * 100)
     assert any("ImageNet-P not found" in n for n in results["notes"])
@@ -417,7 +419,8 @@ def test_imagenet_suite_maps_wnids_and_normalises_by_alexnet(tmp_path) -> None:
     with_p = evaluate(ckpt, "imagenet", root, device="cpu", batch_size=8, ood_samples=6, workers=0,
                       progress=False, log=lambda m: None)["perturbations"]
     assert with_p["per_perturbation"]["snow"]["in_mean"] and not with_p["per_perturbation"]["spatter"]["in_mean"]
-    assert with_p["perturbations"] == 1 and with_p["mfr"] == with_p["per_perturbation"]["snow"]["flip_rate"]
+    assert with_p["perturbations"] == 1 and with_p["mfr_raw"] == with_p["per_perturbation"]["snow"]["flip_rate"]
+    assert with_p["mfr"] is None and with_p["normalisation"] == "none"  # AlexNet's rates not given
     wrong = save(model, tmp_path / "wrong.pt", 3, recipe, classes=[wnids[0], wnids[1], "n99999999"])
     with pytest.raises(ValueError, match=r"val: its class folders are not the checkpoint's classes"):
         evaluate(wrong, "imagenet", root, device="cpu", workers=0, progress=False)

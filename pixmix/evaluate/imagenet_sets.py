@@ -22,11 +22,20 @@ ImageNet-P frames are fed as they are (224 px, the reference's ``test.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from pixmix.data.benchmarks import IMAGENET_C_BAR_CORRUPTIONS
+from pixmix.data.readers import ClassFolders
+from pixmix.evaluate import metrics
+from pixmix.evaluate.inputs import Feeder, fit, one_thread, subset
+from pixmix.evaluate.net import Net, Outputs
+from pixmix.evaluate.ood import ImageFiles
+from pixmix.utils.errors import PixmixError
 
 # ImageNet-R's 200 classes (hendrycks/imagenet-r eval.py, PixMix imagenet.py), sorted: its class folders.
 IMAGENET_R_WNIDS = (
@@ -98,3 +107,227 @@ def read_video(path: str | Path) -> np.ndarray:
     if not frames:
         raise ValueError(f"{path}: no video frames")
     return np.stack(frames)
+
+
+# --- the model's outputs restricted to a class subset (ImageNet-R's wnid mask) --------------------------
+
+
+def class_columns(wnids: Mapping[str, int], keep: Collection[str]) -> np.ndarray:
+    """The model's output columns (val's class index of each wnid) whose wnid is in ``keep``, ascending."""
+    return np.array(sorted(index for wnid, index in wnids.items() if wnid in keep), dtype=np.int64)
+
+
+class MaskedNet(Net):
+    """``net`` with its logits restricted to ``columns``: predictions are positions in ``columns`` and the
+    softmax (the confidence) runs over those classes only, as ImageNet-R's reference does
+    (``net(x)[:, imagenet_r_mask]``)."""
+
+    def __init__(self, net: Net, columns: np.ndarray) -> None:  # noqa: D107 - the class says it
+        self.__dict__.update(net.__dict__)
+        self.columns = torch.as_tensor(columns, dtype=torch.int64, device=net.device)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return super().logits(batch)[:, self.columns]
+
+
+def renditions(net: Net, data: Path, feed: Feeder, limit: int | None, wnids: Mapping[str, int],
+               notes: list[str]) -> tuple[Outputs, np.ndarray] | None:
+    """ImageNet-R (optional): the outputs of the masked network on ``imagenet-r/<wnid>/*`` (at most ``limit``
+    images, evenly spaced) and their labels (positions among the model's ImageNet-R classes); None with a
+    note when the folder is absent."""
+    folder = data / IMAGENET_R_FOLDER
+    if not folder.is_dir():
+        notes.append(f"skipped: {folder} not found (ImageNet-R)")
+        return None
+    images = ClassFolders(folder)
+    foreign = [w for w in images.classes if w not in IMAGENET_R_WNIDS or w not in wnids]
+    if foreign:
+        raise PixmixError(f"{folder}: class folders {foreign[:3]} are not among ImageNet-R's 200 classes and the "
+                          "model's", param="data_dir")
+    columns = class_columns(wnids, IMAGENET_R_WNIDS)
+    position = {int(column): i for i, column in enumerate(columns)}
+    to_label = np.array([position[wnids[w]] for w in images.classes], dtype=np.int64)
+    labels = to_label[np.array([item.label for item in images.items], dtype=np.int64)]
+    idx = subset(len(labels), limit)
+    out = MaskedNet(net, columns).run(feed.batches(images, idx), len(idx), "imagenet-r")
+    return out, labels[idx]
+
+
+# --- ImageNet-C and ImageNet-C-Bar folders ---------------------------------------------------------------
+
+
+def severity_folders(corrupted: Path, name: str) -> list[Path]:
+    """The five severity folders of corruption ``name`` under ``corrupted`` (ImageNet-C or -C-Bar), mildest
+    first; [] when the corruption is absent. ImageNet-C's are ``1``..``5``; ImageNet-C-Bar's the release's
+    ``"{:.2f}"`` parameters, or ``1``..``5`` as in PixMix's own copy of it."""
+    if not (corrupted / name).is_dir():
+        return []
+    candidates = [[str(s) for s in range(1, 6)]]
+    if name in IMAGENET_C_BAR_SEVERITIES:
+        candidates.insert(0, list(c_bar_severity_folders(name)))
+    for names in candidates:
+        if (corrupted / name / names[0]).is_dir():
+            folders = [corrupted / name / n for n in names]
+            missing = [f for f in folders if not f.is_dir()]
+            if missing:
+                raise PixmixError(f"{missing[0]} not found: {corrupted.name}/{name} lacks a severity",
+                                  param="data_dir")
+            return folders
+    raise PixmixError(f"{corrupted / name} holds none of the severity folders {', '.join(candidates[0])}",
+                      param="data_dir")
+
+
+def renditions_result(net: Net, data: Path, feed: Feeder, limit: int | None, wnids: Mapping[str, int],
+                      notes: list[str], calibration: Callable[..., dict[str, Any]]) -> dict[str, Any] | None:
+    """``results["r"]``: ImageNet-R's error and RMS calibration over the model's ImageNet-R classes; the
+    calibration figures (the reference's and the corrected one) are ``calibration``'s, the shared
+    :func:`pixmix.evaluate.measures.calibration` (passed in: measures imports this module)."""
+    found = renditions(net, data, feed, limit, wnids, notes)
+    if found is None:
+        return None
+    out, labels = found
+    correct = out.pred == labels
+    figures = calibration({"imagenet-r": ([out.conf], [correct])})
+    return {"error": float(np.mean(~correct) * 100), "samples": len(labels), "classes": len(IMAGENET_R_WNIDS),
+            "model_classes": int(len(class_columns(wnids, IMAGENET_R_WNIDS))),
+            **{k: v for k, v in figures.items() if "per_corruption" not in k and "pooled" not in k}}
+
+
+# --- ImageNet-P: the released mp4 videos, and AlexNet's normalisation -----------------------------------
+
+# AlexNet's ImageNet-P flip probability (percent) and top-5 distance per perturbation: the normalisers of
+# ImageNet-P's mFR and mT5D (Hendrycks & Dietterich 2019: FR = FP / FP_AlexNet, T5D likewise, averaged
+# over the 10 perturbations). The paper prints only normalised figures; AlexNet's raw rates are published
+# in the authors' spreadsheet (hendrycks/robustness issue 49), which this offline build could not read, so
+# none are bundled: pass them as ``p_baseline`` (a results.json of AlexNet evaluated by this code, or a
+# {perturbation: {"flip_rate", "t5d"}} mapping) to get the normalised figures.
+ALEXNET_P_RATES: dict[str, dict[str, float]] = {}
+
+
+def p_baseline_rates(source: str | Path | Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
+    """AlexNet's rates per perturbation from ``source``: None (the bundled :data:`ALEXNET_P_RATES`), a
+    mapping, or a ``results.json`` of an evaluation whose ``perturbations.per_perturbation`` holds them."""
+    import json
+
+    if source is None:
+        return dict(ALEXNET_P_RATES)
+    if isinstance(source, Mapping):
+        table: Any = source
+    else:
+        try:
+            loaded = json.loads(Path(source).read_text())
+        except (OSError, ValueError) as exc:
+            raise PixmixError(f"{source}: not a readable results.json ({exc})", param="p_baseline") from exc
+        table = loaded.get("perturbations", {}).get("per_perturbation", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(table, Mapping):
+        raise PixmixError(f"{source}: no per-perturbation flip rates in it", param="p_baseline")
+    return {name: {"flip_rate": float(v["flip_rate"]), "t5d": float(v["t5d"])} for name, v in table.items()
+            if isinstance(v, Mapping) and {"flip_rate", "t5d"} <= set(v)}
+
+
+def normalised_rates(per: Mapping[str, Mapping[str, Any]], names: Collection[str],
+                     baseline: Mapping[str, Mapping[str, float]]) -> dict[str, float] | None:
+    """ImageNet-P's mFR and mT5D (percent): each perturbation's flip rate and T5D divided by the baseline's,
+    averaged over ``names``; None when the baseline lacks one of them (or has a zero rate)."""
+    usable = all(name in baseline and baseline[name]["flip_rate"] > 0 and baseline[name]["t5d"] > 0
+                 for name in names)
+    if not names or not usable:
+        return None
+    return {key: float(np.mean([per[n][metric] / baseline[n][metric] for n in names]) * 100)
+            for key, metric in (("mfr", "flip_rate"), ("mt5d", "t5d"))}
+
+
+def video_files(folder: Path) -> list[Path]:
+    """ImageNet-P's sequences of one perturbation: ``folder/<wnid>/*.mp4``, sorted."""
+    return sorted(p for p in folder.rglob("*.mp4") if p.is_file())
+
+
+class VideoFiles(torch.utils.data.Dataset):
+    """Decoded videos as ``uint8 [T, 3, H, W]`` tensors."""
+
+    def __init__(self, files: list[Path]) -> None:  # noqa: D107 - the class says it
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(read_video(self.files[i])).permute(0, 3, 1, 2)
+
+
+def video_consistency(net: Net, folder: Path, name: str, feed: Feeder, limit: int | None) -> dict[str, Any]:
+    """Flip rate (percent) and top-5 distance of one ImageNet-P perturbation's mp4s (at most ``limit``
+    videos, evenly spaced), decoded by ``feed.workers`` processes; frames reach the model unresized when
+    they have its input size (224 for the release), else resized and centre-cropped.
+
+    As the reference (``ImageNet-P/test.py``): each video's rate is the mean over its frame pairs
+    (consecutive frames; every frame against the first for noise), averaged over videos.
+    """
+    files = video_files(folder)
+    if not files:
+        raise PixmixError(f"{folder} holds no .mp4 videos (expected <perturbation>/<wnid>/*.mp4)", param="data_dir")
+    chosen = [files[i] for i in subset(len(files), limit)]
+    lengths: list[int] = []
+    out = net.run(_frame_batches(chosen, lengths, feed), len(chosen) * _frames_hint(chosen[0]), name, top5=True)
+    if out.top5 is None:  # run(top5=True) always ranks
+        raise RuntimeError("Net.run returned no top-5 classes")
+    noise = "noise" in name
+    bounds = np.cumsum([0, *lengths])
+    flips = [metrics.flip_rate(out.pred[None, a:b], noise) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    tops = [metrics.t5d(out.top5[None, a:b], noise) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return {"flip_rate": float(np.mean(flips)), "t5d": float(np.mean(tops)), "noise": noise,
+            "sequences": len(chosen), "frames": int(max(lengths)), "source": "mp4"}
+
+
+def _frames_hint(path: Path) -> int:
+    """The frame count a video's header announces (for the progress bar; ImageNet-P's are about 30)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return max(int(container.streams.video[0].frames), 1)
+
+
+def _frame_batches(files: list[Path], lengths: list[int], feed: Feeder) -> Iterator[torch.Tensor]:
+    """Frames of ``files`` in order, whole videos per batch of about ``feed.batch_size`` frames; appends each
+    video's frame count to ``lengths``."""
+    # Nothing is random; the generator only keeps the loader's base seed off the global RNG.
+    loader = torch.utils.data.DataLoader(VideoFiles(files), batch_size=None, shuffle=False,
+                                         num_workers=feed.workers, generator=torch.Generator(),
+                                         worker_init_fn=one_thread if feed.workers else None)
+    pending: list[torch.Tensor] = []
+    for video, path in zip(loader, files, strict=True):
+        if len(video) < 2:
+            raise PixmixError(f"{path}: {len(video)} frame(s); a perturbation sequence needs at least 2",
+                              param="data_dir")
+        lengths.append(len(video))
+        pending.append(video)
+        if sum(len(v) for v in pending) >= feed.batch_size:
+            yield fit(torch.cat(pending), feed.size)
+            pending = []
+    if pending:
+        yield fit(torch.cat(pending), feed.size)
+
+
+# --- out-of-class anomaly detection (ImageNet-O or any folder) -------------------------------------------
+
+
+def out_of_class_folder(data: Path, ood_folder: str | Path | None) -> Path | None:
+    """The folder of out-of-class images: ``ood_folder`` when given (it must exist), else ``ImageNet-O/``
+    (or the release's ``imagenet-o/``) under ``data``; None when there is none."""
+    if ood_folder is not None:
+        if not Path(ood_folder).is_dir():
+            raise PixmixError(f"{ood_folder} not found: --ood-folder must be a folder of images", param="ood_folder")
+        return Path(ood_folder)
+    return next((data / name for name in IMAGENET_O_FOLDERS if (data / name).is_dir()), None)
+
+
+def out_of_class(net: Net, folder: Path, feed: Feeder, in_confidences: np.ndarray, count: int | None,
+                 seed: int) -> dict[str, Any]:
+    """``results["anomaly"]`` for ImageNet: AUROC, AUPR (and FPR95) of the negative maximum softmax probability,
+    val's images against the out-of-class images under ``folder`` (anomalies positive; at most ``count``
+    of them, a seeded subset), as the paper's ImageNet anomaly columns."""
+    files = ImageFiles(folder, limit=count, seed=seed)
+    out = net.run(feed.batches(files, np.arange(len(files))), len(files), "out-of-class")
+    figures = metrics.anomaly_metrics(-in_confidences, -out.conf)
+    return {"per_set": {"out_of_class": {**figures, "samples": len(files), "folder": str(folder)}}, **figures,
+            "in_samples": int(len(in_confidences))}

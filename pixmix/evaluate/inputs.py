@@ -87,17 +87,13 @@ def one_thread(_worker: int) -> None:
 
 
 class ResizeCrop:
-    """Shorter side to ``resize``, then the centre ``size`` square; images whose shorter side is already
-    ``size`` only get the crop when ``crop_if_fitted`` (ImageNet-C is stored pre-cropped at 224)."""
+    """Shorter side to ``resize``, then the centre ``size`` square (torchvision's Resize + CenterCrop)."""
 
-    def __init__(self, size: int, resize: int, crop_if_fitted: bool = False) -> None:
-        self.size, self.crop_if_fitted = size, crop_if_fitted
+    def __init__(self, size: int, resize: int) -> None:
         self.resize, self.crop = Resize(resize), CenterCrop(size)
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        if not (self.crop_if_fitted and min(image.size) == self.size):
-            image = _pil(self.resize.apply(image, None))
-        return _pil(self.crop.apply(image, None))
+        return _pil(self.crop.apply(_pil(self.resize.apply(image, None)), None))
 
 
 def _pil(image: Image.Image | torch.Tensor) -> Image.Image:
@@ -116,17 +112,21 @@ class Feeder:
     workers: int
     imagenet: bool
 
-    def transform(self, pre_cropped: bool = False) -> ResizeCrop:
-        """The folder images' transform; ``pre_cropped`` for ImageNet-C, stored already cropped to 224."""
-        # ImageNet's evaluation crop: shorter side to 256/224 of the input size, then the centre.
-        resize = round(self.size * 256 / 224) if self.imagenet else self.size
-        return ResizeCrop(self.size, resize, crop_if_fitted=pre_cropped)
+    def transform(self) -> ResizeCrop:
+        """The folder images' transform.
 
-    def batches(self, images: Any, indices: np.ndarray, pre_cropped: bool = False) -> Iterator[torch.Tensor]:
+        ImageNet (val, -C, -C-Bar, -R): Resize(256) + CenterCrop(224) scaled to the input size, as the
+        references evaluate every set, ImageNet-C and -C-Bar included although they are stored cropped to
+        224 (PixMix's ``evaluate_c``: the 224 px images are enlarged to 256 and cropped back).
+        """
+        resize = round(self.size * 256 / 224) if self.imagenet else self.size
+        return ResizeCrop(self.size, resize)
+
+    def batches(self, images: Any, indices: np.ndarray) -> Iterator[torch.Tensor]:
         """The ``indices`` of ``images`` (a uint8 NHWC array or a sequence of PIL images) in batches."""
         if isinstance(images, np.ndarray):
             return array_batches(images, indices, self.batch_size, self.size)
-        return pil_batches(images, indices, self.batch_size, self.transform(pre_cropped), self.workers)
+        return pil_batches(images, indices, self.batch_size, self.transform(), self.workers)
 
 
 def stacked_severities(folder: Path, name: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

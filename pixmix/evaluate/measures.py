@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pixmix.data.readers import CIFAR, ClassFolders, load_npy
-from pixmix.evaluate import metrics, ood
+from pixmix.evaluate import imagenet_sets, metrics, ood
 from pixmix.evaluate.inputs import Feeder, array_batches, stacked_severities, subset
 from pixmix.evaluate.net import Net, Outputs
 from pixmix.evaluate.options import PGD, EvalOptions, Suite
@@ -108,17 +108,19 @@ def corruptions(net: Net, data: Path, suite: Suite, options: EvalOptions, notes:
     return result
 
 
-def corruptions_bar(net: Net, data: Path, suite: Suite, options: EvalOptions,
-                    notes: list[str]) -> dict[str, Any] | None:
-    """The -C-Bar set (optional; none for ImageNet), as :func:`corruptions`; None when it is skipped."""
+def corruptions_bar(net: Net, data: Path, suite: Suite, options: EvalOptions, notes: list[str],
+                    wnids: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """The -C-Bar set (optional), as :func:`corruptions` (ImageNet-C-Bar: its 10 corruptions in the released
+    ``<corruption>/<severity>/<wnid>/`` folders, labelled by ``wnids``); None when it is skipped."""
     if suite.c_bar is None:
-        notes.append("skipped: ImageNet-C-Bar is not supported")
+        notes.append(f"skipped: {suite.name} has no -C-Bar set")
         return None
     folder = data / suite.c_bar
     if not folder.is_dir():
         notes.append(f"skipped: {folder} not found")
         return None
-    return _corruption_set(net, folder, suite, options, notes, metrics.C_BAR_CORRUPTIONS, {})
+    names = metrics.IMAGENET_C_BAR_CORRUPTIONS if suite.is_imagenet else metrics.C_BAR_CORRUPTIONS
+    return _corruption_set(net, folder, suite, options, notes, names, wnids or {})
 
 
 def _corruption_set(net: Net, folder: Path, suite: Suite, options: EvalOptions, notes: list[str],
@@ -132,7 +134,10 @@ def _corruption_set(net: Net, folder: Path, suite: Suite, options: EvalOptions, 
     for name, out, labels in sets:
         wrong = out.pred != labels
         errors.setdefault(name, []).append(float(wrong.mean()))
-        confs, corrects = by_name.setdefault(name, ([], []))
+        # Calibration is computed per set the reference evaluates, then averaged: each CIFAR file (its 5
+        # severities together), each ImageNet corruption x severity folder (75 for -C, 50 for -C-Bar).
+        key = f"{name}/{len(errors[name])}" if suite.is_imagenet else name
+        confs, corrects = by_name.setdefault(key, ([], []))
         confs.append(out.conf)
         corrects.append(~wrong)
         samples = len(labels)
@@ -202,11 +207,11 @@ def _cifar_c(net: Net, folder: Path, suite: Suite, options: EvalOptions, names: 
 
 def _imagenet_c(net: Net, folder: Path, suite: Suite, options: EvalOptions, names: Sequence[str],
                 wnids: dict[str, int]) -> Iterator[Corrupted]:
-    """ImageNet-C's ``<name>/<severity>/<wnid>/`` folders, labelled with val's index of each wnid."""
+    """ImageNet-C's ``<name>/<1..5>/<wnid>/`` (or -C-Bar's ``<name>/<severity>/<wnid>/``) folders, labelled
+    with val's index of each wnid; corruptions absent from ``folder`` are left out."""
     feed = feeder(net, suite, options)
     for name in names:
-        for severity in range(1, 6):
-            path = folder / name / str(severity)
+        for path in imagenet_sets.severity_folders(folder, name):
             images = ClassFolders(path)
             unknown = [w for w in images.classes if w not in wnids]
             if unknown:
@@ -215,8 +220,7 @@ def _imagenet_c(net: Net, folder: Path, suite: Suite, options: EvalOptions, name
             to_val = np.array([wnids[w] for w in images.classes], dtype=np.int64)
             labels = to_val[np.array([item.label for item in images.items], dtype=np.int64)]
             idx = subset(len(labels), options.limit)
-            # ImageNet-C images are stored already cropped to 224: the reference only centre-crops.
-            out = net.run(feed.batches(images, idx, pre_cropped=True), len(idx), f"{name}-{severity}")
+            out = net.run(feed.batches(images, idx), len(idx), f"{name}-{path.name}")
             yield name, out, labels[idx]
 
 
@@ -235,6 +239,11 @@ def perturbations(net: Net, data: Path, suite: Suite, options: EvalOptions, note
     per: dict[str, dict[str, Any]] = {}
     for name in (*main, *extra):
         path = folder / f"{name}.npy"
+        if suite.is_imagenet and (folder / name).is_dir():  # the release: <perturbation>/<wnid>/*.mp4
+            consistency = imagenet_sets.video_consistency(net, folder / name, name, feeder(net, suite, options),
+                                                          options.limit)
+            per[name] = {**consistency, "in_mean": name in main}
+            continue
         if not path.is_file():
             if name in main:
                 notes.append(f"skipped: {path} not found")
@@ -248,10 +257,20 @@ def perturbations(net: Net, data: Path, suite: Suite, options: EvalOptions, note
         return None
     if len(counted) < len(main):
         notes.append(f"mFR / mT5D over {len(counted)} of {len(main)} perturbations")
-    if suite.is_imagenet:
-        notes.append("ImageNet-P mFR / mT5D are not normalised by AlexNet's (its rates are not bundled)")
-    return {"per_perturbation": per, "mfr": float(np.mean([v["flip_rate"] for v in counted])),
-            "mt5d": float(np.mean([v["t5d"] for v in counted])), "perturbations": len(counted)}
+    raw = {"mfr_raw": float(np.mean([v["flip_rate"] for v in counted])),
+           "mt5d_raw": float(np.mean([v["t5d"] for v in counted]))}
+    result = {"per_perturbation": per, **raw, "perturbations": len(counted)}
+    if not suite.is_imagenet:  # CIFAR-P's mFR / mT5D are plain means (spec section 7)
+        return {**result, "mfr": raw["mfr_raw"], "mt5d": raw["mt5d_raw"], "normalisation": "none"}
+    # ImageNet-P: normalised by AlexNet's rates, as ImageNet-P defines mFR / mT5D.
+    names = [n for n, v in per.items() if v["in_mean"]]
+    normalised = imagenet_sets.normalised_rates(per, names, imagenet_sets.p_baseline_rates(options.p_baseline))
+    if normalised is None:
+        notes.append("ImageNet-P mFR / mT5D not normalised: AlexNet's rates are not bundled; pass AlexNet's "
+                     "results.json as p_baseline (--p-baseline). Unnormalised: mfr_raw / mt5d_raw")
+    return {**result, "mfr": None if normalised is None else normalised["mfr"],
+            "mt5d": None if normalised is None else normalised["mt5d"],
+            "normalisation": "none" if normalised is None else "alexnet"}
 
 
 def _videos(path: Path, notes: list[str]) -> np.ndarray | None:

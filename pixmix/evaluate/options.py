@@ -43,7 +43,9 @@ class Suite:
 SUITES = {
     "cifar10": Suite("cifar10", 10, "CIFAR-10-C", "CIFAR-10-C-Bar", "CIFAR-10-P"),
     "cifar100": Suite("cifar100", 100, "CIFAR-100-C", "CIFAR-100-C-Bar", "CIFAR-100-P"),
-    "imagenet": Suite("imagenet", 1000, "ImageNet-C", None, "ImageNet-P"),
+    "imagenet": Suite("imagenet", 1000, "ImageNet-C", "ImageNet-C-Bar", "ImageNet-P"),
+    # Table 13: anomaly detection only (pixmix.evaluate.places365); it has no -C, -C-Bar or -P sets.
+    "places365": Suite("places365", 365, "", None, ""),
 }
 
 
@@ -74,6 +76,10 @@ class EvalOptions:
     limit: int | None = None
     drop_last_bin: bool = False  # no effect any more: both calibration figures are always reported
     workers: int = 0
+    # ImageNet: AlexNet's ImageNet-P rates (a results.json of AlexNet) to normalise mFR / mT5D, and a folder
+    # of out-of-class images for anomaly detection (default: ImageNet-O under the data folder).
+    p_baseline: str | None = None
+    ood_folder: str | None = None
 
     def __post_init__(self) -> None:
         # Messages name the command line's flags: `pixmix eval` is where users meet them.

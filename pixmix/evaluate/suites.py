@@ -10,6 +10,7 @@ cifar10     cifar-10-batches-py/test_batch           CIFAR-10-C-Bar/<c>.npy + la
 cifar100    cifar-100-python/test, CIFAR-100-C/      CIFAR-100-C-Bar/, CIFAR-100-P/
 imagenet    val/<wnid>/*.JPEG                        ImageNet-P/<p>.npy (uint8 [N, T, H, W, 3])
             ImageNet-C/<c>/<1..5>/<wnid>/*.JPEG
+places365   places365_val.txt + val_256/*.jpg        ood/{textures,svhn,imagenet,places}/**/<image>
 all                                                  ood/{textures,svhn,lsun,places}/**/<image>
 ==========  =======================================  ==========================================
 
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pixmix.evaluate import measures, metrics
+from pixmix.evaluate import imagenet_sets, measures, metrics, places365
 from pixmix.evaluate.net import Net, load_net
 from pixmix.evaluate.options import DEFAULT_OOD_SAMPLES, PGD, SUITES, EvalOptions, Suite, default_workers, suite_named
 from pixmix.utils.errors import PixmixError
@@ -50,15 +51,20 @@ def evaluate(
     workers: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    p_baseline: str | None = None,
+    ood_folder: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``suite`` (cifar10, cifar100, imagenet) with the datasets under ``data_dir``.
+    """Evaluate ``checkpoint`` on ``suite`` (cifar10, cifar100, imagenet, places365) with the datasets under
+    ``data_dir`` (places365, the paper's Table 13: clean error, calibration and anomaly detection only).
 
     ``limit`` caps every set (test set, each corruption x severity, each -P file's sequences, each OOD
     set) at that many images, evenly spaced, for quick runs; ``pgd_samples`` caps the PGD images
     (default: every evaluated test image). Calibration is always reported twice (the reference's figure,
     last bin dropped, and the corrected one), so ``drop_last_bin`` no longer changes anything; it is
     accepted for older callers and noted.
-    ``workers`` decode folder images (default: one per CPU, at most 8). Returns plain JSON-able results
+    ``workers`` decode folder images (default: one per CPU, at most 8). ImageNet: ``p_baseline`` (AlexNet's
+    results.json) normalises ImageNet-P's mFR / mT5D; ``ood_folder`` replaces ImageNet-O as the out-of-class
+    images (see :mod:`pixmix.evaluate.imagenet_sets`). Returns plain JSON-able results
     in percent (T5D is a distance in [0, 15]); skipped optional sets are listed in ``notes``. Raises
     :class:`~pixmix.utils.errors.PixmixError` (one line, naming the path or option) when an option is
     bad or a required set is missing.
@@ -66,7 +72,9 @@ def evaluate(
     spec = suite_named(suite)
     options = EvalOptions(batch_size=batch_size, seed=seed, pgd_samples=pgd_samples, ood_samples=ood_samples,
                           limit=limit, drop_last_bin=drop_last_bin,
-                          workers=default_workers() if workers is None else workers)
+                          workers=default_workers() if workers is None else workers,
+                          p_baseline=None if p_baseline is None else str(p_baseline),
+                          ood_folder=None if ood_folder is None else str(ood_folder))
     data = Path(data_dir)
     check_required(spec, data)
     started = time.perf_counter()
@@ -94,24 +102,47 @@ def run_measures(net: Net, data: Path, suite: Suite, options: EvalOptions, notes
                  log: Callable[[str], None], trained_classes: Any = None) -> dict[str, Any]:
     """Every measure in the paper's order, each logged: clean, corruptions, -C-Bar and -P (when present),
     PGD and anomaly detection. Skipped optional sets add to ``notes``."""
+    if suite.name == "places365":
+        return places365.run_measures(net, data, options, notes, log)
     clean = measures.clean(net, data, suite, options, trained_classes)
     out: dict[str, Any] = {"clean": clean.result}
     log(f"clean error {clean.result['error']:.2f}% on {clean.result['samples']} images")
     out["corruptions"] = measures.corruptions(net, data, suite, options, notes, clean.wnids)
     log(f"corruption mCE {out['corruptions']['mce']:.2f}%")
-    c_bar = measures.corruptions_bar(net, data, suite, options, notes)
+    c_bar = measures.corruptions_bar(net, data, suite, options, notes, clean.wnids)
     if c_bar is not None:
         out["c_bar"] = c_bar
         log(f"C-Bar mean error {c_bar['mean_error']:.2f}%")
+    if suite.is_imagenet:
+        r = imagenet_sets.renditions_result(net, data, measures.feeder(net, suite, options), options.limit,
+                                            clean.wnids, notes, measures.calibration)
+        if r is not None:
+            out["r"] = r
+            log(f"ImageNet-R error {r['error']:.2f}% on {r['samples']} images")
     perturbations = measures.perturbations(net, data, suite, options, notes)
     if perturbations is not None:
         out["perturbations"] = perturbations
-        log(f"mFR {perturbations['mfr']:.2f}%, mT5D {perturbations['mt5d']:.3f}")
+        log(f"mFR {perturbations['mfr_raw']:.2f}% (unnormalised), mT5D {perturbations['mt5d_raw']:.3f}")
     out["adversarial"] = measures.adversarial(net, clean, suite, options)
     log(f"PGD error {out['adversarial']['pgd_error']:.2f}% on {out['adversarial']['samples']} images")
-    out["anomaly"] = measures.anomaly(net, data, suite, options, clean.confidences, notes)
+    out["anomaly"] = _anomaly(net, data, suite, options, clean.confidences, notes)
     log(f"anomaly AUROC {out['anomaly']['auroc']:.2f}% over {len(out['anomaly']['per_set'])} sets")
     return out
+
+
+def _anomaly(net: Net, data: Path, suite: Suite, options: EvalOptions, in_confidences: Any,
+             notes: list[str]) -> dict[str, Any]:
+    """ImageNet: out-of-class detection on ImageNet-O (or ``options.ood_folder``) when present, as the paper's
+    ImageNet columns; otherwise (and for CIFAR) the synthetic and folder OOD sets."""
+    folder = imagenet_sets.out_of_class_folder(data, options.ood_folder) if suite.is_imagenet else None
+    if folder is None:
+        if suite.is_imagenet:
+            notes.append(f"skipped: {data / 'ImageNet-O'} not found (out-of-class anomaly detection, the paper's "
+                         "ImageNet AUROC / AUPR): the anomaly figures are on the synthetic and ood/ sets")
+        return measures.anomaly(net, data, suite, options, in_confidences, notes)
+    count = min(options.ood_samples, options.limit) if options.limit is not None else options.ood_samples
+    return imagenet_sets.out_of_class(net, folder, measures.feeder(net, suite, options), in_confidences, count,
+                                      options.seed)
 
 
 # Summary key -> (measure, its result key); the paper's way first, then the corrected / our-definition twin.
@@ -159,6 +190,9 @@ def _jsonable(value: Any) -> Any:
 
 def check_required(suite: Suite, data: Path) -> None:
     """Fail before any inference if a required set is missing."""
+    if suite.name == "places365":
+        places365.check_required(data)
+        return
     if suite.is_imagenet:
         if not (data / "val").is_dir():
             raise PixmixError(f"{data / 'val'} not found: expected ImageNet's val/<wnid>/*.JPEG under --data",
