@@ -66,6 +66,8 @@ def test_locations_take_only_known_schemes_and_refuse_escaping_names(tmp_path) -
         location("s3:///set")
     assert location(f"file://{tmp_path}").path == tmp_path and location(str(tmp_path)).is_local
     assert (location("http://h/set") / "shards/a.tar").url == "http://h/set/shards/a.tar"
+    assert (location("http://h/set/") / "a b#1.tar").url == "http://h/set/a%20b%231.tar"
+    assert (location("s3://b/set") / "a b.tar").url == "s3://b/set/a b.tar"
     assert (location("pipe:cat /data/{}") / "shards/a.tar").url == "pipe:cat /data/shards/a.tar"
     for bad in ("../x.tar", "/etc/passwd", "a/../../b"):
         with pytest.raises(PixmixError, match="outside the set"):

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pixmix.utils.errors import PixmixError
 
@@ -132,6 +132,8 @@ class Location:
             return replace(self, url=str(self.path / name))
         if self.scheme == "pipe":
             return replace(self, url=self.url.replace("{}", shlex.quote(name), 1))
+        if self.scheme in ("http", "https"):
+            name = quote(name)  # a space or '#' in a shard's name must not change the URL's meaning
         return replace(self, url=self.url.rstrip("/") + "/" + name)
 
     def with_options(self, options: RemoteOptions) -> Location:
