@@ -264,3 +264,28 @@ def test_table14_grid_puts_ours_beside_the_papers() -> None:
     assert lines[2] == "| beta = 5 | - / - (20.2 / 31.6) | - / - (20.0 / 31.1) | - / - (20.1 / 30.8) |"
     assert lines[3].startswith("| beta = 4 | 21.0 / 33.0 (19.7 / 31.3) | - / - (20.3 / 30.9) |")
     assert lines[4].endswith("| 19.5 / - (20.3 / 30.5) |")
+
+
+def test_pixmix_train_takes_the_npy_as_its_mixset(tmp_path) -> None:
+    """``pixmix train --mixset 300K_random_images.npy`` trains with online PixMix on it (and records it); a
+    missing file is one line."""
+    from click.testing import CliRunner
+    from tiny_datasets import write_cifar10
+
+    from mixset.shard.sharder import ShardConfig, shard
+    from pixmix.cli.train import train as train_command
+    from pixmix.models import load_checkpoint
+
+    write_cifar10(tmp_path / "cifar", per_batch=8)
+    shard(ShardConfig(out=tmp_path / "plain", dataset="cifar10", data_dir=tmp_path / "cifar", shard_samples=20),
+          log=lambda m: None, progress=False)
+    npy = tmp_path / "300K_random_images.npy"
+    np.save(npy, np.random.default_rng(9).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    args = ["--preset", "smoke", "--shards", str(tmp_path / "plain"), "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--batch-size", "20", "--device", "cpu", "--workers", "0", "--quiet", "--mixset"]
+    result = CliRunner().invoke(train_command, [*args, str(npy)])
+    assert result.exit_code == 0, result.output
+    data = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["data"]
+    assert (data["mode"], data["mixset"], data["samples"]) == ("online", str(npy.resolve()), 40)
+    missing = CliRunner().invoke(train_command, [*args, str(tmp_path / "none.npy")])
+    assert missing.exit_code == 2 and "none.npy' does not exist" in missing.output

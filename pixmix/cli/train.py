@@ -34,6 +34,20 @@ class SetLocation(click.ParamType):
 
 
 _SET = SetLocation()
+
+
+class MixingSetLocation(SetLocation):
+    """A mixing set: a :class:`SetLocation`, or Outlier Exposure's ``300K_random_images.npy`` (a local file,
+    read by :class:`pixmix.data.readers.RandomImages`)."""
+
+    name = "folder|url|file.npy"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str | Path:
+        if str(value).endswith(".npy"):
+            return click.Path(exists=True, dir_okay=False, path_type=Path).convert(str(value), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # The presets' values of the tunable options, for --help only (torch stays unimported here); a test checks
 # them against pixmix.train.trainer.PRESETS. The -baseline presets share their base's values.
 PRESET_DEFAULTS: dict[str, dict[str, object]] = {
@@ -78,8 +92,9 @@ def _list_archs(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
                    "pipe:).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: checkpoints/ and log.jsonl; an existing run there is resumed.")
-@click.option("--mixset", type=_SET, default=None,
-              help="Mixing set (`mixset build`) for online PixMix on plain shards: a folder or a URL.")
+@click.option("--mixset", type=MixingSetLocation(), default=None,
+              help="Mixing set (`mixset build`) for online PixMix on plain shards: a folder or a URL, or Outlier "
+                   "Exposure's 300K_random_images.npy.")
 @click.option("--val-shards", type=_SET, default=None,
               help="Shard set for the validation error after each epoch: a folder or a URL.")
 @click.option("--arch", default=None,
