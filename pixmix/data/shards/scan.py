@@ -78,12 +78,13 @@ class ShardScan:
     json_labels: list[int | None] = field(default_factory=list)  # per sample: json label or cls
 
 
-def _samples(fh: Any) -> Iterator[dict[str, bytes]]:
-    """The samples of a tar stream, grouped by key (regular members only), small fields read."""
+def _samples(fh: Any, seekable: bool = False) -> Iterator[dict[str, bytes]]:
+    """The samples of a tar, grouped by key (regular members only), with only ``cls`` and ``json`` read (other
+    fields map to ``b""``). ``seekable``: a local file whose image data is skipped by seeking (headers only)."""
     key: str | None = None
     fields: dict[str, bytes] = {}
-    with tarfile.open(fileobj=fh, mode="r|") as stream:
-        for member in stream:
+    with tarfile.open(fileobj=fh, mode="r:" if seekable else "r|") as tar:
+        for member in tar:
             if not member.isreg():
                 continue
             base = os.path.basename(member.name)
@@ -92,12 +93,14 @@ def _samples(fh: Any) -> Iterator[dict[str, bytes]]:
                 yield fields
                 fields = {}
             key = k
-            data = stream.extractfile(member)
-            assert data is not None
-            # Only labels and json are kept; image bytes are read (to hash them) and dropped.
-            content = data.read()
-            fields[name] = content if name in ("cls", "json") else b""
-            stream.members = []  # type: ignore[attr-defined]  # keep no headers
+            fields[name] = b""
+            if name in ("cls", "json") or not seekable:  # a stream must pass over the data anyway (hashed)
+                data = tar.extractfile(member)
+                assert data is not None
+                content = data.read()
+                fields[name] = content if name in ("cls", "json") else b""
+            if not seekable:
+                tar.members = []  # type: ignore[attr-defined]  # keep no headers
         if key is not None:
             yield fields
 
@@ -122,23 +125,42 @@ def _json_label(data: bytes | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def scan_shard(folder: Location, name: str) -> ShardScan:
-    """Read one shard front to back (streamed): samples, bytes, sha256, fields and labels."""
+def scan_shard(folder: Location, name: str, *, digest: bool = True) -> ShardScan:
+    """Read one shard front to back (streamed): samples, bytes, sha256, fields and labels. ``digest=False`` on a
+    local shard reads its tar headers and labels only (no sha256: ``""``), which is far faster on large images."""
+    loc = folder / name
+    if not digest and loc.is_local:
+        return _scan_headers(loc, name)
     result = ShardScan(name)
-    with (folder / name).open() as raw:
+    with loc.open() as raw:
         fh = _Hashing(raw)
         try:
             for sample in _samples(fh):
-                result.samples += 1
-                result.fields.update(sample.keys())
-                result.cls.append(_int_or_none(sample["cls"]) if "cls" in sample else None)
-                result.json_labels.append(_json_label(sample.get("json")))
+                _count(result, sample)
             while fh.read(1 << 20):  # the tar's end padding counts in the size and hash
                 pass
         except (tarfile.TarError, EOFError) as exc:
             raise PixmixError(f"{folder / name}: unreadable shard ({exc})") from exc
     result.bytes, result.sha256 = fh.bytes, fh.sha256.hexdigest()
     return result
+
+
+def _scan_headers(loc: Location, name: str) -> ShardScan:
+    result = ShardScan(name, bytes=loc.path.stat().st_size)
+    try:
+        with open(loc.path, "rb") as fh:
+            for sample in _samples(fh, seekable=True):
+                _count(result, sample)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise PixmixError(f"{loc}: unreadable shard ({exc})") from exc
+    return result
+
+
+def _count(result: ShardScan, sample: dict[str, bytes]) -> None:
+    result.samples += 1
+    result.fields.update(sample.keys())
+    result.cls.append(_int_or_none(sample["cls"]) if "cls" in sample else None)
+    result.json_labels.append(_json_label(sample.get("json")))
 
 
 def choose_fields(scans: list[ShardScan]) -> tuple[str, str | None]:
@@ -160,22 +182,25 @@ def choose_fields(scans: list[ShardScan]) -> tuple[str, str | None]:
     return image, None
 
 
-def index_manifest(target: str | os.PathLike[str] | Location, *, require_labels: bool = True) -> dict[str, Any]:
+def index_manifest(target: str | os.PathLike[str] | Location, *, require_labels: bool = True,
+                   digest: bool = True) -> dict[str, Any]:
     """A ``pixmix-shards`` manifest (kind ``plain``, one view) of a set written by another tool, by scanning
-    every shard once; logs which fields it uses. ``require_labels``: refuse a set without a label field."""
+    every shard once; logs which fields it uses. ``require_labels``: refuse a set without a label field;
+    ``digest=False``: local shards are indexed from their headers, without sha256 (remote ones are streamed and
+    hashed anyway)."""
     folder, names = list_shards(target)
     if not names:
         raise PixmixError(f"{target}: manifest.json not found and no *.tar shards to index: is it a finished "
                           "`mixset shard` or `mixset build` output, or a WebDataset shard set?")
-    scans = [scan_shard(folder, name) for name in names]
+    scans = [scan_shard(folder, name, digest=digest) for name in names]
     image, label = choose_fields(scans)
     if label is None and require_labels:
         raise PixmixError(f"{target}: no label in its samples (a cls field, or a json with an integer 'label'): a "
                           "training or evaluation set needs one")
     values = [c for s in scans for c in (s.cls if label == "cls" else s.json_labels)] if label else []
     classes = [str(i) for i in range(max((v for v in values if v is not None), default=-1) + 1)]
-    log.warning("%s: no manifest.json, indexed %d shards by scanning: image field %r, label %s", target,
-                len(names), image, repr(label) if label else "none")
+    log.warning("%s: no manifest.json, indexed %d shards by scanning: image field %r, label %s (`mixset index` "
+                "writes the index once)", target, len(names), image, repr(label) if label else "none")
     total = sum(s.samples for s in scans)
     return {
         "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "kind": "plain", "views": 1, "classes": classes,
