@@ -253,11 +253,13 @@ def finish_batch(
     recipe: str | Recipe,
     normalize: bool = True,
     compile: bool | None = None,
+    mixing: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(float images [B, 3, H, W], int64 labels)`` on ``device``: PixMix (online batches) and
     normalisation run there, so workers only ship uint8 pictures.
 
-    ``compile``: see :func:`pixmix.augment.pixmix.apply_batch`.
+    ``compile``: see :func:`pixmix.augment.pixmix.apply_batch`. ``mixing``: uint8 [B, 3, H, W] pictures that
+    replace an online batch's own mixing pictures (Iterative PixMix's pool, :mod:`pixmix.train.iterative`).
     """
     from pixmix.augment.pixmix import apply_batch
 
@@ -274,7 +276,8 @@ def finish_batch(
     if batch.mixing is not None:
         if batch.params is None:
             raise ValueError("finish_batch: an online batch (with mixing pictures) must carry params")
-        out = apply_batch(images, move(batch.mixing), batch.params, _pixmix_config(recipe), compile=compile)
+        pictures = batch.mixing if mixing is None else mixing
+        out = apply_batch(images, move(pictures), batch.params, _pixmix_config(recipe), compile=compile)
     else:
         out = images.float().div_(255)
     if normalize:
