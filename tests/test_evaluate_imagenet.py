@@ -18,12 +18,23 @@ import pytest
 import sklearn.metrics
 import torch
 import torchvision.transforms as T
+from click.testing import CliRunner
 from PIL import Image
 
 from pipelines.synthetic_imagenet import TENCH, suite_wnids, write_imagenet_suite, write_video
+from pixmix.cli.evaluate import eval_command
 from pixmix.data.benchmarks import CORRUPTIONS, IMAGENET_C_BAR_CORRUPTIONS, IMAGENET_P_PERTURBATIONS
 from pixmix.evaluate import metrics
-from pixmix.evaluate.imagenet_sets import IMAGENET_R_WNIDS, c_bar_severity_folders, read_video, renditions_result
+from pixmix.evaluate.imagenet_sets import (
+    ALEXNET_P_RATES,
+    IMAGENET_R_WNIDS,
+    c_bar_severity_folders,
+    normalised_rates,
+    p_baseline_rates,
+    read_video,
+    renditions_result,
+    severity_folders,
+)
 from pixmix.evaluate.inputs import Feeder
 from pixmix.evaluate.measures import calibration
 from pixmix.evaluate.net import Net
@@ -305,3 +316,48 @@ def test_out_of_class_anomaly_detection(evaluated) -> None:
     assert list(anomaly["per_set"]) == ["out_of_class"] and anomaly["per_set"]["out_of_class"]["samples"] == 6
     assert anomaly["auroc"] == pytest.approx(sklearn.metrics.roc_auc_score(labels, scores) * 100)
     assert anomaly["aupr"] == pytest.approx(sklearn.metrics.average_precision_score(labels, scores) * 100)
+
+
+def test_alexnet_normalisation_known_answers(tmp_path) -> None:
+    per = {"snow": {"flip_rate": 10.0, "t5d": 1.0}, "rotate": {"flip_rate": 30.0, "t5d": 3.0},
+           "spatter": {"flip_rate": 99.0, "t5d": 9.0}}
+    baseline = {"snow": {"flip_rate": 20.0, "t5d": 2.0}, "rotate": {"flip_rate": 40.0, "t5d": 6.0}}
+    # mFR = mean(10/20, 30/40) = 62.5 %, mT5D = mean(1/2, 3/6) = 50 %; spatter is not in the mean.
+    assert normalised_rates(per, ["snow", "rotate"], baseline) == {"mfr": 62.5, "mt5d": 50.0}
+    assert normalised_rates(per, ["snow", "spatter"], baseline) is None  # no AlexNet rate for spatter
+    assert normalised_rates(per, ["snow"], {"snow": {"flip_rate": 0.0, "t5d": 2.0}}) is None
+    results_json = tmp_path / "alexnet.json"
+    results_json.write_text(json.dumps({"perturbations": {"per_perturbation": {**baseline, "x": {"flip_rate": None}}}}))
+    assert p_baseline_rates(str(results_json)) == baseline and p_baseline_rates(baseline) == baseline
+    assert p_baseline_rates(None) == ALEXNET_P_RATES
+    for text, message in (("{", "not a readable results.json"), ('{"perturbations": {}}', "no per-perturbation")):
+        results_json.write_text(text)
+        with pytest.raises(PixmixError, match=message) as info:
+            p_baseline_rates(str(results_json))
+        assert info.value.param == "p_baseline"
+
+
+def test_c_bar_severity_folders(tmp_path) -> None:
+    bar = tmp_path / "ImageNet-C-Bar"
+    for severity in c_bar_severity_folders("sparkles"):
+        (bar / "sparkles" / severity).mkdir(parents=True)
+    for severity in range(1, 6):  # PixMix's own copy numbers the severities
+        (bar / "ripple_like" / str(severity)).mkdir(parents=True)
+    assert [p.name for p in severity_folders(bar, "sparkles")] == ["1.00", "2.00", "3.00", "5.00", "6.00"]
+    assert [p.name for p in severity_folders(bar, "ripple_like")] == ["1", "2", "3", "4", "5"]
+    assert severity_folders(bar, "plasma_noise") == []  # absent: left out of the mean (with a note)
+    (bar / "sparkles" / "3.00").rmdir()
+    with pytest.raises(PixmixError, match=r"sparkles/3.00 not found: ImageNet-C-Bar/sparkles lacks a severity"):
+        severity_folders(bar, "sparkles")
+
+
+def test_cli_flags_fail_in_one_line_before_inference(evaluated, tmp_path) -> None:
+    root, ckpt = evaluated["root"], evaluated["ckpt"]
+    (tmp_path / "bad.json").write_text("[]")
+    base = ["--checkpoint", str(ckpt), "--suite", "imagenet", "--data", str(root), "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--quiet", "--workers", "0"]
+    for extra, message in ((["--p-baseline", str(tmp_path / "bad.json")], "--p-baseline: "),
+                           (["--ood-folder", str(tmp_path / "none")], "--ood-folder: ")):
+        result = CliRunner().invoke(eval_command, base + extra)
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "o").exists()

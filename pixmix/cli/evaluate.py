@@ -38,10 +38,14 @@ FLAGS = {"data_dir": "--data", "out_dir": "--out", "drop_last_bin": "--reference
               help="Image-decoding processes for folder datasets (default: min(8, CPUs)).")
 @click.option("--reference-calibration", is_flag=True, hidden=True,
               help="No effect (kept for old scripts): both RMS calibration figures are always reported.")
+@click.option("--p-baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ImageNet: AlexNet's results.json (its raw ImageNet-P rates) to normalise mFR / mT5D.")
+@click.option("--ood-folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="ImageNet: out-of-class images for anomaly detection (default: DATA/ImageNet-O).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, device: str, batch_size: int, seed: int,
                  pgd_samples: int | None, ood_samples: int, limit: int | None, workers: int | None,
-                 reference_calibration: bool, quiet: bool) -> None:
+                 reference_calibration: bool, p_baseline: Path | None, ood_folder: Path | None, quiet: bool) -> None:
     """Clean error, corruptions (mCE), consistency (mFR), PGD, calibration and anomaly detection.
 
     Missing optional sets (-C-Bar, -P, folder OOD sets) are skipped and noted in the report.
@@ -53,7 +57,9 @@ def eval_command(checkpoint: Path, suite: str, data_dir: Path, out_dir: Path, de
         results = evaluate(checkpoint, suite, data_dir, device=device, batch_size=batch_size, seed=seed,
                            pgd_samples=pgd_samples, ood_samples=ood_samples, limit=limit,
                            drop_last_bin=reference_calibration, workers=workers, progress=not quiet,
-                           log=lambda m: click.echo(m, err=True))
+                           log=lambda m: click.echo(m, err=True),
+                           p_baseline=None if p_baseline is None else str(p_baseline),
+                           ood_folder=None if ood_folder is None else str(ood_folder))
         paths = write_report(results, out_dir)
     click.echo(summary_table(summary_rows(results), suite_columns(results["suite"])))
     subset = subset_note(results)

@@ -204,25 +204,29 @@ def renditions_result(net: Net, data: Path, feed: Feeder, limit: int | None, wni
 ALEXNET_P_RATES: dict[str, dict[str, float]] = {}
 
 
-def p_baseline_rates(source: str | Path | Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
+def p_baseline_rates(source: str | Path | Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
     """AlexNet's rates per perturbation from ``source``: None (the bundled :data:`ALEXNET_P_RATES`), a
-    mapping, or a ``results.json`` of an evaluation whose ``perturbations.per_perturbation`` holds them."""
+    ``{perturbation: {"flip_rate", "t5d"}}`` mapping, or a ``results.json`` of an evaluation (of AlexNet)
+    whose ``perturbations.per_perturbation`` holds them. A source without any is a one-line error."""
     import json
 
     if source is None:
         return dict(ALEXNET_P_RATES)
-    if isinstance(source, Mapping):
-        table: Any = source
-    else:
+    table: Any = source
+    if not isinstance(source, Mapping):
         try:
-            loaded = json.loads(Path(source).read_text())
+            table = json.loads(Path(source).read_text())
         except (OSError, ValueError) as exc:
             raise PixmixError(f"{source}: not a readable results.json ({exc})", param="p_baseline") from exc
-        table = loaded.get("perturbations", {}).get("per_perturbation", loaded) if isinstance(loaded, dict) else None
-    if not isinstance(table, Mapping):
-        raise PixmixError(f"{source}: no per-perturbation flip rates in it", param="p_baseline")
-    return {name: {"flip_rate": float(v["flip_rate"]), "t5d": float(v["t5d"])} for name, v in table.items()
-            if isinstance(v, Mapping) and {"flip_rate", "t5d"} <= set(v)}
+    if isinstance(table, Mapping) and isinstance(table.get("perturbations"), Mapping):
+        table = table["perturbations"].get("per_perturbation")
+    rates = {}
+    for name, v in (table.items() if isinstance(table, Mapping) else ()):
+        if isinstance(v, Mapping) and all(isinstance(v.get(k), int | float) for k in ("flip_rate", "t5d")):
+            rates[str(name)] = {"flip_rate": float(v["flip_rate"]), "t5d": float(v["t5d"])}
+    if not rates:
+        raise PixmixError(f"{source}: no per-perturbation flip_rate / t5d in it", param="p_baseline")
+    return rates
 
 
 def normalised_rates(per: Mapping[str, Mapping[str, Any]], names: Collection[str],

@@ -77,6 +77,9 @@ def evaluate(
                           ood_folder=None if ood_folder is None else str(ood_folder))
     data = Path(data_dir)
     check_required(spec, data)
+    if spec.is_imagenet:  # ImageNet's own options fail here, before any inference
+        imagenet_sets.p_baseline_rates(options.p_baseline)
+        imagenet_sets.out_of_class_folder(data, options.ood_folder)
     started = time.perf_counter()
     notes: list[str] = []
     if drop_last_bin:
