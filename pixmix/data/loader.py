@@ -29,7 +29,7 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from itertools import accumulate
+from itertools import accumulate, chain, islice, repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -186,6 +186,133 @@ def epoch_assignment(
     return [[sequence.pieces(rank * span + b0 * batch_size, rank * span + b1 * batch_size)
              for b0, b1 in _worker_runs(n_batches, num_workers)]
             for rank in range(world_size)]
+
+
+# --- resuming mid-epoch --------------------------------------------------------------------------
+#
+# A rank's batches of an epoch are a pure function of (seed, epoch, world size, batch, workers): every worker's
+# samples are a fixed list of positions of the epoch's sequence, read in order through a shuffle buffer whose
+# draws do not depend on the samples' contents, and the DataLoader takes its workers' batches in turn. So the
+# samples that any number of steps consumed can be computed without reading a byte, and a resumed stream can skip
+# them instead of replaying them.
+
+
+@dataclass(frozen=True)
+class EpochPosition:
+    """How far an epoch has got: ``step`` batches done on each of ``world_size`` ranks (``global_batch`` samples per
+    step over all ranks), each reading with ``workers`` DataLoader workers.
+
+    ``base_step`` and ``base_consumed`` describe the plan the steps since ``base_step`` followed: ``None``, the
+    epoch's own plan (:func:`epoch_assignment`); else an elastic resume's re-split of the positions of the epoch's
+    sequence that ``base_consumed`` (a bool per position) does not mark (:func:`plan_positions`).
+    """
+
+    epoch: int
+    step: int
+    world_size: int
+    global_batch: int
+    workers: int = 1
+    base_step: int = 0
+    base_consumed: np.ndarray | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain values and tensors (a checkpoint loads with ``weights_only=True``): the bitmap as packed bits."""
+        consumed = self.base_consumed
+        return {"epoch": self.epoch, "step": self.step, "world_size": self.world_size,
+                "global_batch": self.global_batch, "workers": self.workers, "base_step": self.base_step,
+                "base_positions": None if consumed is None else len(consumed),
+                "base_consumed": None if consumed is None else torch.from_numpy(np.packbits(consumed))}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochPosition:
+        """The inverse of :meth:`to_state`."""
+        bits = state.get("base_consumed")
+        consumed = None if bits is None else np.unpackbits(
+            np.asarray(bits, dtype=np.uint8), count=int(state["base_positions"])).astype(bool)
+        return cls(int(state["epoch"]), int(state["step"]), int(state["world_size"]), int(state["global_batch"]),
+                   int(state["workers"]), int(state["base_step"]), consumed)
+
+
+def plan_positions(
+    n_batches: int, *, world_size: int, batch_size: int, num_workers: int, consumed: np.ndarray | None = None
+) -> list[list[np.ndarray]]:
+    """``[rank][worker]`` -> the positions of the epoch's sequence it reads, ascending.
+
+    ``consumed`` ``None``: the epoch's own plan (the cut of :func:`epoch_assignment`: ``n_batches`` per rank).
+    Else the positions ``consumed`` leaves out, in order, cut the same way into ``n_batches`` per rank, so a
+    re-split keeps the global order and every rank gets the same number of batches.
+    """
+    span = n_batches * batch_size
+    left = np.arange(world_size * span) if consumed is None else np.flatnonzero(~consumed)
+    if len(left) != world_size * span:
+        raise PixmixError(f"{len(left)} samples are left in the epoch, not {n_batches} steps x {world_size} ranks x "
+                          f"{batch_size}", param="position")
+    return [[left[rank * span + b0 * batch_size:rank * span + b1 * batch_size]
+             for b0, b1 in _worker_runs(n_batches, num_workers)] for rank in range(world_size)]
+
+
+def worker_turns(batches: Sequence[int], steps: int) -> tuple[list[int], int]:
+    """After ``steps`` batches of a DataLoader whose workers hold ``batches[w]`` batches each: the batches taken
+    from each worker, and the worker whose turn comes next.
+
+    The DataLoader asks its workers in turn and passes over those that have run out (whatever their timing).
+    """
+    taken = [0] * len(batches)
+    if steps > sum(batches):
+        raise PixmixError(f"step {steps} is past the {sum(batches)} batches of the epoch", param="position")
+    worker = 0
+    for _ in range(steps):
+        while taken[worker] == batches[worker]:
+            worker = (worker + 1) % len(batches)
+        taken[worker] += 1
+        worker = (worker + 1) % len(batches)
+    while steps < sum(batches) and taken[worker] == batches[worker]:  # the next worker with a batch left
+        worker = (worker + 1) % len(batches)
+    return taken, worker
+
+
+def shuffle_order(n: int, bufsize: int, seed: int) -> np.ndarray:
+    """The order in which webdataset's buffer shuffle (``bufsize``, generator ``random.Random(seed)``) emits ``n``
+    samples: indices into its input (its draws depend on the count alone, never on the samples)."""
+    from webdataset.filters import _shuffle
+
+    stream = _shuffle(iter(range(n)), bufsize=bufsize, initial=bufsize, rng=random.Random(seed))
+    return np.fromiter(stream, dtype=np.int64, count=n)
+
+
+def consumed_positions(
+    position: EpochPosition, *, epoch_samples: int, shuffle: bool, shuffle_buffer: int, seed: int
+) -> np.ndarray:
+    """A bool per position of the epoch's sequence (``epoch_samples`` of them): the samples the ranks of
+    ``position`` consumed in its ``step`` steps (without lost samples: each step took its planned positions)."""
+    world, batch = position.world_size, position.global_batch // position.world_size
+    n_batches = epoch_samples // position.global_batch
+    consumed = np.zeros(n_batches * position.global_batch, dtype=bool)
+    if position.base_consumed is not None:
+        consumed[:] = position.base_consumed
+        n_batches = int((~consumed).sum()) // position.global_batch
+    plan = plan_positions(n_batches, world_size=world, batch_size=batch, num_workers=position.workers,
+                          consumed=position.base_consumed)
+    for rank, workers in enumerate(plan):
+        taken, _ = worker_turns([len(p) // batch for p in workers], position.step - position.base_step)
+        for worker, (positions, count) in enumerate(zip(workers, taken, strict=True)):
+            order = (shuffle_order(len(positions), shuffle_buffer, _shuffle_seed(seed, position.epoch, rank, worker))
+                     if shuffle else np.arange(len(positions)))
+            consumed[positions[order[:count * batch]]] = True
+    return consumed
+
+
+def _shuffle_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
+    """The seed of a worker's shuffle buffer in ``epoch``."""
+    return derive_seed(seed, _SHUFFLE_STREAM, epoch, rank, worker)
+
+
+def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
+    """``[lo, hi)`` runs of consecutive values of the ascending ``positions``."""
+    if not len(positions):
+        return []
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(positions, breaks)]
 
 
 # The shuffle buffer holds raw sample bytes: about this much per worker by default.
@@ -531,8 +658,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         self._mixing_transform = self.recipe.mixing_transform()
         self.set_epoch(epoch)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Plan ``epoch`` (workers started after this call read it)."""
+    def set_epoch(self, epoch: int, position: EpochPosition | None = None) -> None:
+        """Plan ``epoch`` (workers started after this call read it); ``position``: resume it there (see
+        :meth:`resume`)."""
         self.epoch = _check_int("epoch", epoch, 0)
         view = epoch % self.shardset.views
         self.shard_ids = [i for i, s in enumerate(self.shardset.shards) if s.view == view]
@@ -541,9 +669,72 @@ class ShardStream(torch.utils.data.IterableDataset):
             [r.samples for r in self.records], seed=self.seed, epoch=epoch, world_size=self.world_size,
             batch_size=self.batch_size, num_workers=self.workers, drop_last=self.drop_last, shuffle=self.shuffle,
         )[self.rank]
+        # Resuming: the plan's first step and consumed samples, the batches each worker skips, the worker whose
+        # batch comes first (DataLoader worker i plays the plan's worker (i + rotation) % workers).
+        self.base_step = 0
+        self.base_consumed: np.ndarray | None = None
+        self.skip, self.rotation = [0] * self.workers, 0
+        self._positions: list[np.ndarray] | None = None
+        if position is not None:
+            self.resume(position)
+
+    def position(self, step: int) -> EpochPosition:
+        """This epoch's position after ``step`` batches on every rank (what a mid-epoch checkpoint stores)."""
+        return EpochPosition(self.epoch, step, self.world_size, self.batch_size * self.world_size, self.workers,
+                             self.base_step, self.base_consumed)
+
+    def resume(self, position: EpochPosition) -> None:
+        """Continue this epoch after ``position``: the samples its steps consumed are skipped, never decoded.
+
+        The same world size and workers continue the same plan (the same batches as without the stop). Another
+        world size or number of workers (the global batch must stay the same) re-splits the samples of the epoch
+        not consumed yet, in the epoch's order, into equal shares of the steps left: each of the epoch's samples
+        once, but not the same batches.
+        """
+        global_batch = self.batch_size * self.world_size
+        if position.epoch != self.epoch:
+            raise PixmixError(f"the position is in epoch {position.epoch}, not {self.epoch}", param="position")
+        if position.global_batch != global_batch:
+            raise PixmixError(f"the global batch was {position.global_batch}, now {global_batch}: a resumed epoch "
+                              "keeps its global batch", param="batch_size")
+        if not self.drop_last:
+            raise PixmixError("resuming mid-epoch needs drop_last=True", param="drop_last")
+        total = sum(r.samples for r in self.records)
+        steps = position.step - position.base_step
+        self.base_step, self.base_consumed = position.base_step, position.base_consumed
+        if (position.world_size, position.workers) != (self.world_size, self.workers):
+            self.base_step, steps = position.step, 0
+            self.base_consumed = consumed_positions(
+                position, epoch_samples=total, shuffle=self.shuffle,
+                shuffle_buffer=self.shuffle_buffer, seed=self.seed)
+        if self.base_consumed is not None:
+            n_batches = int((~self.base_consumed).sum()) // global_batch
+            self._positions = plan_positions(n_batches, world_size=self.world_size, batch_size=self.batch_size,
+                                             num_workers=self.workers, consumed=self.base_consumed)[self.rank]
+            sequence = self._sequence()
+            self.plan = [[p for lo, hi in _runs(positions) for p in sequence.pieces(lo, hi)]
+                         for positions in self._positions]
+        self.skip, self.rotation = worker_turns(self._worker_batches(), steps)
+
+    def _sequence(self) -> _EpochSequence:
+        counts = [r.samples for r in self.records]
+        order, offset = epoch_order(len(counts), sum(counts), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
+        return _EpochSequence(counts, order, offset)
+
+    def _worker_batches(self) -> list[int]:
+        return [sum(p.stop - p.start for p in pieces) // self.batch_size for pieces in self.plan]
+
+    def _worker_positions(self, worker: int) -> np.ndarray:
+        """The positions of the epoch's sequence that ``worker`` reads, in order."""
+        if self._positions is not None:
+            return self._positions[worker]
+        n_batches = sum(self._worker_batches())  # the epoch's own plan: one contiguous range per rank
+        span = n_batches * self.batch_size
+        b0, b1 = _worker_runs(n_batches, self.workers)[worker]
+        return np.arange(self.rank * span + b0 * self.batch_size, self.rank * span + b1 * self.batch_size)
 
     def __len__(self) -> int:
-        return sum(sum(p.stop - p.start for p in pieces) for pieces in self.plan) // self.batch_size
+        return sum(self._worker_batches()) - sum(self.skip)
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
@@ -551,20 +742,33 @@ class ShardStream(torch.utils.data.IterableDataset):
         if workers != self.workers:
             raise PixmixError(f"ShardStream was planned for {self.workers} workers, but runs in {workers}: "
                               "pass the DataLoader's num_workers", param="num_workers")
-        return self._batches(worker)
+        return self._batches((worker + self.rotation) % workers)
 
     # Inside one worker.
 
-    def _batches(self, worker: int) -> Iterator[Batch]:
+    def _shuffled(self, worker: int, errors: list[str]) -> Iterator[_Raw]:
+        """The worker's samples in the order of its shuffle buffer, after the ones a resume skips."""
         from webdataset.filters import _shuffle
 
-        pieces = self.plan[worker]
-        quota = sum(p.stop - p.start for p in pieces)
-        errors: list[str] = []
-        raws: Iterator[_Raw] = self._read(pieces, errors)
+        pieces, skip = self.plan[worker], self.skip[worker] * self.batch_size
+        seed = _shuffle_seed(self.seed, self.epoch, self.rank, worker)
+        first = 0
+        if skip:  # samples before the first one still to come are not even read: placeholders stand in
+            n = sum(p.stop - p.start for p in pieces)
+            order = shuffle_order(n, self.shuffle_buffer, seed) if self.shuffle else np.arange(n)
+            first = int(order[skip:].min()) if skip < n else n
+            sequence, positions = self._sequence(), self._worker_positions(worker)[first:]
+            pieces = [p for lo, hi in _runs(positions) for p in sequence.pieces(lo, hi)]
+        raws: Iterator[Any] = chain(repeat(None, first), self._read(pieces, errors))
         if self.shuffle:
-            rng = random.Random(derive_seed(self.seed, _SHUFFLE_STREAM, self.epoch, self.rank, worker))
-            raws = _shuffle(raws, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+            raws = _shuffle(raws, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(seed))
+        return islice(raws, skip, None)  # the skipped samples are never decoded
+
+    def _batches(self, worker: int) -> Iterator[Batch]:
+        pieces = self.plan[worker]
+        quota = sum(p.stop - p.start for p in pieces) - self.skip[worker] * self.batch_size
+        errors: list[str] = []
+        raws: Iterator[_Raw] = self._shuffled(worker, errors)
         pool: list[_Raw] = []
         items: list[_Item] = []
         produced = substituted = 0
@@ -814,8 +1018,13 @@ class ShardLoader:
     def recipe(self) -> Recipe:
         return self.stream.recipe
 
-    def set_epoch(self, epoch: int) -> None:
-        self.stream.set_epoch(epoch)
+    def set_epoch(self, epoch: int, position: EpochPosition | None = None) -> None:
+        """Plan ``epoch``; ``position``: resume it there (:meth:`ShardStream.resume`)."""
+        self.stream.set_epoch(epoch, position)
+
+    def position(self, step: int) -> EpochPosition:
+        """The epoch's position after ``step`` batches on every rank."""
+        return self.stream.position(step)
 
     def __len__(self) -> int:
         """Batches per rank this epoch: the same on every rank."""
@@ -840,6 +1049,7 @@ class ShardLoader:
 
 __all__ = [
     "Batch",
+    "EpochPosition",
     "LoaderOptions",
     "Piece",
     "ShardLoader",
@@ -847,9 +1057,13 @@ __all__ = [
     "StreamStats",
     "auto_shuffle_buffer",
     "batches_per_rank",
+    "consumed_positions",
     "default_rank_world",
     "epoch_assignment",
     "epoch_order",
     "finish_batch",
     "limit_worker_threads",
+    "plan_positions",
+    "shuffle_order",
+    "worker_turns",
 ]

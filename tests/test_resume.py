@@ -1,0 +1,149 @@
+"""Mid-epoch and elastic resume (issue 14): the loader's epoch positions, and ``pixmix train`` killed mid-epoch."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_stream import make_set
+from webdataset.filters import _shuffle
+
+from pixmix.data.loader import EpochPosition, ShardLoader, ShardStream, shuffle_order, worker_turns
+from pixmix.models import load_checkpoint, save_checkpoint
+from pixmix.utils.errors import PixmixError
+
+# torchvision 0.29 deprecates its image decoders (in favour of TorchCodec) on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
+                                        "ignore:This DataLoader will create:UserWarning")
+COUNTS = (7, 13, 5, 20, 30, 11)  # 86 samples in uneven shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return make_set(tmp_path_factory.mktemp("resume-set"), counts=COUNTS)
+
+
+def loader(folder: Path, *, world: int = 1, rank: int = 0, batch: int = 4, workers: int = 0) -> ShardLoader:
+    # A small shuffle buffer, so that the buffer's order really matters at this size.
+    return ShardLoader(folder, batch_size=batch, seed=3, rank=rank, world_size=world, num_workers=workers,
+                       recipe="cifar", shuffle_buffer=8)
+
+
+def epoch_keys(ld: ShardLoader, epoch: int, position: EpochPosition | None = None) -> list[list[str]]:
+    ld.set_epoch(epoch, position)
+    return [batch.keys for batch in ld]
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+
+def test_shuffle_order_is_the_order_of_webdatasets_buffer_on_real_items() -> None:
+    items = [f"sample-{i}" for i in range(50)]
+    for bufsize in (1, 7, 50, 1000):
+        shuffled = list(_shuffle(iter(items), bufsize=bufsize, initial=bufsize, rng=random.Random(11)))
+        assert [items[i] for i in shuffle_order(50, bufsize, 11)] == shuffled
+
+
+class _Turns(torch.utils.data.IterableDataset):
+    """Worker w yields (w, 0), (w, 1), ... BATCHES[w] items (after a delay that reverses the workers' timing)."""
+
+    BATCHES = (2, 3, 2, 3)
+
+    def __iter__(self):
+        import time
+
+        w = torch.utils.data.get_worker_info().id
+        for i in range(self.BATCHES[w]):
+            time.sleep(0.01 * (3 - w))
+            yield (w, i)
+
+
+def test_worker_turns_follow_the_dataloaders_order() -> None:
+    # By hand: rounds 0 and 1 take every worker; then workers 0 and 2 have run out.
+    assert worker_turns([2, 3, 2, 3], 5) == ([2, 1, 1, 1], 1)
+    assert worker_turns([2, 3, 2, 3], 9) == ([2, 3, 2, 2], 3)
+    assert worker_turns([0, 1], 1) == ([0, 1], 0)
+    with pytest.raises(PixmixError):
+        worker_turns([1, 1], 3)
+    # Against a real DataLoader with 4 workers of uneven lengths and reversed timing.
+    got = list(torch.utils.data.DataLoader(_Turns(), batch_size=None, num_workers=4))
+    order = [(int(w), int(i)) for w, i in got]
+    for step in range(len(order) + 1):
+        taken, nxt = worker_turns(_Turns.BATCHES, step)
+        assert taken == [sum(1 for w, _ in order[:step] if w == k) for k in range(4)]
+        if step < len(order):
+            assert order[step][0] == nxt
+
+
+def test_epoch_position_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    consumed = np.random.default_rng(0).random(83) < 0.4
+    position = EpochPosition(epoch=2, step=5, world_size=3, global_batch=12, workers=2, base_step=3,
+                             base_consumed=consumed)
+    save_checkpoint(tmp_path / "c.pt", {"position": position.to_state()})
+    back = EpochPosition.from_state(load_checkpoint(tmp_path / "c.pt")["position"])
+    assert back.base_consumed is not None and np.array_equal(back.base_consumed, consumed)
+    fields = (back.epoch, back.step, back.world_size, back.global_batch, back.workers, back.base_step)
+    assert fields == (2, 5, 3, 12, 2, 3)
+
+
+# --- the loader ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_resuming_on_the_same_ranks_continues_with_the_same_batches(shards: Path, workers: int) -> None:
+    ld = loader(shards, workers=workers)
+    full = epoch_keys(ld, 1)
+    assert len(full) == 86 // 4
+    for step in (1, 3, 10, len(full) - 1):
+        position = EpochPosition.from_state(ld.position(step).to_state())
+        resumed = loader(shards, workers=workers)
+        rest = epoch_keys(resumed, 1, position)
+        assert len(resumed) == len(full) - step and rest == full[step:], step
+
+
+def test_skipped_samples_are_not_decoded(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = epoch_keys(loader(shards), 0)
+    decoded: list[int] = []
+    original = ShardStream._decode
+    monkeypatch.setattr(ShardStream, "_decode", lambda self, raw: decoded.append(1) or original(self, raw))
+    position = loader(shards).position(15)
+    assert epoch_keys(loader(shards), 0, position) == full[15:]
+    assert len(decoded) == (len(full) - 15) * 4
+
+
+def test_elastic_resume_splits_the_rest_of_the_epoch_over_the_new_ranks(shards: Path) -> None:
+    """2 ranks x 6 for 3 steps, then 3 ranks x 4 for 2 steps, then 2 ranks x 6 (another number of workers, too): every
+    sample of the epoch once."""
+    epoch = 2
+    uninterrupted = {k for r in range(2) for b in epoch_keys(loader(shards, world=2, rank=r, batch=6), epoch)
+                     for k in b}
+    assert len(uninterrupted) == (86 // 12) * 12
+    seen: list[str] = []
+    old = [loader(shards, world=2, rank=r, batch=6, workers=2) for r in range(2)]
+    for ld in old:
+        seen += [k for b in epoch_keys(ld, epoch)[:3] for k in b]
+    position = EpochPosition.from_state(old[0].position(3).to_state())
+    new = [loader(shards, world=3, rank=r, batch=4, workers=2) for r in range(3)]
+    batches = [epoch_keys(ld, epoch, position) for ld in new]
+    assert [len(b) for b in batches] == [len(ld) for ld in new] == [4, 4, 4]  # equal counts: DDP cannot hang
+    for rank_batches in batches:
+        seen += [k for b in rank_batches[:2] for k in b]
+    # The re-split plan resumes exactly on the same 3 ranks, and elastically back on 2.
+    again = EpochPosition.from_state(new[1].position(5).to_state())
+    assert epoch_keys(loader(shards, world=3, rank=1, batch=4, workers=2), epoch, again) == batches[1][2:]
+    back = [epoch_keys(loader(shards, world=2, rank=r, batch=6), epoch, again) for r in range(2)]
+    assert [len(b) for b in back] == [2, 2]
+    seen += [k for rank_batches in back for b in rank_batches for k in b]
+    assert len(seen) == len(set(seen)) and set(seen) == uninterrupted
+
+
+def test_a_resumed_epoch_keeps_its_global_batch(shards: Path) -> None:
+    position = loader(shards, world=2, batch=6).position(2)
+    with pytest.raises(PixmixError, match="global batch was 12, now 8") as info:
+        loader(shards, world=2, batch=4).set_epoch(0, position)
+    assert info.value.param == "batch_size"
+    with pytest.raises(PixmixError, match="epoch 0, not 1"):
+        loader(shards, world=2, batch=6).set_epoch(1, position)
