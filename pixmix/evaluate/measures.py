@@ -8,7 +8,7 @@ distance in [0, 15]). Optional sets that are absent are skipped with a line appe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,24 +326,26 @@ def adversarial(net: Net, clean_set: Clean, suite: Suite, options: EvalOptions) 
 
 
 def anomaly(net: Net, data: Path, suite: Suite, options: EvalOptions, in_confidences: np.ndarray,
-            notes: list[str]) -> dict[str, Any]:
+            notes: list[str], *, feed: Feeder | None = None, sets: Mapping[str, str] | None = None) -> dict[str, Any]:
     """AUROC, AUPR and FPR95 of the negative max softmax probability, the clean images (their
-    ``in_confidences``) against each synthetic set and each folder set under ``data/ood/``."""
+    ``in_confidences``) against each synthetic set and each folder set under ``data/ood/`` (``sets``: folder
+    -> paper name, default :data:`~pixmix.evaluate.ood.FOLDER_SETS`); ``feed``: default the suite's."""
     in_scores = -in_confidences
     count = min(options.ood_samples, options.limit) if options.limit is not None else options.ood_samples
-    feed = feeder(net, suite, options)
+    feed = feeder(net, suite, options) if feed is None else feed
+    sets = ood.FOLDER_SETS if sets is None else sets
     per_set: dict[str, dict[str, float]] = {}
     for name in ood.SYNTHETIC_SETS:
         images = ood.synthetic_set(name, count, net.size, options.seed)
         out = net.run(feed.batches(images, np.arange(count)), count, name)
         per_set[name] = {**metrics.anomaly_metrics(in_scores, -out.conf), "samples": count}
-    found, missing = ood.folder_sets(data)
+    found, missing = ood.folder_sets(data, sets)
     notes.extend(missing)
     for key, path in found.items():
         files = ood.ImageFiles(path, limit=count, seed=options.seed)
         out = net.run(feed.batches(files, np.arange(len(files))), len(files), key)
         per_set[key] = {**metrics.anomaly_metrics(in_scores, -out.conf), "samples": len(files)}
-    total = len(ood.SYNTHETIC_SETS) + len(ood.FOLDER_SETS)
+    total = len(ood.SYNTHETIC_SETS) + len(sets)
     if len(per_set) < total:
         notes.append(f"anomaly means over {len(per_set)} of {total} OOD sets")
     return {"per_set": per_set, **{k: float(np.mean([v[k] for v in per_set.values()]))

@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from pixmix.data.images import load_rgb
-from pixmix.evaluate import metrics, ood
+from pixmix.evaluate import measures, metrics, ood
 from pixmix.evaluate.inputs import Feeder, subset
 from pixmix.evaluate.net import Net
-from pixmix.evaluate.options import EvalOptions
+from pixmix.evaluate.options import EvalOptions, suite_named
 from pixmix.utils.errors import PixmixError
 
 LABELS_FILE = "places365_val.txt"
@@ -93,26 +93,9 @@ def clean(net: Net, data: Path, options: EvalOptions) -> tuple[dict[str, Any], n
 def anomaly(net: Net, data: Path, options: EvalOptions, in_confidences: np.ndarray,
             notes: list[str]) -> dict[str, Any]:
     """Table 13: AUROC, AUPR and FPR95 per OOD set (synthetic ones drawn at the input size from the seed,
-    folder ones under ``data/ood/``) and their means."""
-    in_scores = -in_confidences
-    count = min(options.ood_samples, options.limit) if options.limit is not None else options.ood_samples
-    feed = feeder(net, options)
-    per_set: dict[str, dict[str, float]] = {}
-    for name in ood.SYNTHETIC_SETS:
-        images = ood.synthetic_set(name, count, net.size, options.seed)
-        out = net.run(feed.batches(images, np.arange(count)), count, name)
-        per_set[name] = {**metrics.anomaly_metrics(in_scores, -out.conf), "samples": count}
-    found, missing = ood.folder_sets(data, ood.PLACES365_FOLDER_SETS)
-    notes.extend(missing)
-    for key, path in found.items():
-        files = ood.ImageFiles(path, limit=count, seed=options.seed)
-        out = net.run(feed.batches(files, np.arange(len(files))), len(files), key)
-        per_set[key] = {**metrics.anomaly_metrics(in_scores, -out.conf), "samples": len(files)}
-    total = len(ood.SYNTHETIC_SETS) + len(ood.PLACES365_FOLDER_SETS)
-    if len(per_set) < total:
-        notes.append(f"anomaly means over {len(per_set)} of {total} OOD sets (Table 13's average is over all 7)")
-    return {"per_set": per_set, **{k: float(np.mean([v[k] for v in per_set.values()]))
-                                   for k in ("auroc", "aupr", "fpr95", "fpr95_ours")}}
+    folder ones under ``data/ood/``: Textures, SVHN, ImageNet, Places69) and their means."""
+    return measures.anomaly(net, data, suite_named("places365"), options, in_confidences, notes,
+                            feed=feeder(net, options), sets=ood.PLACES365_FOLDER_SETS)
 
 
 def run_measures(net: Net, data: Path, options: EvalOptions, notes: list[str],
