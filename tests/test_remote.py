@@ -174,6 +174,17 @@ def test_a_server_that_ignores_ranges_still_gives_the_bytes_from_the_offset() ->
         assert [r.status for r in base.requests("/x.tar")] == [200, 200]
 
 
+def test_an_unreachable_set_is_one_line_naming_the_url(tmp_path) -> None:
+    from pixmix.cli import main
+
+    with serve({"/manifest.json": Route(b"", fail_first=99, fail_status=503)}) as base:
+        with pytest.raises(PixmixError, match=r"manifest.json: cannot be read \(.*HTTP 503 .*after 4 attempts\)"):
+            ShardSet.load(location(base, FAST))
+    result = CliRunner().invoke(main, ["train", "--preset", "smoke", "--shards", "ftp://host/set", "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 2 and "unsupported scheme 'ftp'" in result.output
+
+
 def test_retries_back_off_then_give_up_naming_the_url() -> None:
     import time
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pixmix.data.remote import Location, location
+from pixmix.data.remote import Location, RemoteError, location
 from pixmix.utils.errors import PixmixError
 
 MANIFEST = "manifest.json"
@@ -46,6 +46,8 @@ def find_manifest(folder: str | os.PathLike[str] | Location, accepted: Mapping[s
         manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         return path, None
+    except RemoteError as exc:  # the network, not the file: say so rather than suggest rebuilding the set
+        raise PixmixError(f"{path}: cannot be read ({exc.strerror})") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PixmixError(f"{path}: unreadable or truncated manifest ({' '.join(str(exc).split())}); re-run "
                           f"{made_by} to write it again") from exc
