@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 # Bump a kind's version when its executor starts writing something different for the same config.
-STAGE_VERSIONS = {"data": 1, "natural": 1, "build": 1, "shard": 1, "train": 1, "eval": 1, "report": 1}
+STAGE_VERSIONS = {"data": 1, "natural": 1, "weights": 1, "build": 1, "shard": 1, "train": 1, "eval": 1, "report": 1}
 STAMP = "stage.json"
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,11 @@ from pipelines.spec import (
     load,
     parse_overrides,
 )
-from pipelines.stages import NATURAL_PLACEHOLDER, Context, Launch
+from pipelines.stages import NATURAL_PLACEHOLDER, TRAIN_EXTRAS, Context, Launch
 from pixmix.utils.jsonfiles import write_json
 
 HOW = ("workers", "device", "launcher")  # options that never change a stage's output: not hashed
+
 # Not pixmix.data.images.IMAGE_SUFFIXES (an unordered set, with .gif): this ordered tuple is written into the
 # natural-images manifest's include globs, which are part of the build stage's hash, so sharing it would re-key
 # (and rebuild) every cached natural mixing set.
@@ -48,7 +49,13 @@ DATA_LAYOUT = {
     "cifar100": ("cifar-100-python", ("train", "test"), "CIFAR-100-C", ("CIFAR-100-C-Bar", "CIFAR-100-P", "ood")),
     "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",), "CIFAR-10-C",
                 ("CIFAR-10-C-Bar", "CIFAR-10-P", "ood")),
+    # ImageNet's released folder layouts (folders, not files: see check_data).
+    "imagenet": ("train", ("val",), "ImageNet-C", ("ImageNet-C-Bar", "imagenet-r", "ImageNet-P", "ImageNet-O")),
 }
+# A real ImageNet tree holds millions of files: its fingerprint stats the class folders only (train/<wnid>,
+# ImageNet-C/<corruption>/<severity>/<wnid>, ...), whose times change whenever a file is added, removed or renamed.
+FINGERPRINT_DEPTH = {"imagenet": {"train": 1, "val": 1, "ImageNet-C": 3, "ImageNet-C-Bar": 3, "imagenet-r": 1,
+                                  "ImageNet-P": 2, "ImageNet-O": 1}}
 
 
 @dataclass
@@ -76,16 +83,31 @@ class Plan:
 # --- planning --------------------------------------------------------------------------------------------
 
 
-def fingerprint(root: Path, subfolders: Sequence[str] | None = None) -> str:
+def _entries(top: Path, max_depth: int | None) -> list[Path]:
+    """The files under ``top`` (every one), or with ``max_depth`` its files and folders down to that depth."""
+    if top.is_file():
+        return [top]
+    if max_depth is None:
+        return sorted(p for p in top.rglob("*") if p.is_file())
+    found, level = [], [top]
+    for _ in range(max_depth):
+        level = sorted(c for p in level if p.is_dir() for c in p.iterdir())
+        found += level
+    return sorted(found)
+
+
+def fingerprint(root: Path, subfolders: Sequence[str] | None = None,
+                depths: Mapping[str, int] | None = None) -> str:
     """sha256 of (path relative to ``root``, size, mtime) of every file: cheap (a stat per file), changes
-    whenever a file does, and stays the same when the folder is moved or copied with its times."""
+    whenever a file does, and stays the same when the folder is moved or copied with its times. ``depths``
+    (subfolder -> depth): the entries of that subfolder down to that depth only (a folder's time changes when
+    an entry is added, removed or renamed in it)."""
     h = hashlib.sha256()
-    tops = [root / s for s in subfolders] if subfolders is not None else [root]
-    for top in tops:
+    for sub in subfolders if subfolders is not None else [""]:
+        top = root / sub
         if not top.exists():
             continue
-        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
-        for p in files:
+        for p in _entries(top, (depths or {}).get(sub)):
             st = p.stat()
             h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -96,15 +118,20 @@ def check_data(path: Path, dataset: str) -> None:
     if dataset not in DATA_LAYOUT:
         raise PipelineError(f"option dataset must be one of {', '.join(DATA_LAYOUT)}, got {dataset!r}")
     folder, files, corrupted, optional = DATA_LAYOUT[dataset]
-    need = [path / folder / f for f in files] + [path / corrupted / "labels.npy"]
     from pixmix.evaluate.metrics import CORRUPTIONS
 
-    need += [path / corrupted / f"{c}.npy" for c in CORRUPTIONS]
-    missing = [p for p in need if not p.is_file()]
+    if dataset == "imagenet":  # folders: train/<wnid>/, val/<wnid>/, ImageNet-C/<corruption>/<severity>/<wnid>/
+        need = [path / folder, *(path / f for f in files), *(path / corrupted / c for c in CORRUPTIONS)]
+        missing = [p for p in need if not p.is_dir()]
+        what = f"{folder}/, {', '.join(f + '/' for f in files)}, {corrupted}/ (all 15 corruptions)"
+    else:
+        need = [path / folder / f for f in files] + [path / corrupted / "labels.npy"]
+        need += [path / corrupted / f"{c}.npy" for c in CORRUPTIONS]
+        missing = [p for p in need if not p.is_file()]
+        what = f"{folder}/, {corrupted}/ (all 15 corruptions + labels.npy)"
     if missing:
         raise PipelineError(f"--data {path}: {missing[0]} not found (of {len(missing)} missing); --data must hold "
-                            f"{folder}/, {corrupted}/ (all 15 corruptions + labels.npy) and optionally "
-                            f"{', '.join(o + '/' for o in optional)}")
+                            f"{what} and optionally {', '.join(o + '/' for o in optional)}")
 
 
 def _manifest_files(spec: str) -> tuple[Path, bool]:
@@ -194,9 +221,10 @@ class _Planner:
         source = self.data_arg if self.data_arg is not None else (
             None if o["data"] in ("generate", "required") else Path(o["data"]))
         if source is None and o["data"] == "required":
-            folder, _, corrupted, optional = DATA_LAYOUT[o["dataset"]]
-            raise PipelineError(f"profile {self.pipeline.profile} needs --data DIR holding {folder}/ and {corrupted}/ "
-                                f"(optionally {', '.join(x + '/' for x in optional)})")
+            folder, files, corrupted, optional = DATA_LAYOUT[o["dataset"]]
+            extra = "".join(f"{f}/ " for f in files) if o["dataset"] == "imagenet" else ""
+            raise PipelineError(f"profile {self.pipeline.profile} needs --data DIR holding {folder}/, {extra}and "
+                                f"{corrupted}/ (optionally {', '.join(x + '/' for x in optional)})")
         if source is None:
             return None
         source = source.resolve()
@@ -212,10 +240,15 @@ class _Planner:
             config = {"dataset": o["dataset"], "train_images": o["train_images"], "test_images": o["test_images"],
                       "c_per_severity": o["c_per_severity"], "p_sequences": o["p_sequences"],
                       "p_frames": o["p_frames"], "ood_images": o["ood_images"], "seed": o["seed"]}
+            if o["dataset"] == "imagenet":  # write_imagenet_suite's own knobs (no -C/-P counts of their own)
+                config = {k: config[k] for k in ("dataset", "train_images", "test_images", "p_frames", "ood_images",
+                                                 "seed")} | {"classes": o["classes"], "size": o["generated_size"]}
             return self.add("data", o["dataset"], config, {}, o, v.name)
-        folder, _, corrupted, optional = DATA_LAYOUT[o["dataset"]]
+        folder, files, corrupted, optional = DATA_LAYOUT[o["dataset"]]
+        subfolders = [folder, *(files if o["dataset"] == "imagenet" else ()), corrupted, *optional]
         # Not the folder's path: a moved (or `cp -a` copied) data folder is the same data.
-        config = {"dataset": o["dataset"], "fingerprint": fingerprint(source, [folder, corrupted, *optional])}
+        config = {"dataset": o["dataset"],
+                  "fingerprint": fingerprint(source, subfolders, FINGERPRINT_DEPTH.get(o["dataset"]))}
         return self.add("data", o["dataset"], config, {}, o, v.name, external=source)
 
     def natural_source(self, v: Variant, generated_data: bool) -> Path | str | None:
@@ -265,12 +298,47 @@ class _Planner:
             raise PipelineError(f"{v.name}: needs {want}, got {preset!r} (presets: {', '.join(PRESETS)})")
         return preset
 
+    def pretrained(self, v: Variant) -> Path | None:
+        """The file the training fine-tunes from (option ``pretrained``), checked; None when there is none."""
+        spec = v.options["pretrained"]
+        if spec == "required":
+            raise PipelineError(f"profile {self.pipeline.profile} fine-tunes pretrained weights: pass --pretrained "
+                                "FILE (a state dict or pixmix checkpoint of the preset's network)")
+        if not spec:
+            return None
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise PipelineError(f"--pretrained {path}: not a file")
+        return path
+
+    def weights(self, v: Variant) -> Stage | None:
+        """The FVis model's weights file (option ``fvis_checkpoint``), or None when FVis use ``fvis_weights``."""
+        o = v.options
+        spec = o["fvis_checkpoint"]
+        if not spec or "fvis" not in v.sources:
+            return None
+        models = o["fvis_models"] or []
+        if len(models) != 1:
+            raise PipelineError(f"{v.name}: option fvis_checkpoint names the weights of one FVis model: set "
+                                f"fvis_models to one model, got {models or 'the default models'}")
+        model = str(models[0])
+        if spec == "generate":  # the smoke profile's stand-in for a pretrained file
+            return self.add("weights", f"{model}-random", {"model": model}, {}, o, v.name)
+        path = self.pretrained(v) if spec == "pretrained" else Path(spec).resolve()
+        if path is None or not path.is_file():
+            raise PipelineError(f"{v.name}: fvis_checkpoint {spec!r}: {path or 'option pretrained'} is not a file")
+        return self.add("weights", f"{model}-{path.stem}", {"model": model, "fingerprint": fingerprint(path)}, {}, o,
+                        v.name, external=path)
+
     def build(self, v: Variant, vp: VariantPlan, sources: _Sources) -> Stage:
-        """The mixing set (and its natural images, when it has them)."""
+        """The mixing set (and its natural images, and its FVis model's weights file, when it has them)."""
         o = v.options
         inputs: dict[str, Stage] = {}
         if NATURAL in v.sources:
             inputs["natural"] = vp.stages["natural"] = self.natural(v, sources.natural)
+        weights = self.weights(v)
+        if weights is not None:
+            inputs["weights"] = vp.stages["weights"] = weights
         config: dict[str, Any] = {"sources": list(v.sources), "library_sources": sources.library, "limit": o["limit"],
                                   "image_size": o["image_size"], "shard_size": o["shard_size"], "seed": o["seed"],
                                   "manifests": sources.manifests, "allow_degraded": o["allow_degraded"]}
@@ -305,10 +373,21 @@ class _Planner:
             config.update(mixing="online", partners=v.partners, k=o["k"], beta=o["beta"], severity=o["severity"])
             if mixset is not None:
                 inputs["mixset"] = mixset
+        # Set only when used, so that the stages (and hashes) of pipelines that do not use them stay as they were.
+        config.update({key: o[key] for key in TRAIN_EXTRAS if o[key] is not None})
+        if any(o[key] for key in TRAIN_EXTRAS if key.startswith("iterative_")) and not _online(v):
+            raise PipelineError(f"{v.name}: Iterative PixMix renders its mixing pictures while training: set "
+                                "mixing = 'online'")
+        pretrained = self.pretrained(v)
+        if pretrained is not None:  # the file's fingerprint keys the stage; its path is only where to read it
+            config["pretrained"] = str(pretrained)
+            inputs["pretrained"] = self.add("weights", pretrained.stem, {"fingerprint": fingerprint(pretrained)}, {},
+                                            o, v.name, external=pretrained)
         resolved = train_config(config, o).to_json()
         # Loader workers each read their own range and shuffle it: their number decides the data order, so
         # it is part of a training stage's identity (unlike device, which changes rounding only).
-        config["resolved"] = {k: val for k, val in resolved.items() if k not in ("device", "keep_every")}
+        config["resolved"] = {k: val for k, val in resolved.items() if k not in ("device", "keep_every", "pretrained")}
+        config.pop("pretrained", None)
         return self.add("train", v.name, config, inputs, o, v.name)
 
     def evaluation(self, v: Variant, train: Stage, data: Stage) -> Stage:
@@ -370,13 +449,16 @@ def _report_stage(planner: _Planner, pipeline: Pipeline, variants: dict[str, Var
     for name, vp in variants.items():
         v = vp.variant
         rows.append({"name": name, "row": v.row, "paper_row": v.paper_row, "sources": list(v.sources),
+                     "k": v.options["k"], "beta": v.options["beta"], "cutmix": v.options["cutmix"],
+                     "iterative": bool(v.options["iterative_fvis_every"]),
                      "baseline": v.baseline, "partners": v.partners, "description": v.description,
                      "status": "ok" if vp.skipped is None else "not run", "reason": vp.skipped,
                      "stages": {k: str(s.folder) for k, s in vp.stages.items()} if vp.skipped is None else {}})
     suites = {vp.variant.options["dataset"] for vp in variants.values()}
     config = {"pipeline": pipeline.name, "title": pipeline.title, "column": pipeline.column,
               "profile": pipeline.profile, "file": str(pipeline.path), "suite": ", ".join(sorted(suites)),
-              "variants": rows, "notes": list(pipeline.notes)}
+              "variants": rows, "notes": list(pipeline.notes), "paper_table": pipeline.paper_table,
+              "layout": pipeline.layout}
     inputs = {f"eval.{name}": vp.stages["eval"] for name, vp in variants.items() if vp.skipped is None}
     first = next(iter(variants.values())).variant.options
     return planner.add("report", pipeline.name, config, inputs, first, "*")

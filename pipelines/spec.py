@@ -19,7 +19,12 @@ row = "Fractals"                      # the paper's row (pixmix.evaluate.report.
 sources = ["fractals"]                # mixset build sources; "natural" = a folder of natural images
 views = 2                             # any option overrides the profile's ...
 smoke = { limit = 8 }                 # ... and a table named after a profile overrides it for that profile
+profiles = ["paper"]                  # optional: the profiles the variant belongs to (default: every one)
 ```
+
+Two optional top-level keys shape the report: ``paper_table`` (a table of :data:`pixmix.evaluate.paper.TABLES`,
+or ``table14``) gives the paper's rows and columns (default: the dataset's: Table 4's columns for CIFAR, Table
+9's for ImageNet), and ``layout = "grid"`` lays the results out as Table 14's k x beta grid.
 
 A variant is either a mixing set (``sources``), a PixMix strategy without a mixing set
 (``partners = "augmented"``) or the baseline (``baseline = true``: the ``*-baseline`` preset on plain
@@ -44,7 +49,7 @@ PARTNERS = ("both", "augmented", "mixing")
 # name -> (default, allowed types, help). None: unset (the library's default); 0 sets an int option back to None.
 OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     # data
-    "dataset": ("cifar100", (str,), "training set and evaluation suite (cifar100; cifar10)"),
+    "dataset": ("cifar100", (str,), "training set and evaluation suite (cifar100; cifar10; imagenet)"),
     "data": ("generate", (str,), "'generate' (tiny synthetic data), 'required' (--data DIR) or a folder"),
     "train_images": (200, (int,), "generate: training images"),
     "test_images": (100, (int,), "generate: test images"),
@@ -54,6 +59,9 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "ood_images": (16, (int,), "generate: images per folder OOD set (0: the synthetic OOD sets only)"),
     "natural": ("", (str,), "a folder of natural images for the 'natural' source ('generate': synthetic)"),
     "natural_images": (24, (int,), "generate: natural stand-in images"),
+    "classes": (3, (int,), "generate, imagenet: classes (real wnids; train_images and test_images are split "
+                           "among them)"),
+    "generated_size": (48, (int,), "generate, imagenet: side of every generated picture (a multiple of 4)"),
     # build
     "manifests": ("default", (str,), "'default' (manifests/), 'offline' (without remote archives) or a folder"),
     "limit": (None, (int,), "mixing pictures per source (default: every one the manifests declare)"),
@@ -64,6 +72,9 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "fvis_size": (128, (int,), "FVis render size"),
     "fvis_batch": (64, (int,), "FVis units per batch"),
     "fvis_weights": ("default", (str,), "FVis weights: default (pretrained, random-init fallback) or random"),
+    "fvis_checkpoint": ("", (str,), "FVis weights of the one FVis model from a file: '' (none), 'pretrained' (the "
+                                    "file of option pretrained: the network being fine-tuned), 'generate' (a seeded "
+                                    "random-init state dict, the smoke stand-in) or a path"),
     "allow_degraded": (True, (bool,), "accept a mixing set whose remote archive was unreachable or whose FVis fell "
                                       "back to random-init weights (false: such a build fails, and is not cached)"),
     # shard
@@ -82,6 +93,16 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "epochs": (None, (int,), "training epochs (default: the preset's)"),
     "batch_size": (None, (int,), "global batch (default: the preset's)"),
     "lr": (None, (int, float), "learning rate (default: the preset's)"),
+    "arch": (None, (str,), "pixmix train --arch (default: the preset's network)"),
+    "pretrained": ("", (str,), "pixmix train --pretrained FILE to fine-tune from ('required': the profile needs one, "
+                               "mixset run --pretrained FILE)"),
+    "cutmix": (None, (int, float), "pixmix train --cutmix P: CutMix probability per batch (the paper's Table 6: 0.5)"),
+    "iterative_fvis_every": (None, (int,), "Iterative PixMix: render FVis of the network being trained every N steps "
+                                           "(online mixing only)"),
+    "iterative_fvis_pool": (None, (int,), "Iterative PixMix: pictures in the rolling pool"),
+    "iterative_fvis_steps": (None, (int,), "Iterative PixMix: optimisation steps per render"),
+    "iterative_fvis_units": (None, (int,), "Iterative PixMix: units rendered per refresh"),
+    "iterative_fvis_start_epoch": (None, (int,), "Iterative PixMix: first epoch mixed with the pool"),
     "launcher": ("auto", (str,), "train in-process, or 'torchrun' (auto: torchrun when nodes x GPUs > 1)"),
     # eval
     "eval_limit": (None, (int,), "at most N images per evaluation set"),
@@ -94,7 +115,8 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "workers": (1, (int,), "worker processes of build, shard and training loaders"),
     "device": ("auto", (str,), "auto, cpu or cuda"),
 }
-VARIANT_KEYS = ("name", "row", "paper_row", "sources", "baseline", "description")
+VARIANT_KEYS = ("name", "row", "paper_row", "sources", "baseline", "description", "profiles")
+LAYOUTS = ("table", "grid")  # the report: one row per variant, or Table 14's k x beta grid (and the rows)
 
 
 class PipelineError(PixmixError):
@@ -136,6 +158,8 @@ class Pipeline:
     stages: tuple[str, ...]
     variants: tuple[Variant, ...]
     notes: tuple[str, ...] = field(default=())
+    paper_table: str | None = None  # the paper's table the report compares with (None: the dataset's)
+    layout: str = "table"  # "table" (a row per variant) or "grid" (Table 14's k x beta grid)
 
     def variant(self, name: str) -> Variant:
         """The variant called ``name``."""
@@ -212,6 +236,31 @@ def _profiles(path: Path, data: dict[str, Any], seen: tuple[Path, ...] = ()) -> 
     for name, table in own.items():
         merged.setdefault(name, {}).update(table)
     return merged
+
+
+def _report_shape(path: Path, data: dict[str, Any]) -> tuple[str | None, str]:
+    """The file's ``paper_table`` (checked against the paper's tables) and ``layout``."""
+    from pixmix.evaluate.paper import TABLES
+
+    table, layout = data.get("paper_table"), data.get("layout", "table")
+    known = [*TABLES, "table14"]
+    if table is not None and table not in known:
+        raise PipelineError(f"{path}: paper_table must be one of {', '.join(known)}, got {table!r}")
+    if layout not in LAYOUTS:
+        raise PipelineError(f"{path}: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return table, layout
+
+
+def _in_profile(where: str, raw: dict[str, Any], profile: str, profiles: tuple[str, ...]) -> bool:
+    """Whether a ``[[variants]]`` entry belongs to ``profile`` (its ``profiles`` list; default: every one)."""
+    wanted = raw.get("profiles", list(profiles))
+    if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
+        raise PipelineError(f"{where}: profiles must be a list of profile names")
+    unknown = [p for p in wanted if p not in profiles]
+    if unknown:
+        raise PipelineError(f"{where}: profiles names unknown profile(s) {', '.join(unknown)} "
+                            f"(profiles: {', '.join(profiles)})")
+    return profile in wanted
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -308,13 +357,16 @@ def load(pipeline: str | Path, profile: str = "smoke",
     everywhere = _check_options("--set", overrides.get(None, {}))  # applied over each variant's own options
     stages = _stages(path, data)
     layers = _Layers(base, profile, tuple(profiles), everywhere, overrides)
-    variants = [_variant(f"{path} variants[{i}]", raw, names, layers) for i, raw in enumerate(data.get("variants", []))]
+    variants = [_variant(f"{path} variants[{i}]", raw, names, layers) for i, raw in enumerate(data.get("variants", []))
+                if _in_profile(f"{path} variants[{i}]", raw, profile, tuple(profiles))]
     if not variants:
-        raise PipelineError(f"{path}: declares no [[variants]]")
+        raise PipelineError(f"{path}: declares no [[variants]] (for profile {profile})")
+    paper_table, layout = _report_shape(path, data)
     return Pipeline(name=str(data.get("name", path.stem)), title=str(data.get("title", path.stem)),
                     column=str(data.get("column", "Variant")), profile=profile, path=path, stages=stages,
-                    variants=tuple(variants), notes=tuple(str(n) for n in data.get("notes", [])))
+                    variants=tuple(variants), notes=tuple(str(n) for n in data.get("notes", [])),
+                    paper_table=paper_table, layout=layout)
 
 
-__all__ = ["BUNDLED", "NATURAL", "OPTIONS", "STAGE_KINDS", "Pipeline", "PipelineError", "Variant", "load",
+__all__ = ["BUNDLED", "LAYOUTS", "NATURAL", "OPTIONS", "STAGE_KINDS", "Pipeline", "PipelineError", "Variant", "load",
            "parse_overrides", "parse_value", "resolve_path"]

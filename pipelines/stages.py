@@ -25,6 +25,9 @@ from pipelines.spec import NATURAL, PipelineError
 if TYPE_CHECKING:
     from pixmix.train.trainer import TrainConfig
 
+# Training options named on pixmix train's command line only when set (the planner's TRAIN_EXTRAS).
+TRAIN_EXTRAS = ("arch", "cutmix", "iterative_fvis_every", "iterative_fvis_pool", "iterative_fvis_steps",
+                "iterative_fvis_units", "iterative_fvis_start_epoch")
 FORWARD = ("WARNING", "warning:")  # library log lines that also go to the pipeline's own log
 
 
@@ -112,14 +115,56 @@ def run_data(stage: Stage, ctx: Context) -> dict[str, Any]:
     from pipelines.synthetic_data import write_cifar100_suite
 
     c = stage.config
+    if c["dataset"] == "imagenet":
+        return _imagenet_data(stage)
     if c["dataset"] != "cifar100":
-        raise PipelineError(f"data = 'generate' makes CIFAR-100 only, not {c['dataset']}: pass --data DIR")
+        raise PipelineError(f"data = 'generate' makes CIFAR-100 and ImageNet only, not {c['dataset']}: pass --data DIR")
     for sub in ("cifar-100-python", "CIFAR-100-C", "CIFAR-100-P", "ood"):
         shutil.rmtree(stage.folder / sub, ignore_errors=True)  # a partial earlier attempt
     write_cifar100_suite(stage.folder, train=c["train_images"], test=c["test_images"],
                          c_per_severity=c["c_per_severity"], p_sequences=c["p_sequences"], p_frames=c["p_frames"],
                          ood_images=c["ood_images"], seed=c["seed"])
     return {"data": str(stage.folder), "train_images": c["train_images"], "test_images": c["test_images"]}
+
+
+def _imagenet_data(stage: Stage) -> dict[str, Any]:
+    """A tiny ImageNet tree in the released layouts (train/val, -C, -C-Bar, -R, -P mp4s, -O)."""
+    from pipelines.synthetic_imagenet import write_imagenet_suite
+
+    c = stage.config
+    classes = c["classes"]
+    if classes < 1 or c["train_images"] < classes or c["test_images"] < classes:
+        raise PipelineError(f"generate imagenet: train_images ({c['train_images']}) and test_images "
+                            f"({c['test_images']}) must be at least classes ({classes})", param="classes")
+    for sub in ("train", "val", "ImageNet-C", "ImageNet-C-Bar", "imagenet-r", "ImageNet-P", "ImageNet-O"):
+        shutil.rmtree(stage.folder / sub, ignore_errors=True)  # a partial earlier attempt
+    try:
+        write_imagenet_suite(stage.folder, classes=classes, per_class=c["train_images"] // classes,
+                             val_per_class=c["test_images"] // classes, size=c["size"], p_frames=c["p_frames"],
+                             ood_images=c["ood_images"], seed=c["seed"])
+    except ValueError as exc:  # its own check of the picture size
+        raise PipelineError(f"generate imagenet: {exc}", param="generated_size") from exc
+    return {"data": str(stage.folder), "train_images": classes * (c["train_images"] // classes),
+            "test_images": classes * (c["test_images"] // classes)}
+
+
+def run_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
+    """A torchvision model's seeded random-init state dict: the smoke profile's stand-in for pretrained weights."""
+    import torch
+
+    from mixset.sources.fvis import load_model
+
+    model, description = load_model(stage.config["model"], "random")
+    path = stage.folder / f"{stage.config['model']}.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return {"weights": str(path), "description": description}
+
+
+def weights_file(stage: Stage) -> Path:
+    """The weights file of a weights stage: the user's file, or the generated one."""
+    return stage.folder if stage.external else stage.folder / f"{stage.config['model']}.pt"
 
 
 def run_natural(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -154,12 +199,15 @@ def run_build(stage: Stage, ctx: Context) -> dict[str, Any]:
             text = text.replace(NATURAL_PLACEHOLDER, _toml_string(folder))
         (collections / name).write_text(text, encoding="utf-8")
     fvis = c.get("fvis") or {}
+    weights = stage.inputs.get("weights")
+    checkpoints = ((weights.config["model"], str(weights_file(weights))),) if weights is not None else ()
     config = BuildConfig(out=stage.folder, sources=tuple(c["library_sources"]), seed=c["seed"], limit=c["limit"],
                          image_size=c["image_size"], shard_size=c["shard_size"], manifests=collections,
                          workers=max(1, stage.options["workers"]), device=stage.options["device"],
                          fvis_models=tuple(fvis["models"]) if fvis.get("models") else None,
                          fvis_steps=fvis.get("steps", 512), fvis_size=fvis.get("size", 128),
-                         fvis_batch=fvis.get("batch", 64), fvis_weights=fvis.get("weights", "default"))
+                         fvis_batch=fvis.get("batch", 64), fvis_weights=fvis.get("weights", "default"),
+                         fvis_checkpoints=checkpoints)
     log = _StageLog(stage, ctx)
     summary = build(config, log=log, progress=ctx.progress)
     collections_report = {name: {"source": r.source, "status": r.status, "samples": r.samples, "error": r.error}
@@ -214,10 +262,13 @@ def train_config(stage_config: dict[str, Any], options: dict[str, Any]) -> Train
     """The stage's training configuration: its preset with the stage's overrides and the run's options."""
     from pixmix.train.trainer import preset_config
 
+    # The extras only when set: preset_config refuses fields this checkout's TrainConfig does not have.
+    extras = {key: stage_config[key] for key in (*TRAIN_EXTRAS, "pretrained") if stage_config.get(key) is not None}
     return preset_config(stage_config["preset"], epochs=stage_config["epochs"], batch_size=stage_config["batch_size"],
                          lr=stage_config["lr"], seed=stage_config["seed"], workers=options["workers"],
                          device=options["device"], keep_every=0, partners=stage_config.get("partners"),
-                         k=stage_config.get("k"), beta=stage_config.get("beta"), severity=stage_config.get("severity"))
+                         k=stage_config.get("k"), beta=stage_config.get("beta"), severity=stage_config.get("severity"),
+                         **extras)
 
 
 def _beside_python(name: str) -> str:
@@ -229,7 +280,8 @@ def train_arguments(stage_config: dict[str, Any], options: dict[str, Any], shard
                     mixset: Path | None = None) -> list[str]:
     """``pixmix train`` options for the stage (the ones the command line has: preset and its overrides)."""
     args = ["train", "--preset", stage_config["preset"], "--shards", str(shards), "--out", str(out)]
-    for key in ("epochs", "batch_size", "lr", "seed", "partners", "k", "beta", "severity"):
+    for key in ("epochs", "batch_size", "lr", "seed", "partners", "k", "beta", "severity", *TRAIN_EXTRAS,
+                "pretrained"):
         if stage_config.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(stage_config[key])]
     if mixset is not None:
@@ -264,8 +316,11 @@ def run_train(stage: Stage, ctx: Context) -> dict[str, Any]:
     shards = stage.inputs["shard"].folder
     mixset = stage.inputs["mixset"].folder if "mixset" in stage.inputs else None  # online mixing
     checkpoint = stage.folder / "checkpoints" / "last.pt"
+    config = dict(stage.config)
+    if "pretrained" in stage.inputs:  # the user's file (its fingerprint is in the hash, not its path)
+        config["pretrained"] = str(stage.inputs["pretrained"].folder)
     if ctx.launch.uses_torchrun(stage.options["launcher"]):
-        command = torchrun_command(train_arguments(stage.config, stage.options, shards, stage.folder, mixset),
+        command = torchrun_command(train_arguments(config, stage.options, shards, stage.folder, mixset),
                                    ctx.launch, run_id=f"pixmix-{stage.hash[:16]}")
         with open(stage.folder / "run.log", "a", encoding="utf-8") as fh:
             fh.write("$ " + " ".join(command) + "\n")
@@ -280,7 +335,7 @@ def run_train(stage: Stage, ctx: Context) -> dict[str, Any]:
     else:
         from pixmix.train.trainer import train
 
-        summary = train(train_config(stage.config, stage.options), shards, stage.folder, mixset=mixset,
+        summary = train(train_config(config, stage.options), shards, stage.folder, mixset=mixset,
                         log=_StageLog(stage, ctx), progress=ctx.progress)
         final = summary.final
     if not checkpoint.is_file():
@@ -310,8 +365,8 @@ def run_eval(stage: Stage, ctx: Context) -> dict[str, Any]:
 
 
 EXECUTORS: dict[str, Callable[[Stage, Context], dict[str, Any]]] = {
-    "data": run_data, "natural": run_natural, "build": run_build, "shard": run_shard, "train": run_train,
-    "eval": run_eval,
+    "data": run_data, "natural": run_natural, "weights": run_weights, "build": run_build, "shard": run_shard,
+    "train": run_train, "eval": run_eval,
 }
 
 __all__ = [
