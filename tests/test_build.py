@@ -19,6 +19,9 @@ from mixset.verify import verify
 from pixmix.data.shards.mixing_set import MixingShards
 from pixmix.data.shards.tar import iter_shard
 
+# `mixset build` reading only the test's --manifests folder (the project's manifests/ would add to it).
+BUILD = ("build", "--no-default-manifests")
+
 PROCEDURAL = """
 name = "gen"
 source = "fractals"
@@ -123,7 +126,7 @@ def test_cli_build_info_and_bad_input(tmp_path) -> None:
     manifests = write_manifests(tmp_path / "m", count=5)
     out = tmp_path / "s"
     runner = CliRunner()
-    result = runner.invoke(mixset_main, ["build", "--out", str(out), "--manifests", str(manifests),
+    result = runner.invoke(mixset_main, [*BUILD, "--out", str(out), "--manifests", str(manifests),
                                          "--image-size", "32", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "built 5 samples in 1 shard(s)" in result.output
@@ -133,7 +136,7 @@ def test_cli_build_info_and_bad_input(tmp_path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.toml").write_text('name = "x"\nsource = "fractals"\nkind = "magic"\nlicence = "?"\n')
-    result = runner.invoke(mixset_main, ["build", "--out", str(tmp_path / "o2"), "--manifests", str(bad)])
+    result = runner.invoke(mixset_main, [*BUILD, "--out", str(tmp_path / "o2"), "--manifests", str(bad)])
     assert result.exit_code == 1 and "x.toml: kind must be one of" in result.output
     result = runner.invoke(mixset_main, ["info", str(tmp_path)])
     assert result.exit_code == 1 and "manifest.json not found" in result.output
@@ -162,7 +165,7 @@ def test_folder_collection_with_bad_files_is_ingested_and_reported(tmp_path) -> 
 def test_killed_build_resumes_without_loss_or_duplicates(tmp_path) -> None:
     manifests = write_manifests(tmp_path / "m", count=120)
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "mixset.cli", "build", "--out", str(out), "--manifests", str(manifests),
+    args = [sys.executable, "-m", "mixset.cli", *BUILD, "--out", str(out), "--manifests", str(manifests),
             "--image-size", "64", "--shard-size", "10", "--quiet"]
     kill_when(args, out / ".build" / "shard-000002.json")
     assert not (out / "manifest.json").exists()
@@ -246,7 +249,7 @@ def test_remote_archives_are_ingested_and_failures_reported(tmp_path) -> None:
         build(BuildConfig(out=out, manifests=manifests, image_size=32), log=quiet, progress=False)
         assert len(base.requests("/set.tar")) == 1
         assert len(base.requests("/copy.tar")) == 2
-        result = CliRunner().invoke(mixset_main, ["build", "--out", str(tmp_path / "strict"), "--manifests",
+        result = CliRunner().invoke(mixset_main, [*BUILD, "--out", str(tmp_path / "strict"), "--manifests",
                                                   str(manifests), "--strict", "--quiet"])
         assert result.exit_code == 1 and "collection gone is unreachable and --strict is set" in result.output
 
@@ -394,7 +397,7 @@ def test_fvis_fallback_weights_are_reported_also_after_a_resume(tmp_path, monkey
 def test_cli_shows_user_errors_on_one_line_and_bugs_with_their_traceback(tmp_path, monkeypatch) -> None:
     manifests = write_manifests(tmp_path / "m", count=2)
     runner = CliRunner()
-    args = ["build", "--out", str(tmp_path / "s"), "--manifests", str(manifests), "--quiet"]
+    args = [*BUILD, "--out", str(tmp_path / "s"), "--manifests", str(manifests), "--quiet"]
     result = runner.invoke(mixset_main, [*args, "--device", "tpu"])
     assert result.exit_code == 1
     assert result.output == "Error: --device must be auto, cpu or cuda[:N], got 'tpu'\n"
@@ -425,7 +428,7 @@ def test_build_errors_name_the_parameter_at_fault(tmp_path) -> None:
     with pytest.raises(BuildError, match="--workers must be >= 1") as info:
         BuildConfig(out=tmp_path, workers=0)
     assert info.value.param == "workers"
-    args = ["build", "--out", str(tmp_path / "o"), "--source", "fvis", "--fvis-models", "nonet", "--manifests",
+    args = [*BUILD, "--out", str(tmp_path / "o"), "--source", "fvis", "--fvis-models", "nonet", "--manifests",
             str(write_manifests(tmp_path / "m"))]
     result = CliRunner().invoke(mixset_main, args)
     assert result.exit_code == 1 and result.output.startswith("Error: --fvis-models: no default layers for model(s)")

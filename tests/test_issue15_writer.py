@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_build import write_manifests
+from test_build import BUILD, write_manifests
 from tiny_datasets import write_imagenet
 
 from mixset.build.builder import BuildConfig, build
@@ -189,7 +189,7 @@ def test_a_second_build_on_one_out_is_refused(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        result = CliRunner().invoke(mixset_main, ["build", "--out", str(out), "--manifests", str(manifests),
+        result = CliRunner().invoke(mixset_main, [*BUILD, "--out", str(out), "--manifests", str(manifests),
                                                   "--image-size", "32", "--quiet"])
         assert result.exit_code == 1 and f"pid {proc.pid}" in result.output, result.output
     finally:
@@ -237,7 +237,7 @@ def test_a_read_only_out_is_one_line(tmp_path: Path) -> None:
     parent.chmod(0o500)
     try:
         manifests = write_manifests(tmp_path / "m", count=2)
-        result = CliRunner().invoke(mixset_main, ["build", "--out", str(parent / "s"), "--manifests", str(manifests),
+        result = CliRunner().invoke(mixset_main, [*BUILD, "--out", str(parent / "s"), "--manifests", str(manifests),
                                                   "--image-size", "32", "--quiet"])
         assert result.exit_code == 1 and "cannot write" in result.output and "Traceback" not in result.output
     finally:
@@ -248,7 +248,7 @@ def test_ctrl_c_exits_130_in_one_line_and_resumes(tmp_path: Path, monkeypatch) -
     import mixset.build.builder as builder
 
     manifests = write_manifests(tmp_path / "m", count=3)
-    args = ["build", "--out", str(tmp_path / "s"), "--manifests", str(manifests), "--image-size", "32", "--quiet"]
+    args = [*BUILD, "--out", str(tmp_path / "s"), "--manifests", str(manifests), "--image-size", "32", "--quiet"]
 
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
@@ -303,7 +303,7 @@ def test_a_build_whose_every_item_fails_exits_non_zero_in_one_line(tmp_path: Pat
     manifests.mkdir()
     (manifests / "p.toml").write_text(f'name = "p"\nsource = "natural"\nkind = "folder"\nlicence = "x"\n'
                                       f'path = "{photos}"\n')
-    result = CliRunner().invoke(mixset_main, ["build", "--source", "natural", "--out", str(tmp_path / "s"),
+    result = CliRunner().invoke(mixset_main, [*BUILD, "--source", "natural", "--out", str(tmp_path / "s"),
                                               "--manifests", str(manifests), "--image-size", "32", "--quiet"])
     assert result.exit_code == 1 and "every one of the 1 item(s) failed" in result.output, result.output
     assert not (tmp_path / "s" / "manifest.json").exists()

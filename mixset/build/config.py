@@ -39,7 +39,11 @@ class BuildConfig(WriterOptions):
     # FVis are included (lossless renders), jpg otherwise; it applies to every source.
     photo_format: str = "auto"
     strict: bool = False
+    # The base folder of collection manifests (the project's manifests/); a library caller that passes its
+    # own folder replaces it (the CLI's --no-default-manifests). extra_manifests (the CLI's --manifests DIR,
+    # repeatable) are read after it: they add to the base folder's collections.
     manifests: Path = DEFAULT_MANIFESTS
+    extra_manifests: tuple[Path, ...] = ()
     max_download_bytes: int = 4 << 30
     # Feature visualisations (source "fvis"): models (None: all of mixset.sources.fvis.DEFAULT_LAYERS),
     # optimisation steps, render size, units per batch, weights and per-model local checkpoints.

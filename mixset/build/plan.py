@@ -102,7 +102,7 @@ def _url_entries(c: Collection, config: BuildConfig, cache: Path) -> list[tuple[
         listing = download(c.url_list, cache / "downloads" / c.name / "url-list.txt", max_bytes=MAX_IMAGE_BYTES).path
     else:
         listing = Path(c.url_list)
-        listing = listing if listing.is_absolute() else config.manifests / listing
+        listing = listing if listing.is_absolute() else _manifest_folder(c, config) / listing
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -116,6 +116,12 @@ def _url_entries(c: Collection, config: BuildConfig, cache: Path) -> list[tuple[
             raise BuildError(f"{c.url_list}, line {number}: expected '<http(s) URL> [sha256]', got {line.strip()!r}")
         entries.append((url, sha))
     return entries
+
+
+def _manifest_folder(c: Collection, config: BuildConfig) -> Path:
+    """The folder of the manifest that declares ``c`` (its relative paths are relative to it)."""
+    folders = [Path(config.manifests), *map(Path, config.extra_manifests)]
+    return next((f for f in folders if (f / c.origin_file).is_file()), folders[0])
 
 
 def _archive_items(c: Collection, config: BuildConfig, cache: Path, seed: int,
@@ -197,7 +203,8 @@ def plan_fvis(config: BuildConfig) -> list[Item]:
 
 def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], dict[str, CollectionReport]]:
     """The items of every source in order (``--limit`` per source) and a report per collection."""
-    collections = load_collections(config.manifests, tuple(s for s in config.sources if s != "fvis"))
+    collections = load_collections(config.manifests, tuple(s for s in config.sources if s != "fvis"),
+                                   extra=config.extra_manifests)
     for c in collections:  # a collection's name names its cache folders: nothing may lead outside --out
         check_name(c.name, f"{c.origin_file}: collection name", BuildError)
     reports: dict[str, CollectionReport] = {}

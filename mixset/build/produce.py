@@ -20,7 +20,7 @@ from PIL import Image
 
 from mixset.build.config import BuildConfig
 from mixset.build.plan import MAX_IMAGE_BYTES, Item
-from pixmix.data.images import resize_shorter
+from pixmix.data.images import resize_shorter, to_rgb
 from pixmix.data.shards.tar import to_bytes
 from pixmix.utils.runtime import limit_threads
 
@@ -38,8 +38,9 @@ class Produced:
 
 
 def _normalise(image: Image.Image, size: int) -> Image.Image:
-    """RGB, shorter side ``size`` (aspect kept)."""
-    return resize_shorter(image.convert("RGB"), size)
+    """8-bit RGB (16-bit and other modes scaled, not clipped: :func:`~pixmix.data.images.to_rgb`), shorter
+    side ``size`` (aspect kept)."""
+    return resize_shorter(to_rgb(image), size)
 
 
 def produce(item: Item, image_size: int, quality: int, photo_format: str) -> Produced:

@@ -93,8 +93,10 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Processes producing images; capped at the usable CPUs unless --oversubscribe.")
 @click.option("--oversubscribe", is_flag=True, help="Allow more --workers than usable CPUs (one thread each).")
-@click.option("--manifests", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder of collection manifests (default: the project's manifests/).")
+@click.option("--manifests", "manifests", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder of your own collection manifests, added to the project's manifests/ (repeatable).")
+@click.option("--no-default-manifests", is_flag=True,
+              help="Read only the --manifests folders, not the project's manifests/.")
 @click.option("--strict", is_flag=True, help="Fail when a collection is unreachable instead of reporting it.")
 @click.option("--device", default="auto", show_default=True,
               help="Where FVis render: auto (cuda when available), cpu, cuda[:N].")
@@ -111,13 +113,12 @@ def main() -> None:
               help="A local state_dict for MODEL (loaded with weights_only=True); repeatable.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, image_size: int, shard_size: int,
-          photo_format: str, quality: int, workers: int, oversubscribe: bool, manifests: Path | None, strict: bool,
-          device: str, fvis_models: str | None, fvis_steps: int, fvis_size: int, fvis_batch: int, fvis_weights: str,
-          fvis_checkpoints: tuple[str, ...], quiet: bool) -> None:
+          photo_format: str, quality: int, workers: int, oversubscribe: bool, manifests: tuple[Path, ...],
+          no_default_manifests: bool, strict: bool, device: str, fvis_models: str | None, fvis_steps: int,
+          fvis_size: int, fvis_batch: int, fvis_weights: str, fvis_checkpoints: tuple[str, ...], quiet: bool) -> None:
     """Assemble a PixMix mixing set as WebDataset shards with a manifest and a contact sheet."""
     from mixset.build.builder import build as run_build
     from mixset.build.config import BuildConfig
-    from mixset.sources.catalog import DEFAULT_MANIFESTS
 
     checkpoints = []
     for spec in fvis_checkpoints:
@@ -128,7 +129,8 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
     with user_errors(FLAGS):
         config = BuildConfig(out=out, sources=sources, seed=seed, limit=limit, image_size=image_size,
                              shard_size=shard_size, quality=quality, photo_format=photo_format, strict=strict,
-                             manifests=manifests or DEFAULT_MANIFESTS, workers=workers, oversubscribe=oversubscribe,
+                             **_manifest_folders(manifests, no_default_manifests), workers=workers,
+                             oversubscribe=oversubscribe,
                              device=device,
                              fvis_models=tuple(fvis_models.split(",")) if fvis_models else None,
                              fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
@@ -141,6 +143,17 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
         note = f": {r.error}" if r.error else ""
         click.echo(f"  {r.source}/{r.name} [{r.kind}] {r.status}: {r.samples} samples{note}")
     click.echo(f"manifest: {summary.manifest}\ncontact sheet: {summary.contact_sheet}")
+
+
+def _manifest_folders(folders: tuple[Path, ...], no_defaults: bool) -> dict[str, Any]:
+    """BuildConfig's manifest fields: ``--manifests`` folders add to manifests/, or replace it."""
+    if not no_defaults:
+        return {"extra_manifests": folders}
+    if not folders:
+        from mixset.build.config import BuildError
+
+        raise BuildError("--no-default-manifests needs at least one --manifests DIR", param="no_default_manifests")
+    return {"manifests": folders[0], "extra_manifests": folders[1:]}
 
 
 def _shard_options(fn):

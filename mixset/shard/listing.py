@@ -78,11 +78,11 @@ class Source:
     def load(self, index: int, min_side: int | None = None) -> Image.Image:
         """The RGB image of item ``index`` (files are checked as untrusted: see pixmix.data.images.open_image)."""
         if self.is_folder:
-            from pixmix.data.images import open_image
+            from pixmix.data.images import open_image, to_rgb
 
             assert self.root is not None
             with open_image(self.root / self.paths[index], min_side=min_side) as im:
-                return im.convert("RGB")
+                return to_rgb(im)  # 16-bit and other modes scaled to 8 bits, not clipped
         block, row = self._locate(index)
         return Image.fromarray(np.ascontiguousarray(self.blocks()[block][0].images[row]))
 

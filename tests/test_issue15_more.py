@@ -1,0 +1,99 @@
+"""Issue 15, the leftovers: --manifests adds to the defaults, 16-bit pictures, damaged journals, runs whose
+every item fails, default workers from the usable CPUs, Hugging Face ``datasets`` interop, contact-sheet totals."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from mixset.build.builder import BuildConfig, build
+from mixset.cli import main as mixset_main
+from mixset.shard.sharder import ShardConfig, shard
+from pixmix.data.shards.tar import iter_shard
+
+LEAVES = """name = "my-leaves"
+source = "deadleaves"
+kind = "generator"
+licence = "CC0-1.0"
+[generator]
+name = "deadleaves"
+count = 2
+"""
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def stored_images(out: Path, field: str) -> list[np.ndarray]:
+    """Every stored image of a mixing set or a shard set (as uint8 arrays), in order."""
+    return [np.asarray(Image.open(io.BytesIO(sample.fields[field])))
+            for path in sorted((out / "shards").glob("*.tar")) for sample in iter_shard(path)]
+
+
+# --- 1. --manifests adds to the default manifests; --no-default-manifests replaces them ----------------
+
+
+def test_manifests_folder_adds_to_the_defaults_and_the_flag_replaces_them(tmp_path: Path) -> None:
+    from mixset.sources.catalog import load_collections
+
+    mine = tmp_path / "m"
+    mine.mkdir()
+    (mine / "leaves.toml").write_text(LEAVES)
+    defaults = [c.name for c in load_collections(None, ("deadleaves",))]
+    assert defaults and "my-leaves" not in defaults
+    common = ["--source", "deadleaves", "--manifests", str(mine), "--image-size", "32", "--quiet"]
+    added = CliRunner().invoke(mixset_main, ["build", "--out", str(tmp_path / "a"), "--limit", "2", *common])
+    assert added.exit_code == 0, added.output
+    # The defaults' collection comes first and fills the limit; ours is planned after it.
+    assert f"deadleaves/{defaults[0]} [generator] ok: 2 samples" in added.output
+    assert "deadleaves/my-leaves [generator] skipped (limit reached)" in added.output
+    only = CliRunner().invoke(mixset_main, ["build", "--out", str(tmp_path / "b"), "--no-default-manifests", *common])
+    assert only.exit_code == 0, only.output
+    assert "deadleaves/my-leaves [generator] ok: 2 samples" in only.output and defaults[0] not in only.output
+    lonely = CliRunner().invoke(mixset_main, ["build", "--out", str(tmp_path / "c"), "--no-default-manifests"])
+    assert lonely.exit_code == 1 and lonely.output.strip().splitlines() == [
+        "Error: --no-default-manifests needs at least one --manifests DIR"]
+
+
+# --- 2. 16-bit pictures are scaled to 8 bits, not clipped (saturated) ---------------------------------
+
+
+def _write_png16(path: Path, size: int = 32) -> np.ndarray:
+    """A 16-bit greyscale PNG (values across 0..65535); returns the 8-bit values it should become (v >> 8)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    values = ((xx * size + yy) * (65535 // (size * size - 1))).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # really stored as 16 bits
+    return (values >> 8).astype(np.uint8)
+
+
+def test_a_16_bit_png_in_a_collection_is_scaled_not_saturated(tmp_path: Path) -> None:
+    expected = _write_png16(tmp_path / "photos" / "a.png")
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "p.toml").write_text(f'name = "p"\nsource = "natural"\nkind = "folder"\nlicence = "x"\n'
+                                      f'path = "{tmp_path / "photos"}"\n')
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, sources=("natural",), manifests=manifests, image_size=32, photo_format="png"),
+          log=quiet, progress=False)
+    (image,) = stored_images(out, "png")
+    assert image.shape == (32, 32, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], expected)
+
+
+def test_a_16_bit_png_in_an_image_folder_is_scaled_not_saturated(tmp_path: Path) -> None:
+    expected = _write_png16(tmp_path / "data" / "cls" / "a.png")
+    out = tmp_path / "o"
+    shard(ShardConfig(dataset="imagefolder", data_dir=tmp_path / "data", out=out, image_size=32, image_format="png"),
+          log=quiet, progress=False)
+    (image,) = stored_images(out, "png")
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], expected)
