@@ -8,8 +8,10 @@ suite       required                                 optional (skipped with a no
 cifar10     cifar-10-batches-py/test_batch           CIFAR-10-C-Bar/<c>.npy + labels.npy
             CIFAR-10-C/<c>.npy + labels.npy          CIFAR-10-P/<p>.npy (uint8 [N, T, 32, 32, 3])
 cifar100    cifar-100-python/test, CIFAR-100-C/      CIFAR-100-C-Bar/, CIFAR-100-P/
-imagenet    val/<wnid>/*.JPEG                        ImageNet-P/<p>.npy (uint8 [N, T, H, W, 3])
-            ImageNet-C/<c>/<1..5>/<wnid>/*.JPEG
+imagenet    val/<wnid>/*.JPEG                        ImageNet-C-Bar/<c>/<"{:.2f}" severity>/<wnid>/*
+            ImageNet-C/<c>/<1..5>/<wnid>/*.JPEG      imagenet-r/<wnid>/*.jpg (ImageNet-R)
+                                                     ImageNet-P/<p>/<wnid>/*.mp4, or ImageNet-P/<p>.npy
+                                                     ImageNet-O/<wnid>/* (or --ood-folder)
 places365   places365_val.txt + val_256/*.jpg        ood/{textures,svhn,imagenet,places}/**/<image>
 all                                                  ood/{textures,svhn,lsun,places}/**/<image>
 ==========  =======================================  ==========================================
@@ -18,7 +20,8 @@ Inference is batched under ``torch.no_grad`` in fp32 (on CUDA too); inputs are n
 checkpoint's recipe mean and std. PGD runs in fp32. Everything random (PGD's start, the synthetic OOD
 sets, subsets of folder OOD sets) comes from ``seed``.
 
-This module runs the measures in turn; each one is a function of :mod:`pixmix.evaluate.measures`, the
+This module runs the measures in turn; each one is a function of :mod:`pixmix.evaluate.measures` (ImageNet's
+own sets: :mod:`pixmix.evaluate.imagenet_sets`), the
 network is :mod:`pixmix.evaluate.net`'s, the options and suites are :mod:`pixmix.evaluate.options`'.
 """
 
