@@ -38,6 +38,9 @@ from pixmix.evaluate.net import Net, load_net
 from pixmix.evaluate.options import DEFAULT_OOD_SAMPLES, PGD, SUITES, EvalOptions, Suite, default_workers, suite_named
 from pixmix.utils.errors import PixmixError
 
+REFERENCE_CALIBRATION_NOTE = ("--reference-calibration has no effect: every RMS calibration figure is reported both "
+                              "ways (the reference's, last bin dropped, beside the paper's; the corrected beside it)")
+
 
 def evaluate(
     checkpoint: str | Path,
@@ -62,9 +65,8 @@ def evaluate(
 
     ``limit`` caps every set (test set, each corruption x severity, each -P file's sequences, each OOD
     set) at that many images, evenly spaced, for quick runs; ``pgd_samples`` caps the PGD images
-    (default: every evaluated test image). Calibration is always reported twice (the reference's figure,
-    last bin dropped, and the corrected one), so ``drop_last_bin`` no longer changes anything; it is
-    accepted for older callers and noted.
+    (default: every evaluated test image). Calibration is always reported both ways (the reference's, last
+    bin dropped, and the corrected one): ``drop_last_bin`` has no effect (kept for old callers; noted).
     ``workers`` decode folder images (default: one per CPU, at most 8). ImageNet: ``p_baseline`` (AlexNet's
     results.json) normalises ImageNet-P's mFR / mT5D; ``ood_folder`` replaces ImageNet-O as the out-of-class
     images (see :mod:`pixmix.evaluate.imagenet_sets`). Returns plain JSON-able results
@@ -84,10 +86,7 @@ def evaluate(
         imagenet_sets.p_baseline_rates(options.p_baseline)
         imagenet_sets.out_of_class_folder(data, options.ood_folder)
     started = time.perf_counter()
-    notes: list[str] = []
-    if drop_last_bin:
-        notes.append("--reference-calibration has no effect: every RMS calibration figure is reported both ways "
-                     "(the reference's, last bin dropped, beside the paper's; the corrected one beside it)")
+    notes: list[str] = [REFERENCE_CALIBRATION_NOTE] if drop_last_bin else []
     net, state, recipe = load_net(checkpoint, spec, device, progress, notes)
     results: dict[str, Any] = {
         "suite": spec.name,
