@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -97,3 +98,37 @@ def test_a_16_bit_png_in_an_image_folder_is_scaled_not_saturated(tmp_path: Path)
     (image,) = stored_images(out, "png")
     for channel in range(3):
         np.testing.assert_array_equal(image[..., channel], expected)
+
+
+# --- 3. a damaged journal entry or options file is named, never silently rewritten ----------------------
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory) -> Path:
+    from tiny_datasets import write_imagenet
+
+    return write_imagenet(tmp_path_factory.mktemp("imagenet"), classes=2, per_class=3)
+
+
+def test_a_damaged_journal_entry_is_named_and_its_shard_written_again(imagenet: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from mixset.verify import verify
+
+    out = tmp_path / "o"
+    args = ["shard", "imagenet", "--data-dir", str(imagenet), "--out", str(out), "--shard-samples", "4",
+            "--image-size", "32", "--quiet"]
+    assert CliRunner().invoke(mixset_main, args).exit_code == 0
+    journal = out / ".shard" / "shard-000001.json"
+    text = journal.read_text()
+    journal.write_text(text[: len(text) // 2])
+    with caplog.at_level("WARNING", logger="pixmix.data.shards"):
+        result = CliRunner().invoke(mixset_main, args)
+    assert result.exit_code == 0 and "wrote 1 shard(s)" in result.output, result.output
+    warned = [r.getMessage() for r in caplog.records if "journal" in r.getMessage()]
+    assert len(warned) == 1 and str(journal) in warned[0] and "written again" in warned[0]
+    assert "\n" not in warned[0] and journal.read_text() == text and verify(out) == []
+    options = out / ".shard" / "config.json"
+    options.write_text(options.read_text()[:10])
+    result = CliRunner().invoke(mixset_main, args)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"{options}: truncated or unreadable" in result.output and "re-run exactly" in result.output

@@ -251,12 +251,16 @@ def merge(out: Path, missing_ok: bool = False) -> Path | None:
 
 def _read_state(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stored options and plan of a ``mixset shard`` folder."""
-    try:
-        stored = json.loads((out / STATE / OPTIONS).read_text())
-        plan = json.loads((out / STATE / PLAN).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ShardError(f"{out}: no `mixset shard` state in {out / STATE} ({exc}); run mixset shard first") from exc
-    return stored, plan
+    found = []
+    for path in (out / STATE / OPTIONS, out / STATE / PLAN):
+        try:
+            found.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ShardError(f"{out}: no `mixset shard` state ({path} is missing); run mixset shard first") from None
+        except (OSError, ValueError) as exc:
+            raise ShardError(f"{path}: truncated or unreadable ({' '.join(str(exc).split())[:120]}); re-run exactly "
+                             f"the `mixset shard` command that made {out} after deleting {path}") from None
+    return found[0], found[1]
 
 
 def _contact_sheet(out: Path, stored: dict[str, Any], entries: list[dict[str, Any]]) -> Path:

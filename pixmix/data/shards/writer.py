@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import socket
@@ -43,6 +44,8 @@ from pixmix.data.shards.tar import Sample, ShardInfo, file_sha256, write_shard
 from pixmix.utils.errors import PixmixError
 from pixmix.utils.jsonfiles import write_json
 from pixmix.utils.runtime import plan_workers
+
+log = logging.getLogger("pixmix.data.shards")
 
 MANIFEST = "manifest.json"
 OPTIONS = "config.json"
@@ -200,7 +203,11 @@ class ShardSetWriter:
     def read_state(self, name: str) -> Any | None:
         """The JSON content of a state file, or None when there is none yet."""
         path = self.state_path(name)
-        return json.loads(path.read_text()) if path.exists() else None
+        try:
+            return json.loads(path.read_text()) if path.exists() else None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise self.error(f"{path}: truncated or unreadable ({' '.join(str(exc).split())[:120]}); use a new --out, "
+                             f"or delete {path} and re-run exactly the command that made {self.root}") from None
 
     def write_state(self, name: str, data: Any) -> Path:
         return write_json(self.state_path(name), data)
@@ -233,7 +240,13 @@ class ShardSetWriter:
         try:
             entry = json.loads(path.read_text())
             info = ShardInfo(**entry["shard"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Written atomically, so a damaged entry is a disk or a hand's doing: say so, never silently.
+            log.warning("%s: damaged journal entry (%s: %s); its shard %s is not trusted and is written again "
+                        "(by this run, or re-run the same command)", path, type(exc).__name__,
+                        " ".join(str(exc).split())[:120], self.shard_path(shard_id).name)
             return None
         return entry if self._intact(info) else None
 
