@@ -105,8 +105,8 @@ def missing_note(summary: Mapping[str, Any], columns: Sequence[str]) -> str | No
     absent = [COLUMN_INFO[k].short for k in columns if summary.get(k) is None]
     if not absent:
         return None
-    return (f"`{MISSING}`: not measured in this run ({', '.join(absent)}): the suite has no such set or it was "
-            "absent under --data (see Notes)")
+    return (f"`{MISSING}`: not measured in this run ({', '.join(absent)}): the suite has no such set, it was "
+            "absent under --data, or (ImageNet-P's normalised mFR / mT5D) AlexNet's rates were not given; see Notes")
 
 
 def corrected_table(summary: Mapping[str, Any]) -> str:
