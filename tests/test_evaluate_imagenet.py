@@ -34,6 +34,7 @@ from pixmix.evaluate.imagenet_sets import (
     read_video,
     renditions_result,
     severity_folders,
+    video_consistency,
 )
 from pixmix.evaluate.inputs import Feeder
 from pixmix.evaluate.measures import calibration
@@ -361,3 +362,21 @@ def test_cli_flags_fail_in_one_line_before_inference(evaluated, tmp_path) -> Non
         result = CliRunner().invoke(eval_command, base + extra)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
         assert not (tmp_path / "o").exists()
+
+
+def test_a_broken_or_one_frame_video_is_a_one_line_error(tmp_path) -> None:
+    folder = tmp_path / "ImageNet-P" / "snow" / TENCH
+    write_video(folder / "a.mp4", np.zeros((3, 16, 16, 3), np.uint8))
+    (folder / "b.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    net = Net(constant_model(3, winner=0), MEAN, STD, 16, 3, torch.device("cpu"), progress=False)
+    for workers in (0, 1):  # a worker's error reaches the user as the same one line
+        with pytest.raises(PixmixError, match=r"b.mp4: not a readable video") as info:
+            video_consistency(net, folder.parent, "snow", Feeder(16, 8, workers, imagenet=True), None)
+        assert "\n" not in str(info.value) and info.value.param == "data_dir"
+    (folder / "b.mp4").unlink()
+    write_video(folder / "c.mp4", np.zeros((1, 16, 16, 3), np.uint8))
+    with pytest.raises(PixmixError, match=r"c.mp4: 1 frame\(s\); a perturbation sequence needs at least 2"):
+        video_consistency(net, folder.parent, "snow", Feeder(16, 8, 0, imagenet=True), None)
+    (folder / "c.mp4").unlink()
+    got = video_consistency(net, folder.parent, "snow", Feeder(16, 8, 0, imagenet=True), None)
+    assert got["flip_rate"] == 0.0 and got["t5d"] == 0.0 and got["sequences"] == 1 and got["frames"] == 3

@@ -247,7 +247,9 @@ def video_files(folder: Path) -> list[Path]:
 
 
 class VideoFiles(torch.utils.data.Dataset):
-    """Decoded videos as ``uint8 [T, 3, H, W]`` tensors."""
+    """Decoded videos as ``(uint8 [T, 3, H, W] tensor, "")``, or ``(empty tensor, why)`` for a file that
+    cannot be decoded: the main process then fails in one line (an exception raised in a loader worker
+    would reach the user wrapped in the worker's traceback)."""
 
     def __init__(self, files: list[Path]) -> None:  # noqa: D107 - the class says it
         self.files = files
@@ -255,8 +257,11 @@ class VideoFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(read_video(self.files[i])).permute(0, 3, 1, 2)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            return torch.from_numpy(read_video(self.files[i])).permute(0, 3, 1, 2), ""
+        except ValueError as exc:
+            return torch.empty(0, dtype=torch.uint8), str(exc)
 
 
 def video_consistency(net: Net, folder: Path, name: str, feed: Feeder, limit: int | None) -> dict[str, Any]:
@@ -287,8 +292,11 @@ def _frames_hint(path: Path) -> int:
     """The frame count a video's header announces (for the progress bar; ImageNet-P's are about 30)."""
     import av
 
-    with av.open(str(path)) as container:
-        return max(int(container.streams.video[0].frames), 1)
+    try:
+        with av.open(str(path)) as container:
+            return max(int(container.streams.video[0].frames), 1)
+    except (av.error.FFmpegError, IndexError):  # decoding it says what is wrong, in one line
+        return 1
 
 
 def _frame_batches(files: list[Path], lengths: list[int], feed: Feeder) -> Iterator[torch.Tensor]:
@@ -299,7 +307,9 @@ def _frame_batches(files: list[Path], lengths: list[int], feed: Feeder) -> Itera
                                          num_workers=feed.workers, generator=torch.Generator(),
                                          worker_init_fn=one_thread if feed.workers else None)
     pending: list[torch.Tensor] = []
-    for video, path in zip(loader, files, strict=True):
+    for (video, error), path in zip(loader, files, strict=True):
+        if error:
+            raise PixmixError(error, param="data_dir")
         if len(video) < 2:
             raise PixmixError(f"{path}: {len(video)} frame(s); a perturbation sequence needs at least 2",
                               param="data_dir")
