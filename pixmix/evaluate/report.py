@@ -116,7 +116,7 @@ def corrected_table(summary: Mapping[str, Any]) -> str:
         if summary.get(twin) is None and (summary.get(key) is None or key in ("mfr", "mt5d")):
             continue  # nothing to compare (CIFAR-P's mFR has no normalised twin: the paper's is the raw one)
         rows.append([COLUMN_INFO[key].header, _fmt(summary.get(key), 2), _fmt(summary.get(twin), 2), what])
-    return _table(["Measure", "As the paper's (beside its rows)", "Corrected", "The corrected figure uses"], rows)
+    return _table(["Measure", "As the paper's (beside its rows)", "Corrected or raw", "The other figure uses"], rows)
 
 
 def _paper_section(results: Mapping[str, Any], table: str) -> list[str]:
