@@ -87,7 +87,7 @@ if tuple(IMAGENET_C_BAR_SEVERITIES) != IMAGENET_C_BAR_CORRUPTIONS:  # one list o
 
 IMAGENET_R_FOLDER = "imagenet-r"
 IMAGENET_C_BAR_FOLDER = "ImageNet-C-Bar"
-IMAGENET_O_FOLDERS = ("ImageNet-O", "imagenet-o")  # the brief's name, then the release's tar folder
+IMAGENET_O_FOLDERS = ("ImageNet-O", "imagenet-o")  # ImageNet-C/-P style, then the release tar's own folder
 
 
 def c_bar_severity_folders(corruption: str) -> tuple[str, ...]:
