@@ -132,3 +132,63 @@ def test_a_damaged_journal_entry_is_named_and_its_shard_written_again(imagenet: 
     result = CliRunner().invoke(mixset_main, args)
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert f"{options}: truncated or unreadable" in result.output and "re-run exactly" in result.output
+
+
+# --- 4. a run whose every item fails the same way exits non-zero, blaming the right option -------------
+
+
+def _bomb_mixset(tmp_path: Path) -> Path:
+    """A finished mixing set (manifest and all) whose only picture is a decompression bomb."""
+    import webdataset as wds
+    from tiny_datasets import write_mixset
+
+    out = write_mixset(tmp_path / "bomb-set", count=2, size=32)
+    bomb = io.BytesIO()
+    Image.new("1", (8500, 8500)).save(bomb, format="PNG")  # 72 Mpixel in a few KB
+    (shard_path,) = sorted((out / "shards").glob("*.tar"))
+    samples = list(iter_shard(shard_path))
+    with wds.TarWriter(str(shard_path)) as sink:
+        for sample in samples:
+            sink.write({"__key__": sample.key, "jpg": bomb.getvalue(), "json": sample.fields["json"]})
+    return out
+
+
+@pytest.mark.parametrize("shard_samples", [None, "2"])
+def test_a_folder_that_is_not_a_mixing_set_is_a_bad_mixset(imagenet: Path, tmp_path: Path,
+                                                           shard_samples: str | None) -> None:
+    sizes = ["--shard-samples", shard_samples] if shard_samples else []
+    out = tmp_path / "o"
+    result = CliRunner().invoke(mixset_main, ["shard", "imagenet", "--data-dir", str(imagenet), "--out", str(out),
+                                              "--pixmix", "--mixset", str(imagenet / "train"), "--image-size", "32",
+                                              "--crop-size", "16", "--quiet", *sizes])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("Error: --mixset") and "--data-dir" not in result.output, result.output
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("shard_samples", [None, "2"])
+def test_a_mixing_set_of_one_bomb_exits_non_zero_in_one_line(imagenet: Path, tmp_path: Path,
+                                                             shard_samples: str | None) -> None:
+    sizes = ["--shard-samples", shard_samples] if shard_samples else []
+    mixset = _bomb_mixset(tmp_path)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(mixset_main, ["shard", "imagenet", "--data-dir", str(imagenet), "--out", str(out),
+                                              "--pixmix", "--mixset", str(mixset), "--image-size", "32",
+                                              "--crop-size", "16", "--quiet", *sizes])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("Error: --mixset") and "decompression bomb" in result.output, result.output
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_shard_run_whose_every_item_fails_exits_non_zero_and_writes_nothing_to_resume(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "cls"
+    data.mkdir(parents=True)
+    for i in range(3):
+        (data / f"{i}.jpg").write_bytes(b"not an image")
+    out = tmp_path / "o"
+    args = ["shard", "imagefolder", "--data-dir", str(data.parent), "--out", str(out), "--shard-samples", "2",
+            "--image-size", "32", "--quiet"]
+    result = CliRunner().invoke(mixset_main, args)
+    assert result.exit_code == 1 and "every one of the 3 item(s) failed" in result.output, result.output
+    assert "is not an image" in result.output.strip().splitlines()[-1]
+    assert not (out / "manifest.json").exists() and not list((out / ".shard").glob("shard-*.json"))

@@ -72,6 +72,7 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
     if Path(config.out).resolve().is_relative_to(Path(config.data_dir).resolve()):  # after the listing's checks
         raise ShardError(f"--out {config.out} is inside --data-dir {config.data_dir}: its shards would be listed "
                          "as data; choose an --out outside it", param="out")
+    _check_mixing_set(config)
     with shard_writer(config.out, source.split, rank=config.rank) as writer:
         per_shard = _claim(writer, config, source, log)
         tasks = plan_shards(len(source), config.views, per_shard, config.seed)
@@ -85,6 +86,7 @@ def shard(config: ShardConfig, log: Callable[[str], None] = print, progress: boo
         log(f"rank {config.rank}/{config.world_size}: {len(mine)} of {len(tasks)} shard(s), {per_shard} samples "
             f"each; {len(done)} already complete")
         written, failures = _write_all(todo, config, source, writer, log, progress)
+        _refuse_all_failed(todo, written, failures, writer)
     seconds = time.perf_counter() - started
     writer.write_state(f"rank-{config.rank:05d}-of-{config.world_size:05d}.json", {
         "rank": config.rank, "world_size": config.world_size, "shards": [t.id for t in mine],
@@ -124,6 +126,41 @@ def _check_plan(writer: ShardSetWriter, config: ShardConfig, source: Source, tas
     writer.write_state(PLAN, plan)
 
 
+def _check_mixing_set(config: ShardConfig, tries: int = 16) -> None:
+    """Before anything is written: ``--mixset`` is a mixing set and one of its first pictures decodes. Else
+    every view would fail alike, and the error would seem to be the data's."""
+    if not config.pixmix or config.partners == "augmented" or config.mixset is None:
+        return
+    from pixmix.data.shards.mixing_set import MixingShards
+    from pixmix.utils.errors import PixmixError
+
+    try:
+        mixing = MixingShards(config.mixset)
+    except PixmixError as exc:
+        raise ShardError(str(exc), param="mixset") from None
+    errors = []
+    for index in range(min(tries, len(mixing))):
+        try:
+            mixing[index].close()
+            return
+        except Exception as exc:  # noqa: BLE001 - any undecodable picture counts as unreadable
+            errors.append(" ".join(str(exc).split()))
+    raise ShardError(f"none of the first {len(errors)} picture(s) of {config.mixset} could be read (first: "
+                     f"{errors[0]}); rebuild it with `mixset build`", param="mixset")
+
+
+def _refuse_all_failed(todo: Sequence[ShardTask], written: int, failures: list[str], writer: ShardSetWriter) -> None:
+    """A run that made no sample because every item failed is an error, not an empty set: its empty shards
+    and their journal entries are removed (a re-run after the fix makes them) and the first failure is named."""
+    planned = sum(len(t.items) for t in todo)
+    if not todo or written or len(failures) < planned:
+        return
+    for task in todo:
+        writer.journal_path(task.id).unlink(missing_ok=True)
+        writer.shard_path(task.id).unlink(missing_ok=True)
+    raise ShardError(f"every one of the {planned} item(s) failed, nothing was written; the first: {failures[0]}")
+
+
 def _wait_for(path: Path, what: str, log: Callable[[str], None], timeout: float = 3600.0) -> None:
     log(f"waiting for {what}")
     deadline = time.monotonic() + timeout
@@ -140,10 +177,10 @@ def _probe_shard_samples(config: ShardConfig, source: Source) -> int:
     Always measured on the CPU in this process, so every rank and every resumed run gets the same number.
     """
     probe = plan_shards(len(source), 1, min(PROBE_SAMPLES, len(source)), config.seed)[0]
-    samples, _ = Maker(config, source, device="cpu").all_samples(probe)
+    samples, failures = Maker(config, source, device="cpu").all_samples(probe)
     if not samples:
-        raise ShardError(f"none of the first {len(probe.items)} items of {config.data_dir} could be read; "
-                         "check --data-dir (see the errors above)", param="data_dir")
+        raise ShardError(f"none of the first {len(probe.items)} items of {config.data_dir} could be read (first: "
+                         f"{failures[0] if failures else '?'}); check --data-dir", param="data_dir")
     mean = sum(sum(len(v) for v in s.fields.values()) + 1536 for s in samples) / len(samples)  # + tar headers
     return max(1, min(len(source), MAX_SHARD_SAMPLES, int(config.shard_bytes // mean)))
 
