@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_stream import make_set
+from test_stream import make_mixset, make_set
 from webdataset.filters import _shuffle
 
 from pixmix.data.loader import EpochPosition, ShardLoader, ShardStream, shuffle_order, worker_turns
 from pixmix.models import load_checkpoint, save_checkpoint
+from pixmix.train.trainer import KILL_AFTER_STEP
 from pixmix.utils.errors import PixmixError
 
 # torchvision 0.29 deprecates its image decoders (in favour of TorchCodec) on every call.
@@ -147,3 +153,94 @@ def test_a_resumed_epoch_keeps_its_global_batch(shards: Path) -> None:
     assert info.value.param == "batch_size"
     with pytest.raises(PixmixError, match="epoch 0, not 1"):
         loader(shards, world=2, batch=6).set_epoch(1, position)
+
+
+# --- pixmix train killed mid-epoch ---------------------------------------------------------------
+
+TIMING = ("seconds", "samples_per_s")
+SCRIPT = Path(__file__).with_name("elastic_script.py")
+
+
+@pytest.fixture(scope="module")
+def mixing(tmp_path_factory) -> Path:
+    return make_mixset(tmp_path_factory.mktemp("resume-mixset"))
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent), **extra}
+
+
+def _run(cmd: list[str], kill_after: int | None = None) -> subprocess.CompletedProcess:
+    env = _env(**({KILL_AFTER_STEP: str(kill_after)} if kill_after is not None else {}))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _options(shards: Path, mixing: Path, out: Path, *extra: str) -> list[str]:
+    return ["--preset", "smoke", "--shards", str(shards), "--mixset", str(mixing), "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--device", "cpu", "--quiet", *extra]
+
+
+def _log(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """The final checkpoints hold equal weights, optimiser and schedule, and the logs equal records."""
+    sa, sb = (load_checkpoint(out / "checkpoints" / "last.pt") for out in (a, b))
+    assert sa["model_state"].keys() == sb["model_state"].keys()
+    for key, value in sa["model_state"].items():
+        assert torch.equal(value, sb["model_state"][key]), key
+    for pid, slot in sa["optimizer_state"]["state"].items():
+        assert torch.equal(slot["momentum_buffer"], sb["optimizer_state"]["state"][pid]["momentum_buffer"])
+    assert sa["scheduler_state"] == sb["scheduler_state"] and sa["step"] == sb["step"]
+    assert "mid_epoch" not in sb and _log(a) == _log(b)
+
+
+@pytest.mark.slow
+def test_pixmix_train_killed_mid_epoch_resumes_to_the_same_weights(shards: Path, mixing: Path,
+                                                                    tmp_path: Path) -> None:
+    """86 samples, batch 8: 10 steps per epoch; killed (SIGKILL) at steps 4 and 12, resumed each time."""
+    pixmix = [str(Path(sys.executable).with_name("pixmix")), "train"]
+    common = ("--workers", "2")  # two DataLoader workers: their turns are part of the order
+    reference = _run(pixmix + _options(shards, mixing, tmp_path / "a", *common))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "b"
+    cmd = pixmix + _options(shards, mixing, out, *common, "--checkpoint-every", "4")
+    for kill, epoch, step in ((4, 0, 4), (12, 1, 2)):
+        killed = _run(cmd, kill_after=kill)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        state = load_checkpoint(out / "checkpoints" / "last.pt")
+        assert (state["epoch"], state["step"], state["mid_epoch"]["position"]["step"]) == (epoch, kill, step)
+        assert len(_log(out)) == epoch  # no line for the epoch in progress
+    finished = _run(cmd)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert [r["step"] for r in _log(out)] == [10, 20]
+    _assert_same_run(tmp_path / "a", out)
+
+
+def _keys(folder: Path, world: int, rank: int = 0) -> list[dict]:
+    path = folder / f"keys-w{world}-r{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_dropout_replays_no_batch_and_ends_bit_identical(shards: Path, mixing: Path,
+                                                                           tmp_path: Path) -> None:
+    """Dropout draws from torch's global RNG: its state is in the checkpoint; the resumed run's batches are the
+    uninterrupted run's from the next one on (skipped, not replayed)."""
+    runs = {}
+    for name, extra, kill in (("a", (), None), ("b", ("--checkpoint-every", "3"), 6)):
+        keys = tmp_path / f"keys-{name}"
+        keys.mkdir()
+        cmd = [sys.executable, str(SCRIPT), str(keys), "--dropout", "--", *_options(shards, mixing, tmp_path / name,
+                                                                                   "--workers", "0", *extra)]
+        first = _run(cmd, kill_after=kill)
+        if kill is not None:
+            assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+            assert len(_keys(keys, 1)) == kill  # the batches trained before the kill
+            first = _run(cmd)
+        assert first.returncode == 0, first.stderr[-3000:]
+        runs[name] = _keys(keys, 1)
+    assert runs["b"] == runs["a"] and len(runs["a"]) == 20  # each batch once, in the same order
+    _assert_same_run(tmp_path / "a", tmp_path / "b")

@@ -121,6 +121,9 @@ def _list_archs(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
 @click.option("--keep-every", type=click.IntRange(0), default=None,
               help="Keep checkpoints/epoch-NNN.pt every N epochs (and the last); 0: only last.pt. "
                    "Default: the preset's.")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=None,
+              help="Also replace checkpoints/last.pt every N optimiser steps within an epoch (atomically; it holds "
+                   "the loader's position, so a resume continues at the next batch). Default: 0 (at epoch ends only).")
 @click.option("--partners", type=click.Choice(["both", "augmented", "mixing"]), default=None,
               help="Online PixMix's mixing partners: both (PixMix), augmented inputs only (no --mixset needed), or "
                    "the mixing set only (the paper's Table 5). Default: both.")
@@ -152,7 +155,8 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
           seed: int | None, device: str | None, amp: bool | None, pretrained: str | None, keep_every: int | None,
           partners: str | None, k: int | None, beta: float | None, severity: float | None, sync_bn: bool | None,
           quiet: bool, arch: str | None = None, cutmix: float | None = None,
-          cache_dir: Path | None = None, cache_bytes: int | None = None, **iterative: int | None) -> None:
+          cache_dir: Path | None = None, cache_bytes: int | None = None, checkpoint_every: int | None = None,
+          **iterative: int | None) -> None:
     """Train (or resume) a PixMix or baseline model on a shard set; run under torchrun (or srun) for DDP.
 
     Checkpoints go to OUT/checkpoints/last.pt (and epoch-NNN.pt), one JSON line per epoch to OUT/log.jsonl.
@@ -167,7 +171,8 @@ def train(preset: str, shards: Path, out: Path, mixset: Path | None, val_shards:
         config = preset_config(preset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                workers=workers, seed=seed, device=device, amp=amp, pretrained=pretrained,
                                keep_every=keep_every, partners=partners, k=k, beta=beta, severity=severity,
-                               sync_bn=sync_bn, arch=arch, cutmix=cutmix, **iterative)
+                               sync_bn=sync_bn, arch=arch, cutmix=cutmix, checkpoint_every=checkpoint_every,
+                               **iterative)
         run_training(config, shards, out, mixset=mixset, val_shards=val_shards,
                      log=lines.append if quiet else click.echo, progress=not quiet)
     if quiet and lines:

@@ -2,7 +2,10 @@
 ``log.jsonl`` (one JSON record per epoch).
 
 After each epoch rank 0 saves ``last.pt`` atomically, then the kept copy, then the log line; a resume
-trims the log to the checkpoint's epochs, so a run killed anywhere in between continues cleanly.
+trims the log to the checkpoint's epochs, so a run killed anywhere in between continues cleanly. With
+``--checkpoint-every N``, ``last.pt`` is also replaced every N steps within an epoch: then its ``epoch`` counts the
+completed epochs, its ``metrics`` are the last completed epoch's record and its ``mid_epoch`` holds the epoch in
+progress (:class:`pixmix.train.loop.MidEpoch`); no log line is written until the epoch ends.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from typing import Any
 from pixmix.augment.recipes import Recipe
 from pixmix.models import load_checkpoint, save_checkpoint
 from pixmix.train.errors import TrainError
-from pixmix.train.loop import Learner, cosine_factor
+from pixmix.train.loop import Learner, MidEpoch, cosine_factor
 from pixmix.utils.errors import PixmixError
 
 # Fields that may differ when a run is resumed: more epochs extend it (the cosine is re-planned from
-# there on); keep_every only changes which checkpoints are kept.
-RESUMABLE_CHANGES = ("epochs", "keep_every")
+# there on); keep_every and checkpoint_every only change which checkpoints are written.
+RESUMABLE_CHANGES = ("epochs", "keep_every", "checkpoint_every")
 # What a resumed run's data must share with the checkpoint's (the shards' folder may move).
 _DATA_KEYS = ("kind", "mode", "samples", "mixset")
 
@@ -101,13 +104,15 @@ def resume(
     if learner.scaler is not None and state.get("scaler_state") is not None:
         learner.scaler.load_state_dict(state["scaler_state"])
     completed, learner.step = int(state["epoch"]), int(state["step"])
+    mid = state.get("mid_epoch")
     if state["config"]["epochs"] != epochs:
         say(f"note: {state['config']['epochs']} -> {epochs} epochs: the cosine schedule is re-planned "
             f"over {total_steps} steps from step {learner.step}")
     # The lr of the next step under this run's schedule (the same value LambdaLR would compute).
     for group, base in zip(learner.optimizer.param_groups, learner.scheduler.base_lrs, strict=True):
         group["lr"] = base * cosine_factor(learner.step, total_steps)
-    say(f"resumed {files.last} at epoch {completed}/{epochs} (step {learner.step})")
+    within = f", {mid['position']['step']} steps into epoch {completed + 1}" if mid is not None else ""
+    say(f"resumed {files.last} at epoch {completed}/{epochs} (step {learner.step}{within})")
     return completed
 
 
@@ -138,6 +143,15 @@ class CheckpointSaver:
         if self.keep_every and (epoch == self.epochs or epoch % self.keep_every == 0):
             keep_copy(self.files.last, self.files.kept(epoch))
         append_log(self.files.log, record)  # after the checkpoint: a resume trims records it does not hold
+
+    def save_mid_epoch(
+        self, learner: Learner, completed: int, last_record: dict[str, Any] | None, mid: MidEpoch
+    ) -> None:
+        """Save ``last.pt`` (atomically) partway through epoch ``completed + 1``; ``last_record``: the log record
+        of epoch ``completed`` (``None`` in the first epoch)."""
+        state = self.payload(learner, {"epoch": completed})
+        state.update(metrics=last_record, mid_epoch=mid.to_state())
+        save_checkpoint(self.files.last, state)
 
     def payload(self, learner: Learner, record: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint's fields (plain values only: it loads with ``weights_only=True``)."""

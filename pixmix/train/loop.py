@@ -2,13 +2,15 @@
 epoch (:func:`train_one_epoch`) and the validation error (:func:`validate`).
 
 An epoch re-seeds torch's global RNG from ``(seed, epoch, rank)`` before its first step, so dropout draws do
-not depend on what ran before: a resumed run replays them exactly.
+not depend on what ran before: a resumed run replays them exactly. A mid-epoch checkpoint holds each rank's RNG
+state and the epoch's running sums (:class:`MidEpoch`), so a run resumed there continues them exactly too.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ from torch import nn
 
 from pixmix.augment.cutmix import CutMixBox, apply_cutmix, cutmix_loss, sample_cutmix
 from pixmix.augment.recipes import Recipe
-from pixmix.data.loader import ShardLoader, finish_batch
+from pixmix.data.loader import EpochPosition, ShardLoader, finish_batch
 from pixmix.train.context import TrainContext
 from pixmix.utils.seeding import derive_seed
 
@@ -170,21 +172,82 @@ class _Tally:
         return ctx.sum(torch.stack([self.loss_sum, self.wrong.double(), *counts])).tolist()
 
 
+@dataclass(frozen=True)
+class MidEpoch:
+    """What a mid-epoch checkpoint holds of the epoch in progress: the loader's ``position`` (its ``step``: batches
+    done on every rank), the running sums of all ranks so far, and each rank's RNG states (dropout's draws)."""
+
+    position: EpochPosition
+    loss_sum: float
+    wrong: int
+    samples: int
+    substituted: int
+    errors: list[str]
+    rng: list[torch.Tensor]
+    cuda_rng: list[torch.Tensor] | None
+
+    @classmethod
+    def gather(cls, tally: _Tally, loader: ShardLoader, ctx: TrainContext) -> MidEpoch:
+        """The state of every rank after ``tally.batches`` steps (a collective call: all ranks together)."""
+        cuda = torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None
+        mine = (float(tally.loss_sum.item()), int(tally.wrong.item()), tally.seen, tally.substituted,
+                list(tally.errors), torch.get_rng_state(), cuda)
+        ranks = ctx.gather(mine)
+        return cls(loader.position(tally.batches), sum(r[0] for r in ranks), sum(r[1] for r in ranks),
+                   sum(r[2] for r in ranks), sum(r[3] for r in ranks), [e for r in ranks for e in r[4]],
+                   [r[5] for r in ranks], None if cuda is None else [r[6] for r in ranks])
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain values and tensors (the checkpoint loads with ``weights_only=True``)."""
+        return {"position": self.position.to_state(), "loss_sum": self.loss_sum, "wrong": self.wrong,
+                "samples": self.samples, "substituted": self.substituted, "errors": self.errors, "rng": self.rng,
+                "cuda_rng": self.cuda_rng}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MidEpoch:
+        """The inverse of :meth:`to_state`."""
+        return cls(EpochPosition.from_state(state["position"]), float(state["loss_sum"]), int(state["wrong"]),
+                   int(state["samples"]), int(state["substituted"]), list(state["errors"]), list(state["rng"]),
+                   state["cuda_rng"])
+
+    def restore(self, tally: _Tally, ctx: TrainContext, seed: int) -> None:
+        """Continue ``tally`` (rank 0 carries the sums of all ranks) and this rank's RNG: its own state on the same
+        ranks, else a seed of ``(seed, epoch, rank, step)`` (another split: the draws differ anyway)."""
+        step = self.position.step
+        tally.batches = step
+        if ctx.rank == 0:
+            tally.loss_sum += self.loss_sum
+            tally.wrong += self.wrong
+            tally.seen, tally.substituted, tally.errors = self.samples, self.substituted, list(self.errors)
+        if len(self.rng) != ctx.world_size:
+            torch.manual_seed(derive_seed(seed, _EPOCH_STREAM, self.position.epoch, ctx.rank, step))
+            return
+        torch.set_rng_state(self.rng[ctx.rank])
+        if self.cuda_rng is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(self.cuda_rng[ctx.rank], ctx.device)
+
+
 def train_one_epoch(
     learner: Learner, loader: ShardLoader, ctx: TrainContext, recipe: Recipe, *, epoch: int, epochs: int, seed: int,
-    progress: bool = False, cutmix: float = 0.0, pool: IterativePool | None = None,
+    progress: bool = False, cutmix: float = 0.0, pool: IterativePool | None = None, resume_at: MidEpoch | None = None,
+    after_step: Callable[[_Tally], None] | None = None,
 ) -> EpochStats:
     """Train ``epoch`` (0-based) of ``epochs`` on this rank's batches; the statistics of all ranks.
 
     ``cutmix``: the probability per batch of CutMix on the (PixMix or base-augmented) inputs, with the mixed
     loss; the training error counts against each image's own label. ``pool``: Iterative PixMix's pool, refreshed
     from the model before the steps its schedule names and the source of online PixMix's mixing pictures.
+    ``resume_at``: continue the epoch from a mid-epoch checkpoint. ``after_step``: called with the running tally
+    after every step but the epoch's last (on every rank: a mid-epoch checkpoint).
     """
-    loader.set_epoch(epoch)
+    loader.set_epoch(epoch, resume_at.position if resume_at is not None else None)
     torch.manual_seed(epoch_seed(seed, epoch, ctx.rank))
     learner.net.train()
     tick = time.perf_counter()
     tally = _Tally(ctx.device)
+    if resume_at is not None:
+        resume_at.restore(tally, ctx, seed)
+    end = tally.batches + len(loader)
     lr = learner.lr  # an epoch without batches reports the lr it would have used
     bar = _progress_bar(len(loader), f"epoch {epoch + 1}/{epochs}") if progress and ctx.rank == 0 else None
     for batch in loader:
@@ -194,6 +257,8 @@ def train_one_epoch(
         loss = cutmix_loss(logits.float(), labels, box)
         lr = learner.update(loss)
         tally.add(batch, loss, logits, labels)
+        if after_step is not None and tally.batches < end:
+            after_step(tally)
         if bar is not None:
             bar.update()
             if tally.batches % 20 == 1:
@@ -248,5 +313,5 @@ def validation_error(
     return validate(model, loader, ctx, recipe, Precision(use_amp, amp_dtype, channels_last))
 
 
-__all__ = ["EpochStats", "Learner", "Precision", "cosine_factor", "cosine_scheduler", "cutmix_rng", "epoch_seed",
-           "init_seed", "maybe_cutmix", "train_one_epoch", "validate", "validation_error"]
+__all__ = ["EpochStats", "Learner", "MidEpoch", "Precision", "cosine_factor", "cosine_scheduler", "cutmix_rng",
+           "epoch_seed", "init_seed", "maybe_cutmix", "train_one_epoch", "validate", "validation_error"]

@@ -21,6 +21,8 @@ orchestrates the pieces: :mod:`~pixmix.train.context` (rank, world, device),
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -54,6 +56,7 @@ from pixmix.train.iterative import IterativeOptions, IterativePool, load_pool, p
 from pixmix.train.loop import (
     EpochStats,
     Learner,
+    MidEpoch,
     Precision,
     cosine_factor,
     cosine_scheduler,
@@ -101,6 +104,7 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (never on the CPU)
     amp_dtype: str = "bfloat16"  # float16 adds a GradScaler
     keep_every: int = 1  # keep checkpoints/epoch-NNN.pt every N epochs (and the last); 0: only last.pt
+    checkpoint_every: int = 0  # also replace last.pt every N optimiser steps within an epoch (0: at epoch ends only)
     # Online PixMix's mixing partners (the paper's Table 5): "both" (PixMix), "augmented" (augmented inputs
     # only: no mixing set), "mixing" (the mixing set only). Pre-generated views carry their own.
     partners: str = "both"
@@ -141,7 +145,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise self._bad(name, "an integer >= 1")
-        for name in ("workers", "seed", "keep_every"):
+        for name in ("workers", "seed", "keep_every", "checkpoint_every"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise self._bad(name, "an integer >= 0")
 
@@ -387,6 +391,7 @@ class _Run:
     say: Callable[[str], None]
     progress: bool
     pool: IterativePool | None = None  # Iterative PixMix
+    done: list[dict[str, Any]] = field(default_factory=list)  # the log record of the last completed epoch
 
 
 def train(
@@ -416,10 +421,11 @@ def train(
         say = log if ctx.rank == 0 else _silent
         run, state = _set_up(config, ctx, shards, Path(out), plan, classes, mixset, val_shards, say, progress)
         start = _resume(run, state)
+        mid = MidEpoch.from_state(state["mid_epoch"]) if state is not None and state.get("mid_epoch") else None
         _distribute(run.learner, config, ctx, say)
         say(_banner(run))
         last = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
-        records = [_epoch(run, epoch) for epoch in range(start, last)]
+        records = [_epoch(run, epoch, mid if epoch == start else None) for epoch in range(start, last)]
         summary = TrainSummary(out=Path(out), checkpoint=run.saver.files.last, epochs_completed=start + len(records),
                                epochs=config.epochs, step=run.learner.step,
                                resumed_from=start if state is not None else None,
@@ -557,11 +563,17 @@ def _resume(run: _Run, state: dict[str, Any] | None) -> int:
         start = resume(state, run.learner, files, epochs=config.epochs, total_steps=total_steps, say=say)
         if run.pool is not None and not load_pool(_pool_file(run), run.pool, run.learner.step):
             say(f"note: no Iterative FVis pool saved at step {run.learner.step}: it is rendered again")
+    metrics = state.get("metrics") if state is not None else None
+    if metrics:
+        run.done.append(metrics)
     if ctx.rank == 0:
-        reconcile_log(files.log, start, state.get("metrics") if state is not None else None)
-    if state is not None and state.get("metrics", {}).get("world_size") not in (None, ctx.world_size):
-        say(f"note: resuming on {ctx.world_size} rank(s), the run so far used {state['metrics']['world_size']}: "
-            "the data order (and per-rank BatchNorm statistics) differ from an uninterrupted run")
+        reconcile_log(files.log, start, metrics)
+    mid = (state or {}).get("mid_epoch") or {}
+    world = mid["position"]["world_size"] if mid else (metrics or {}).get("world_size")
+    if world not in (None, ctx.world_size):
+        say(f"note: resuming on {ctx.world_size} rank(s), the run so far used {world}: the rest of the epoch is "
+            "re-split over the new ranks, so the data order (and per-rank BatchNorm statistics) differ from an "
+            "uninterrupted run")
     return start
 
 
@@ -592,12 +604,15 @@ def _banner(run: _Run) -> str:
                if config.iterative_fvis_every else ""))
 
 
-def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
-    """Train and validate ``epoch`` (0-based); rank 0 saves and logs it. Its ``log.jsonl`` record."""
+def _epoch(run: _Run, epoch: int, resume_at: MidEpoch | None = None) -> dict[str, Any]:
+    """Train and validate ``epoch`` (0-based; ``resume_at``: from a mid-epoch checkpoint); rank 0 saves and logs
+    it. Its ``log.jsonl`` record."""
     config, ctx, learner = run.config, run.ctx, run.learner
     recipe = config.training_recipe
+    every = config.checkpoint_every
     stats = train_one_epoch(learner, run.loader, ctx, recipe, epoch=epoch, epochs=config.epochs, seed=config.seed,
-                            progress=run.progress, cutmix=config.cutmix, pool=run.pool)
+                            progress=run.progress, cutmix=config.cutmix, pool=run.pool, resume_at=resume_at,
+                            after_step=(lambda tally: _mid_epoch(run, epoch, tally)) if every else None)
     if not math.isfinite(stats.train_loss):
         raise TrainError(f"epoch {epoch + 1}: the training loss is {stats.train_loss}: lower --lr", param="lr")
     # (a validation loader without batches on this rank reports no error)
@@ -613,7 +628,29 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         run.say(_epoch_line(record, config.epochs)
                 + (f", {record['fvis_refreshes']} FVis refreshes so far" if run.pool is not None else ""))
     ctx.barrier()  # every rank sees the checkpoint before anyone moves on (or exits)
+    run.done.append(record)
     return record
+
+
+# A test hook: the process kills itself (SIGKILL, as a preemption would) once the mid-epoch checkpoint of this
+# global step is on disk.
+KILL_AFTER_STEP = "PIXMIX_TEST_KILL_AFTER_STEP"
+
+
+def _mid_epoch(run: _Run, epoch: int, tally: Any) -> None:
+    """After each step of ``epoch``: every ``checkpoint_every`` steps, all ranks gather the epoch's state and rank
+    0 replaces ``last.pt`` with it (a collective call: every rank takes the same steps)."""
+    learner, ctx = run.learner, run.ctx
+    if learner.step % run.config.checkpoint_every:
+        return
+    mid = MidEpoch.gather(tally, run.loader, ctx)
+    if ctx.rank == 0:
+        if run.pool is not None:  # before last.pt, as at an epoch's end
+            save_pool(_pool_file(run), run.pool, learner.step)
+        run.saver.save_mid_epoch(learner, epoch, run.done[-1] if run.done else None, mid)
+    ctx.barrier()
+    if os.environ.get(KILL_AFTER_STEP) == str(learner.step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _epoch_record(
