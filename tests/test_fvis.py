@@ -66,12 +66,42 @@ def test_plan_units_deterministic_counts_and_limit():
     assert len(set(plan)) == len(plan)
     assert plan[0] == (fv.DEFAULT_LAYERS["alexnet"][0], 0)
     alex = fv.plan_units(["alexnet"])
-    assert len(alex) == 64 + 192 and [c for _, c in alex[:3]] == [0, 1, 2]
+    assert len(alex) == 64 + 192 + 384 and [c for _, c in alex[:3]] == [0, 1, 2]
+    # the paper's set holds about 4,700 FVis (spec section 5); the default plan is of that size
+    assert len(plan) == 4768 and 4500 <= len(plan) <= 5000
     assert fv.plan_units(["resnet50", "alexnet"])[0][0].model == "resnet50"
     assert fv.plan_units(limit=5) == plan[:5]
     assert fv.plan_units(limit=0) == []
     with pytest.raises(ValueError, match="no default layers"):
         fv.plan_units(["nope"])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fv.plan_units(activation="post")
+
+
+def test_default_activation_is_lucents_post_relu():
+    """Lucent's hook on an AlexNet/VGG conv sees the tensor the in-place ReLU overwrites: post-ReLU values.
+    The default plan optimises those (the ReLU module); pre-relu optimises the conv output itself."""
+    torch.manual_seed(0)
+    model = fv._build("alexnet").eval()
+    x = torch.randn(1, 3, 224, 224)
+    post = fv.plan_units(["alexnet"], limit=1)[0][0]
+    pre = fv.plan_units(["alexnet"], limit=1, activation="pre-relu")[0][0]
+    assert (post.layer, post.target, pre.target) == ("features.0", "features.1", "features.0")
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(_module: nn.Module, _inputs: object, out: torch.Tensor) -> None:  # None: the output is not replaced
+        seen.setdefault("lucent", out)
+
+    handle = model.features[0].register_forward_hook(keep)
+    with torch.no_grad():
+        model(x)  # the whole net: the ReLU then overwrites the hooked tensor, as in Lucent
+    handle.remove()
+    with torch.no_grad():
+        post_out, pre_out = fv.truncated_trunk(model, post.target)(x), fv.truncated_trunk(model, pre.target)(x)
+    assert torch.equal(post_out, seen["lucent"]) and (post_out >= 0).all()
+    assert (pre_out < 0).any() and torch.equal(pre_out.clamp_min(0), post_out)
+    resnet = fv.plan_units(["resnet50"], limit=1)[0][0]
+    assert resnet.target == resnet.layer == "conv1"  # followed by BatchNorm: nothing to choose
 
 
 def test_default_layers_match_torchvision():
@@ -336,8 +366,10 @@ def test_fvis_images_end_to_end(monkeypatch):
         "seed": 4,
     }
     assert meta["weights"].startswith("random-init")
+    assert (meta["activation"], meta["module"]) == ("post-relu", "features.1")  # Lucent's post-ReLU objective
     model, _ = fv.load_model("alexnet", weights="random")
-    again = fv.render_units(fv.truncated_trunk(model, "features.0"), [1], size=SIZE, steps=2, seed=meta["render_seed"])
+    trunk = fv.truncated_trunk(model, meta["module"])
+    again = fv.render_units(trunk, [1], size=SIZE, steps=2, seed=meta["render_seed"])
     assert np.array_equal(np.asarray(image), np.asarray(fv.to_pil(again[0])))
 
 

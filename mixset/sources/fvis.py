@@ -56,13 +56,13 @@ Batching independence
 
 In-place ReLUs
     The trunk's output is the target module's output *before* anything later runs, so truncation
-    drops the in-place ReLU that follows each conv in AlexNet/VGG ``features``: a conv objective there
-    sees the raw, pre-ReLU conv channel (Lucent's hook keeps the very tensor that the ReLU then
-    overwrites, so Lucent optimises post-ReLU values there). We chose this rather than cloning the
-    post-ReLU value: pre-ReLU objectives have gradients everywhere, which helps units that start
-    inactive. ResNet convs are followed by a (not in-place) BatchNorm, so both see the raw conv. To
-    optimise post-ReLU values, name the ReLU (AlexNet ``features.1``, VGG ``features.1``) or a block
-    (ResNet ``layer1.0``, GoogLeNet ``conv2``/``conv3``/``inception3a``), whose outputs are post-ReLU.
+    drops the in-place ReLU that follows each conv in AlexNet/VGG ``features``. Lucent's hook on such a
+    conv keeps the very tensor that the ReLU then overwrites, so Lucent optimises post-ReLU values
+    there; so do we by default (``activation="post-relu"``: the trunk stops after the ReLU named in
+    :class:`LayerSpec`). ``activation="pre-relu"`` optimises the raw conv channel instead (gradients
+    everywhere, which helps units that start inactive). ResNet convs are followed by a (not in-place)
+    BatchNorm, so both see the raw conv; GoogLeNet's ``BasicConv2d`` blocks and inception blocks output
+    post-ReLU values. Every image's metadata records the ``activation``.
 
 Weights and the random-init fallback
     :func:`load_model` loads torchvision's DEFAULT ImageNet weights (from the torch hub cache, or
@@ -90,7 +90,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -126,6 +126,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LayerSpec",
+    "ACTIVATIONS",
     "DEFAULT_LAYERS",
     "TRANSFORMS",
     "plan_units",
@@ -141,37 +142,62 @@ __all__ = [
 
 
 
+ACTIVATIONS = ("post-relu", "pre-relu")
+
+
 @dataclass(frozen=True)
 class LayerSpec:
-    """One layer to visualise: torchvision model name, module name in ``named_modules()``, channels."""
+    """One layer to visualise: torchvision model name, module name in ``named_modules()``, channels.
+
+    ``relu`` names the in-place ReLU that follows the layer (AlexNet/VGG convs), if any. With
+    ``activation = "post-relu"`` (Lucent's default: its hook on the conv keeps the very tensor that the
+    in-place ReLU overwrites) the optimised module is that ReLU; ``"pre-relu"`` optimises the raw conv.
+    """
 
     model: str
     layer: str
     channels: int
+    relu: str = ""
+    activation: str = "post-relu"
+
+    @property
+    def target(self) -> str:
+        """The module whose output is optimised."""
+        return self.relu if self.relu and self.activation == "post-relu" else self.layer
 
 
-def _layers(model: str, *pairs: tuple[str, int]) -> list[LayerSpec]:
-    return [LayerSpec(model, layer, channels) for layer, channels in pairs]
+def _layers(model: str, *entries: tuple[str, int] | tuple[str, int, str]) -> list[LayerSpec]:
+    return [LayerSpec(model, *entry) for entry in entries]
 
 
-# Early layers of torchvision's ImageNet CNNs. Names and channel counts checked once by instantiating
-# each model with weights=None (torchvision 0.29.1) and running it through truncated_trunk.
+def _conv_relu(convs: Sequence[tuple[int, int]]) -> list[tuple[str, int, str]]:
+    """``features.i`` convs of AlexNet/VGG, each followed by its in-place ReLU ``features.i+1``."""
+    return [(f"features.{i}", channels, f"features.{i + 1}") for i, channels in convs]
+
+
+# Early layers of torchvision's ImageNet CNNs: 4,768 units, near the ~4,700 FVis of the paper's set
+# (spec section 5). Names and channel counts checked by tests/test_fvis.py on the meta device.
 DEFAULT_LAYERS: dict[str, list[LayerSpec]] = {
-    # AlexNet: features.0 = conv1 (11x11/4), features.3 = conv2 (5x5).
-    "alexnet": _layers("alexnet", ("features.0", 64), ("features.3", 192)),
-    # VGG-16 conv blocks 1 and 2: conv1_1, conv1_2, conv2_1, conv2_2.
-    "vgg16": _layers("vgg16", ("features.0", 64), ("features.2", 64), ("features.5", 128), ("features.7", 128)),
-    # ResNet-50: stem conv1, the first bottleneck's 1x1 and 3x3 convs, its output and layer1's output.
+    # AlexNet conv1 (11x11/4), conv2 (5x5), conv3 (3x3): 640 units.
+    "alexnet": _layers("alexnet", *_conv_relu([(0, 64), (3, 192), (6, 384)])),
+    # VGG-16 conv1_1, conv1_2, conv2_1, conv2_2, conv3_1..conv3_3, conv4_1: 1,664 units.
+    "vgg16": _layers("vgg16", *_conv_relu([(0, 64), (2, 64), (5, 128), (7, 128), (10, 256), (12, 256), (14, 256),
+                                           (17, 512)])),
+    # ResNet-50: stem conv1, the first bottleneck's 1x1 and 3x3 convs, the first two bottlenecks' outputs
+    # and layer1's: 960 units.
     "resnet50": _layers(
         "resnet50",
         ("conv1", 64),
         ("layer1.0.conv1", 64),
         ("layer1.0.conv2", 64),
         ("layer1.0", 256),
+        ("layer1.1", 256),
         ("layer1", 256),
     ),
-    # GoogLeNet (InceptionV1): BasicConv2d conv2 (1x1) and conv3 (3x3), the first inception block.
-    "googlenet": _layers("googlenet", ("conv2", 64), ("conv3", 192), ("inception3a", 256)),
+    # GoogLeNet (InceptionV1): BasicConv2d conv2 (1x1) and conv3 (3x3, both post-ReLU inside the block),
+    # inception blocks 3a, 3b and 4a: 1,504 units.
+    "googlenet": _layers("googlenet", ("conv2", 64), ("conv3", 192), ("inception3a", 256), ("inception3b", 480),
+                         ("inception4a", 512)),
 }
 
 # Final classifier of each known architecture (used to infer num_classes from a checkpoint).
@@ -187,19 +213,26 @@ _HEADS = {
 # --- plan ------------------------------------------------------------------------------------------
 
 
-def plan_units(models: Sequence[str] | None = None, limit: int | None = None) -> list[tuple[LayerSpec, int]]:
+def plan_units(models: Sequence[str] | None = None, limit: int | None = None,
+               activation: str = "post-relu") -> list[tuple[LayerSpec, int]]:
     """Every ``(layer, channel)`` of :data:`DEFAULT_LAYERS` for ``models`` (all when ``None``).
 
     Deterministic order: models in the order given (``DEFAULT_LAYERS`` order when ``None``), layers
     in ``DEFAULT_LAYERS`` order, channels ascending. ``limit`` keeps the first ``limit`` entries.
+    ``activation``: ``post-relu`` (Lucent's default) or ``pre-relu`` for the convs followed by an
+    in-place ReLU (see :class:`LayerSpec`).
     """
     names = list(DEFAULT_LAYERS) if models is None else list(models)
     unknown = [m for m in names if m not in DEFAULT_LAYERS]
     if unknown:
         raise PixmixError(f"no default layers for model(s) {unknown}; known: {sorted(DEFAULT_LAYERS)}", param="models")
+    if activation not in ACTIVATIONS:
+        raise PixmixError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}",
+                          param="activation")
     if limit is not None and limit < 0:
         raise PixmixError(f"limit must be >= 0, got {limit}", param="limit")
-    plan = [(spec, c) for m in names for spec in DEFAULT_LAYERS[m] for c in range(spec.channels)]
+    specs = [replace(spec, activation=activation) for m in names for spec in DEFAULT_LAYERS[m]]
+    plan = [(spec, c) for spec in specs for c in range(spec.channels)]
     return plan if limit is None else plan[:limit]
 
 
@@ -413,7 +446,8 @@ def fvis_images(
     trunk, rendered ``batch`` channels at a time with ``render_seed = derive_seed(seed, model, layer)`` so
     layers do not share initialisations. Metadata: ``model, layer, channel, weights`` (the description from
     :func:`load_model`, e.g. ``"random-init fallback: ..."``), ``steps, size, seed, render_seed, lr,
-    transforms``; ``render_units(trunk, [channel], seed=render_seed, ...)`` reproduces the image.
+    transforms, activation, module``; ``render_units(truncated_trunk(model, module), [channel], seed=render_seed,
+    ...)`` reproduces the image.
 
     ``checkpoints`` are checked first (:func:`check_checkpoints`: against ``models``, with a ``plan`` the
     known ones). A random-weights fallback is in every image's ``weights`` and calls ``on_fallback(model, desc)``
@@ -425,7 +459,7 @@ def fvis_images(
         model, desc = _load_reporting(model_name, weights, checkpoints.get(model_name), on_fallback)
         for spec, layer_entries in groupby(model_entries, key=lambda entry: entry[0]):
             channels = [channel for _, channel in layer_entries]
-            trunk = truncated_trunk(model, spec.layer)
+            trunk = truncated_trunk(model, spec.target)
             render_seed = derive_seed(seed, spec.model, spec.layer)
             for start in range(0, len(channels), batch):
                 chunk = channels[start : start + batch]
@@ -434,18 +468,11 @@ def fvis_images(
                     transforms=transforms,
                 )
                 for channel, image in zip(chunk, images):
-                    meta = {
-                        "model": spec.model,
-                        "layer": spec.layer,
-                        "channel": channel,
-                        "weights": desc,
-                        "steps": steps,
-                        "size": size,
-                        "seed": seed,
-                        "render_seed": render_seed,
-                        "lr": lr,
-                        "transforms": transforms,
-                    }
+                    meta = {"model": spec.model, "layer": spec.layer, "channel": channel, "weights": desc,
+                            "steps": steps, "size": size, "seed": seed, "render_seed": render_seed, "lr": lr,
+                            "transforms": transforms,
+                            "activation": spec.activation if spec.relu else "as the layer outputs",
+                            "module": spec.target}  # the module whose output was optimised
                     yield to_pil(image), meta
             del trunk
         del model  # free it before the next model is loaded
