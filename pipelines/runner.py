@@ -393,9 +393,14 @@ class _Planner:
     def evaluation(self, v: Variant, train: Stage, data: Stage) -> Stage:
         """The evaluation of the trained network on the dataset's suite."""
         o = v.options
-        config = {"suite": o["dataset"], "limit": o["eval_limit"], "pgd_samples": o["pgd_samples"],
+        config: dict[str, Any] = {"suite": o["dataset"], "limit": o["eval_limit"], "pgd_samples": o["pgd_samples"],
                   "ood_samples": o["ood_samples"], "batch_size": o["eval_batch_size"], "seed": o["seed"],
                   "drop_last_bin": o["reference_calibration"]}
+        if o["p_baseline"]:  # set only when used, so that other pipelines' evaluations keep their hashes
+            path = Path(o["p_baseline"]).resolve()
+            if not path.is_file():
+                raise PipelineError(f"{v.name}: option p_baseline: {path} is not a file (AlexNet's results.json)")
+            config["p_baseline"] = str(path)
         return self.add("eval", v.name, config, {"train": train, "data": data}, o, v.name)
 
     def variant(self, v: Variant) -> VariantPlan:

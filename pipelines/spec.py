@@ -109,6 +109,8 @@ OPTIONS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "pgd_samples": (None, (int,), "images attacked by PGD (default: every test image)"),
     "ood_samples": (2000, (int,), "images per OOD set"),
     "eval_batch_size": (256, (int,), "evaluation batch"),
+    "p_baseline": ("", (str,), "ImageNet: AlexNet's results.json whose -P rates normalise mFR and mT5D (pixmix eval "
+                               "--p-baseline; '': unnormalised figures only, the comparable columns show '-')"),
     "reference_calibration": (False, (bool,), "drop the last calibration bin as the reference code does"),
     # everywhere
     "seed": (0, (int,), "seed of every stage"),

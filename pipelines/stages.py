@@ -358,7 +358,7 @@ def run_eval(stage: Stage, ctx: Context) -> dict[str, Any]:
                        batch_size=c["batch_size"], seed=c["seed"], pgd_samples=c["pgd_samples"],
                        ood_samples=c["ood_samples"], limit=c["limit"], drop_last_bin=c["drop_last_bin"],
                        workers=0 if stage.options["workers"] <= 1 else stage.options["workers"],
-                       progress=ctx.progress, log=_StageLog(stage, ctx))
+                       progress=ctx.progress, log=_StageLog(stage, ctx), p_baseline=c.get("p_baseline"))
     paths = write_report(results, stage.folder)
     return {"results": str(paths["json"]), "summary": results["summary"], "notes": results.get("notes", []),
             "seconds": results.get("seconds")}

@@ -1,4 +1,4 @@
-"""``mixset run``: a declarative pipeline (the paper's Table 4 / Table 5 ablations) end to end.
+"""``mixset run``: a declarative pipeline (the paper's Tables 4, 5, 6, 10 and 14) end to end.
 
 Thin: the pipeline machinery (and torch) is imported when the command runs, so ``--help`` is instant.
 Registered on the ``mixset`` group by ``mixset.cli``.
@@ -25,6 +25,9 @@ from pixmix.cli.errors import user_errors
                    "needed by --profile paper.")
 @click.option("--natural", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder of natural images for the '300K Random Images' variant.")
+@click.option("--pretrained", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights every variant fine-tunes from (pixmix train --pretrained; imagenet-mixing-sets --profile "
+                   "paper: ResNet-50's, also rendered as its 'ResNet only FVis').")
 @click.option("--only", multiple=True, metavar="VARIANT", help="Run only this variant (repeatable).")
 @click.option("--set", "overrides", multiple=True, metavar="[VARIANT.]KEY=VALUE",
               help="Override an option of every variant, or of one (repeatable), e.g. --set fractals.views=2.")
@@ -43,23 +46,29 @@ from pixmix.cli.errors import user_errors
 @click.option("--verbose", is_flag=True, help="Echo every stage's log lines (they always go to its run.log).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [default: when stderr is a terminal].")
 def run(pipeline: str, profile: str, work: Path | None, data: Path | None, natural: Path | None,
-        only: tuple[str, ...], overrides: tuple[str, ...], cache: Path | None, nodes: int | None,
-        nproc_per_node: int | None, rdzv_endpoint: str | None, node_rank: int | None, strict: bool, dry_run: bool,
-        verbose: bool, progress: bool | None) -> None:
-    """Run PIPELINE (a .toml file, or a bundled name: mixing-sets, mixing-strategies) end to end.
+        pretrained: Path | None, only: tuple[str, ...], overrides: tuple[str, ...], cache: Path | None,
+        nodes: int | None, nproc_per_node: int | None, rdzv_endpoint: str | None, node_rank: int | None, strict: bool,
+        dry_run: bool, verbose: bool, progress: bool | None) -> None:
+    """Run PIPELINE (a .toml file, or a bundled name: mixing-sets, mixing-strategies, cutmix, sensitivity,
+    imagenet-mixing-sets) end to end.
 
-    Builds every mixing set, shards the training set with pre-generated PixMix views per variant, trains,
-    evaluates and writes WORK/results.md (ours beside the paper's numbers), results.json and results.png.
-    Every stage is keyed by a hash of its options and inputs: re-running skips what is up to date.
+    Builds every mixing set, shards the training set (pre-generated PixMix views per variant, or plain shards
+    for online mixing), trains, evaluates and writes WORK/results.md (ours beside the paper's numbers),
+    results.json and results.png. Every stage is keyed by a hash of its options and inputs: re-running skips
+    what is up to date.
     """
     from pipelines.runner import run_pipeline
+    from pipelines.spec import parse_overrides
     from pipelines.stages import Launch
 
     # Only the library's user errors (PixmixError) become one line; anything else is a bug: its traceback shows.
     with user_errors(_flags()):
         launch = Launch.from_env(nodes=nodes, nproc_per_node=nproc_per_node, rdzv_endpoint=rdzv_endpoint,
                                  node_rank=node_rank)
-        run_pipeline(pipeline, profile, work, data=data, natural=natural, only=only, overrides=overrides, cache=cache,
+        options = parse_overrides(list(overrides))
+        if pretrained is not None:  # as --set pretrained=FILE for every variant (a path needs no TOML quoting here)
+            options.setdefault(None, {})["pretrained"] = str(pretrained)
+        run_pipeline(pipeline, profile, work, data=data, natural=natural, only=only, overrides=options, cache=cache,
                      strict=strict, launch=launch, dry_run=dry_run, log=click.echo, verbose=verbose,
                      progress=sys.stderr.isatty() if progress is None else progress)
 
