@@ -33,16 +33,16 @@ from pixmix.train.trainer import TrainError, preset_config, train
 from pixmix.utils.errors import PixmixError
 
 
-@pytest.mark.parametrize("size", [32, 33, 57])
+@pytest.mark.parametrize("size", [32, 33])
 def test_ported_transforms_equal_lucents_bit_for_bit(size):
     """The pure-torch port of Lucent's standard_transforms gives the very bytes Lucent's closures give
-    (kornia 0.4.1), for 40 consecutive draws of one seeded stream, and leaves the global numpy RNG alone."""
+    (kornia 0.4.1), for 25 consecutive draws of one seeded stream, and leaves the global numpy RNG alone."""
     np.random.seed(11)
     before = np.random.get_state()[1].copy()
     images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(size))
     ours = fr._LucentTransforms(1234, torch.device("cpu"))
     ref = fv._LucentReferenceTransforms(1234, torch.device("cpu"))
-    for _ in range(40):
+    for _ in range(25):
         a, b = ours(images), ref(images)
         assert a.shape == b.shape
         assert torch.equal(a, b)
@@ -210,6 +210,7 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_render_their_shares_and_hold_the_same_pool(tmp_path):
     """Two gloo processes (5 units: 3 on rank 0, 2 on rank 1) end with one pool, the single process's."""
     import torch.multiprocessing as mp
@@ -250,6 +251,7 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_cli_iterative_refreshes_and_resumes_identically(shards, tmp_path):
     """5 steps an epoch (40 images, batch 8): refreshes before steps 0, 2, 4, 6, 8; the log says so; a run
     stopped after epoch 1 and resumed ends with the uninterrupted run's weights and pool."""
