@@ -32,9 +32,10 @@ def shards(tmp_path_factory) -> Path:
     return make_set(tmp_path_factory.mktemp("resume-set"), counts=COUNTS)
 
 
-def loader(folder: Path, *, world: int = 1, rank: int = 0, batch: int = 4, workers: int = 0) -> ShardLoader:
+def loader(folder: Path, *, world: int = 1, rank: int = 0, batch: int = 4, workers: int = 0, seed: int = 3
+           ) -> ShardLoader:
     # A small shuffle buffer, so that the buffer's order really matters at this size.
-    return ShardLoader(folder, batch_size=batch, seed=3, rank=rank, world_size=world, num_workers=workers,
+    return ShardLoader(folder, batch_size=batch, seed=seed, rank=rank, world_size=world, num_workers=workers,
                        recipe="cifar", shuffle_buffer=8)
 
 
@@ -244,3 +245,36 @@ def test_a_killed_run_with_dropout_replays_no_batch_and_ends_bit_identical(shard
         runs[name] = _keys(keys, 1)
     assert runs["b"] == runs["a"] and len(runs["a"]) == 20  # each batch once, in the same order
     _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def _torchrun(ranks: int, keys: Path, options: list[str], kill_after: int | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+           str(SCRIPT), str(keys), "--", *options]
+    return _run(cmd, kill_after)
+
+
+@pytest.mark.slow
+def test_two_ranks_killed_mid_epoch_resume_on_three_with_every_sample_once(shards: Path, mixing: Path,
+                                                                           tmp_path: Path) -> None:
+    """Global batch 12 (2 x 6, then 3 x 4): 7 steps per epoch; the 2-rank job is killed 3 steps into epoch 2."""
+    keys, out = tmp_path / "keys", tmp_path / "run"
+    keys.mkdir()
+    options = _options(shards, mixing, out, "--batch-size", "12", "--workers", "1", "--checkpoint-every", "5")
+    killed = _torchrun(2, keys, options, kill_after=10)
+    assert killed.returncode != 0 and load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 10
+    resumed = _torchrun(3, keys, options)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    before = [_keys(keys, 2, r) for r in range(2)]
+    after = [_keys(keys, 3, r) for r in range(3)]
+    assert [len(b) for b in before] == [7 + 3] * 2 and [len(a) for a in after] == [7 - 3] * 3  # equal: no hang
+    # The epoch's samples: its global order cut at 7 steps x 12 (the 2-sample remainder as in any epoch).
+    reference = loader(shards, batch=12, seed=0)  # pixmix train's default seed
+    reference.set_epoch(1)
+    expected = [k for batch in reference for k in batch.keys]
+    assert len(expected) == 84 and all(len(b["keys"]) == 6 for r in before for b in r)
+    seen = [k for rank in before + after for b in rank if b["epoch"] == 1 for k in b["keys"]]
+    assert sorted(seen) == sorted(expected)  # every sample of the epoch exactly once
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"], r["world_size"], r["samples"]) for r in records] == [(1, 7, 2, 84),
+                                                                                        (2, 14, 3, 84)]
+    assert records[1]["batches_per_rank"] == [7, 7, 7]
