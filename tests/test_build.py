@@ -447,3 +447,39 @@ def test_a_checkpoint_for_a_model_not_rendered_is_refused_before_rendering(tmp_p
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "--fvis-checkpoint" in result.output and "vgg16" in result.output and "not being rendered" in result.output
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_archive_fvis_come_first_then_rendered_units_fill_the_limit(tmp_path) -> None:
+    """The paper's archive holds fractals and FVis: one download serves both collections; ``--source fvis``
+    takes the archive's FVis first and renders units only for what ``--limit`` leaves."""
+    import hashlib
+
+    from http_server import serve
+
+    archive = _tar_of({
+        "fractals/images/one.jpg": _png((250, 0, 0)), "fractals/images/two.jpg": _png((0, 250, 0)),
+        "first_layers_resized256_onevis/images/a.png": _png((0, 0, 250)),
+        "first_layers_resized256_onevis/images/b.png": _png((250, 250, 0)),
+    })
+    md5 = f'md5 = "{hashlib.md5(archive, usedforsecurity=False).hexdigest()}"'
+    with serve({"/fractals_and_fvis.tar": archive}) as base:
+        url = base + "/fractals_and_fvis.tar"
+        fractals = ARCHIVE.format(name="paper-fractals", url=url, checksum=md5).replace("*.png", "*.jpg")
+        fvis = ARCHIVE.format(name="paper-fvis", url=url, checksum=md5).replace('"fractals"', '"fvis"').replace(
+            "fractals/images/*.png", "first_layers_resized256_onevis/images/*.png")
+        manifests = tmp_path / "m"
+        manifests.mkdir()
+        (manifests / "a.toml").write_text(fractals)
+        (manifests / "b.toml").write_text(fvis)
+        out = tmp_path / "set"
+        summary = build(BuildConfig(out=out, manifests=manifests, sources=("fractals", "fvis"), limit=3,
+                                    image_size=32, fvis_models=("alexnet",), fvis_steps=1, fvis_size=16,
+                                    fvis_weights="random"), log=quiet, progress=False)
+        assert len(base.requests("/fractals_and_fvis.tar")) == 1  # one download for both collections
+    reports = summary.reports
+    assert (reports["paper-fractals"].samples, reports["paper-fvis"].samples) == (2, 2)
+    assert reports["fvis-alexnet"].samples == 1  # --limit 3 FVis: the archive's 2, then one rendered unit
+    metas = [json.loads(s.fields["json"]) for p in sorted((out / "shards").glob("*.tar")) for s in iter_shard(p)]
+    fvis_metas = [m for m in metas if m["source"] == "fvis"]
+    assert [m["collection"] for m in fvis_metas] == ["paper-fvis", "paper-fvis", "fvis-alexnet"]
+    assert fvis_metas[0]["origin"]["member"] == "first_layers_resized256_onevis/images/a.png"

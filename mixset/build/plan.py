@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mixset.build.config import BuildConfig, BuildError
 from mixset.sources.catalog import Collection, load_collections
@@ -146,7 +147,10 @@ def _download_artefacts(c: Collection, config: BuildConfig, cache: Path, log: Ca
 
     archives = []
     for art in c.artefacts:
-        dest = cache / "downloads" / c.name / art.filename
+        dest = _artefact_path(cache, c.name, art.filename, art.sha256 or art.md5)
+        if art.md5 and not art.sha256 and dest.is_file() and _md5(dest) == art.md5:
+            archives.append(dest)  # downloaded for another collection of the same archive
+            continue
         log(f"{c.name}: downloading {art.url}")
         result = download(art.url, dest, sha256=art.sha256, max_bytes=config.max_download_bytes)
         if art.md5:
@@ -156,6 +160,12 @@ def _download_artefacts(c: Collection, config: BuildConfig, cache: Path, log: Ca
                 raise BuildError(f"{art.url}: md5 {digest} does not match the manifest's {art.md5}")
         archives.append(result.path)
     return archives
+
+
+def _artefact_path(cache: Path, collection: str, filename: str, checksum: str | None) -> Path:
+    """Where an artefact is downloaded: one place per checksum, shared by every collection that names the
+    same file (the paper's archive holds its fractals and its FVis: one download for both)."""
+    return cache / "downloads" / (f"artefacts/{checksum}" if checksum else collection) / filename
 
 
 def _extract(c: Collection, archives: list[Path], cache: Path, extracted: Path) -> None:
@@ -181,18 +191,25 @@ def _md5(path: Path) -> str:
 # --- the whole plan ----------------------------------------------------------------------------------
 
 
-def plan_fvis(config: BuildConfig) -> list[Item]:
-    """Every (model, layer, channel) to render, evenly thinned to ``--limit`` across models and layers."""
+def _fvis_units(config: BuildConfig) -> list[tuple[Any, int]]:
+    """Every unit of ``--fvis-models``, its checkpoints checked (one line, before anything downloads or renders)."""
     from mixset.sources.fvis import check_checkpoints, plan_units
 
     try:
         units = plan_units(config.fvis_models)
     except PixmixError as exc:  # an unknown model: fvis's parameter at fault is the build's fvis_models
         raise BuildError(f"--fvis-models: {exc}", param="fvis_models") from exc
-    # Before anything renders: a missing checkpoint file or one for a model not rendered is one line.
     check_checkpoints(config.fvis_checkpoints, sorted({spec.model for spec, _ in units}))
-    if config.limit is not None and config.limit < len(units):
-        units = [units[i * len(units) // config.limit] for i in range(config.limit)]
+    return units
+
+
+def plan_fvis(config: BuildConfig, have: int = 0) -> list[Item]:
+    """The (model, layer, channel) units to render, evenly thinned across models and layers to ``--limit``
+    (or, when ``have`` FVis came from an archive, to what ``--limit`` or the plan's size leaves)."""
+    units = _fvis_units(config)
+    wanted = max(0, (len(units) if config.limit is None else config.limit) - have)
+    if wanted < len(units):
+        units = [units[i * len(units) // wanted] for i in range(wanted)]
     items = []
     for index, (spec, channel) in enumerate(units):
         c = Collection(name=f"fvis-{spec.model}", source="fvis", kind="fvis", licence=FVIS_LICENCE)
@@ -203,15 +220,18 @@ def plan_fvis(config: BuildConfig) -> list[Item]:
 
 def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], dict[str, CollectionReport]]:
     """The items of every source in order (``--limit`` per source) and a report per collection."""
-    collections = load_collections(config.manifests, tuple(s for s in config.sources if s != "fvis"),
-                                   extra=config.extra_manifests)
+    if "fvis" in config.sources:
+        _fvis_units(config)  # a bad --fvis-models or --fvis-checkpoint fails before any download
+    collections = load_collections(config.manifests, tuple(config.sources), extra=config.extra_manifests)
     for c in collections:  # a collection's name names its cache folders: nothing may lead outside --out
         check_name(c.name, f"{c.origin_file}: collection name", BuildError)
     reports: dict[str, CollectionReport] = {}
     items: list[Item] = []
     for source in config.sources:
-        if source == "fvis":
-            items.extend(_plan_fvis_reported(config, reports))
+        if source == "fvis":  # the paper's archive FVis first (when declared and reachable), then rendered ones
+            archived = _plan_source([c for c in collections if c.source == "fvis"], config, reports, log)
+            items.extend(archived)
+            items.extend(_plan_fvis_reported(config, reports, have=len(archived)))
         else:
             chosen = [c for c in collections if c.source == source]
             items.extend(_plan_source(chosen, config, reports, log))
@@ -220,8 +240,8 @@ def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], d
     return items, reports
 
 
-def _plan_fvis_reported(config: BuildConfig, reports: dict[str, CollectionReport]) -> list[Item]:
-    items = plan_fvis(config)
+def _plan_fvis_reported(config: BuildConfig, reports: dict[str, CollectionReport], have: int = 0) -> list[Item]:
+    items = plan_fvis(config, have)
     for item in items:
         c = item.collection
         reports.setdefault(c.name, CollectionReport(c.name, c.source, c.kind, c.licence)).planned += 1
