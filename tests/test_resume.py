@@ -226,30 +226,31 @@ def _keys(folder: Path, world: int, rank: int = 0) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_killed_run_with_dropout_replays_no_batch_and_ends_bit_identical(shards: Path, mixing: Path,
-                                                                           tmp_path: Path) -> None:
-    """Dropout draws from torch's global RNG: its state is in the checkpoint; the resumed run's batches are the
-    uninterrupted run's from the next one on (skipped, not replayed)."""
+def test_two_ranks_with_dropout_killed_and_resumed_on_two_replay_no_batch_and_end_bit_identical(
+        shards: Path, mixing: Path, tmp_path: Path) -> None:
+    """DDP (gloo), 2 ranks x 4: dropout draws from each rank's torch RNG, whose states are in the checkpoint; each
+    rank's batches after the resume are the uninterrupted run's from the next one on (skipped, not replayed), and
+    the per-rank running sums continue, so the log is the same too."""
     runs = {}
     for name, extra, kill in (("a", (), None), ("b", ("--checkpoint-every", "3"), 6)):
         keys = tmp_path / f"keys-{name}"
         keys.mkdir()
-        cmd = [sys.executable, str(SCRIPT), str(keys), "--dropout", "--", *_options(shards, mixing, tmp_path / name,
-                                                                                   "--workers", "0", *extra)]
-        first = _run(cmd, kill_after=kill)
+        options = _options(shards, mixing, tmp_path / name, "--workers", "0", *extra)
+        first = _torchrun(2, keys, options, kill_after=kill, dropout=True)
         if kill is not None:
-            assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-            assert len(_keys(keys, 1)) == kill  # the batches trained before the kill
-            first = _run(cmd)
+            assert first.returncode != 0
+            assert [len(_keys(keys, 2, r)) for r in range(2)] == [kill] * 2  # the batches trained before the kill
+            first = _torchrun(2, keys, options, dropout=True)
         assert first.returncode == 0, first.stderr[-3000:]
-        runs[name] = _keys(keys, 1)
-    assert runs["b"] == runs["a"] and len(runs["a"]) == 20  # each batch once, in the same order
+        runs[name] = [_keys(keys, 2, r) for r in range(2)]
+    assert runs["b"] == runs["a"] and [len(r) for r in runs["a"]] == [20, 20]  # each batch once, in the same order
     _assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
-def _torchrun(ranks: int, keys: Path, options: list[str], kill_after: int | None = None) -> subprocess.CompletedProcess:
+def _torchrun(ranks: int, keys: Path, options: list[str], kill_after: int | None = None,
+              dropout: bool = False) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-           str(SCRIPT), str(keys), "--", *options]
+           str(SCRIPT), str(keys), *(["--dropout"] if dropout else []), "--", *options]
     return _run(cmd, kill_after)
 
 
@@ -278,3 +279,16 @@ def test_two_ranks_killed_mid_epoch_resume_on_three_with_every_sample_once(shard
     assert [(r["epoch"], r["step"], r["world_size"], r["samples"]) for r in records] == [(1, 7, 2, 84),
                                                                                         (2, 14, 3, 84)]
     assert records[1]["batches_per_rank"] == [7, 7, 7]
+
+
+def test_checkpoint_every_is_validated_and_may_change_on_resume() -> None:
+    from pixmix.train.checkpointing import config_differences
+    from pixmix.train.errors import TrainError
+    from pixmix.train.trainer import preset_config
+
+    with pytest.raises(TrainError, match="--checkpoint-every must be an integer >= 0") as info:
+        preset_config("smoke", checkpoint_every=-1)
+    assert info.value.param == "checkpoint_every"
+    a, b = preset_config("smoke").to_json(), preset_config("smoke", checkpoint_every=50).to_json()
+    assert a["checkpoint_every"] == 0 and config_differences(a, b) == []
+    assert config_differences(a, preset_config("smoke", batch_size=64).to_json()) == ["batch_size: 32 -> 64"]

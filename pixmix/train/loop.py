@@ -175,14 +175,10 @@ class _Tally:
 @dataclass(frozen=True)
 class MidEpoch:
     """What a mid-epoch checkpoint holds of the epoch in progress: the loader's ``position`` (its ``step``: batches
-    done on every rank), the running sums of all ranks so far, and each rank's RNG states (dropout's draws)."""
+    done on every rank), each rank's running sums (loss, wrong, samples, substituted, errors) and RNG states."""
 
     position: EpochPosition
-    loss_sum: float
-    wrong: int
-    samples: int
-    substituted: int
-    errors: list[str]
+    tallies: list[tuple[float, int, int, int, list[str]]]
     rng: list[torch.Tensor]
     cuda_rng: list[torch.Tensor] | None
 
@@ -190,36 +186,37 @@ class MidEpoch:
     def gather(cls, tally: _Tally, loader: ShardLoader, ctx: TrainContext) -> MidEpoch:
         """The state of every rank after ``tally.batches`` steps (a collective call: all ranks together)."""
         cuda = torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None
-        mine = (float(tally.loss_sum.item()), int(tally.wrong.item()), tally.seen, tally.substituted,
-                list(tally.errors), torch.get_rng_state(), cuda)
-        ranks = ctx.gather(mine)
-        return cls(loader.position(tally.batches), sum(r[0] for r in ranks), sum(r[1] for r in ranks),
-                   sum(r[2] for r in ranks), sum(r[3] for r in ranks), [e for r in ranks for e in r[4]],
-                   [r[5] for r in ranks], None if cuda is None else [r[6] for r in ranks])
+        sums = (float(tally.loss_sum.item()), int(tally.wrong.item()), tally.seen, tally.substituted,
+                list(tally.errors))
+        ranks = ctx.gather((sums, torch.get_rng_state(), cuda))
+        return cls(loader.position(tally.batches), [r[0] for r in ranks], [r[1] for r in ranks],
+                   None if cuda is None else [r[2] for r in ranks])
 
     def to_state(self) -> dict[str, Any]:
         """Plain values and tensors (the checkpoint loads with ``weights_only=True``)."""
-        return {"position": self.position.to_state(), "loss_sum": self.loss_sum, "wrong": self.wrong,
-                "samples": self.samples, "substituted": self.substituted, "errors": self.errors, "rng": self.rng,
+        return {"position": self.position.to_state(), "tallies": [list(t) for t in self.tallies], "rng": self.rng,
                 "cuda_rng": self.cuda_rng}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> MidEpoch:
         """The inverse of :meth:`to_state`."""
-        return cls(EpochPosition.from_state(state["position"]), float(state["loss_sum"]), int(state["wrong"]),
-                   int(state["samples"]), int(state["substituted"]), list(state["errors"]), list(state["rng"]),
-                   state["cuda_rng"])
+        tallies = [(float(t[0]), int(t[1]), int(t[2]), int(t[3]), list(t[4])) for t in state["tallies"]]
+        return cls(EpochPosition.from_state(state["position"]), tallies, list(state["rng"]), state["cuda_rng"])
 
     def restore(self, tally: _Tally, ctx: TrainContext, seed: int) -> None:
-        """Continue ``tally`` (rank 0 carries the sums of all ranks) and this rank's RNG: its own state on the same
-        ranks, else a seed of ``(seed, epoch, rank, step)`` (another split: the draws differ anyway)."""
+        """Continue ``tally`` and this rank's RNG: on the same ranks each its own (the same sums and draws as
+        without the stop); on another number, rank 0 carries the sums of all and the RNG is seeded from ``(seed,
+        epoch, rank, step)`` (another split: the draws differ anyway)."""
         step = self.position.step
         tally.batches = step
-        if ctx.rank == 0:
-            tally.loss_sum += self.loss_sum
-            tally.wrong += self.wrong
-            tally.seen, tally.substituted, tally.errors = self.samples, self.substituted, list(self.errors)
-        if len(self.rng) != ctx.world_size:
+        same = len(self.tallies) == ctx.world_size
+        if same or ctx.rank == 0:
+            mine = [self.tallies[ctx.rank]] if same else self.tallies
+            tally.loss_sum += sum(t[0] for t in mine)
+            tally.wrong += sum(t[1] for t in mine)
+            tally.seen, tally.substituted = sum(t[2] for t in mine), sum(t[3] for t in mine)
+            tally.errors = [e for t in mine for e in t[4]]
+        if not same:
             torch.manual_seed(derive_seed(seed, _EPOCH_STREAM, self.position.epoch, ctx.rank, step))
             return
         torch.set_rng_state(self.rng[ctx.rank])
