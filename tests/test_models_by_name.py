@@ -217,18 +217,19 @@ def data(tmp_path_factory) -> Data:
 
 
 def test_small_preset_learns_a_separable_problem(data: Data, tmp_path: Path) -> None:
-    # Ten flat colours plus noise (96 training images, 40 test): chance is 90% error.
+    # Ten flat colours plus noise (96 training images, 40 test): chance is 90% error. 12 steps.
     few = tmp_path / "few"
     shard(ShardConfig(out=few, dataset="cifar10", data_dir=data.plain.parent / "cifar", limit=96), log=quiet,
           progress=False)
-    config = preset_config("small-baseline", epochs=3, batch_size=16, workers=0, device="cpu")
+    config = preset_config("small-baseline", epochs=2, batch_size=16, workers=0, device="cpu")
     summary = train(config, few, tmp_path / "run", val_shards=data.test, log=quiet, progress=False)
-    assert summary.final is not None and summary.final["val_error"] <= 0.25
+    assert summary.final is not None and summary.final["val_error"] <= 0.3
 
 
 # --- train -> eval with a torchvision arch ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_resnet18_then_eval_rebuilds_it(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_cifar10(root, per_batch=8)  # 40 training, 8 test images
@@ -249,7 +250,7 @@ def test_train_resnet18_then_eval_rebuilds_it(tmp_path: Path) -> None:
     report = tmp_path / "report"
     result = CliRunner().invoke(pixmix_main, [
         "eval", "--checkpoint", str(checkpoint), "--suite", "cifar10", "--data", str(root), "--out", str(report),
-        "--device", "cpu", "--pgd-samples", "2", "--ood-samples", "4", "--workers", "0", "--quiet"])
+        "--device", "cpu", "--pgd-samples", "1", "--ood-samples", "4", "--workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
     # Independent: the rebuilt network on the test images, normalised with the cifar recipe.
     test = CIFAR(root, "cifar10", train=False)
