@@ -192,3 +192,109 @@ def test_a_shard_run_whose_every_item_fails_exits_non_zero_and_writes_nothing_to
     assert result.exit_code == 1 and "every one of the 3 item(s) failed" in result.output, result.output
     assert "is not an image" in result.output.strip().splitlines()[-1]
     assert not (out / "manifest.json").exists() and not list((out / ".shard").glob("shard-*.json"))
+
+
+# --- 5. CPU budget: ranks of one node divide it; shard's default workers use it ------------------------
+
+
+def test_ranks_of_one_node_divide_its_cpus(tmp_path: Path) -> None:
+    from pixmix.utils.runtime import usable_cpus
+
+    no_cgroup = str(tmp_path / "none")
+    assert usable_cpus({}, no_cgroup, affinity=16) == 16
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "4"}, no_cgroup, affinity=16) == 4
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "3"}, no_cgroup, affinity=16) == 5  # 3 x 5 <= 16
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "32"}, no_cgroup, affinity=16) == 1  # never 0
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "x"}, no_cgroup, affinity=16) == 16  # ignored
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("800000 100000\n")  # a cgroup of 8 CPUs for the whole node's ranks
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "2"}, str(v2), affinity=16) == 4
+    # Per-process limits are already per rank: not divided again.
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "4", "SLURM_CPUS_PER_TASK": "3"}, no_cgroup, affinity=64) == 3
+    assert usable_cpus({"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "6"}, no_cgroup, affinity=16) == 6
+
+
+def test_shard_defaults_to_the_usable_cpus_with_threads_limited_while_it_runs(imagenet: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import torch
+
+    import mixset.cli
+    import mixset.shard.sharder as sharder
+    from mixset.shard.errors import ShardError
+    from pixmix.utils.runtime import plan_workers, usable_cpus
+
+    seen: list[tuple[int, int, str | None]] = []
+    budgets: list[int] = []
+
+    def fake_shard(config: ShardConfig, **_: object) -> None:
+        seen.append((config.workers, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")))
+        budgets.append(usable_cpus())  # this process's own limit does not shrink the plan
+        raise ShardError("stop")
+
+    monkeypatch.setattr(sharder, "shard", fake_shard)
+    monkeypatch.setattr(mixset.cli, "usable_cpus", lambda: 3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the caller's setting, put back after the command
+    torch_before = torch.get_num_threads()
+    args = ["shard", "imagenet", "--data-dir", str(imagenet), "--out", str(tmp_path / "o"), "--quiet"]
+    assert CliRunner().invoke(mixset_main, args).exit_code == 1
+    threads = plan_workers(3)[1]  # processes x threads <= the CPUs the process may use
+    assert seen == [(3, threads, str(threads))] and budgets == [usable_cpus()]
+    assert os.environ["OMP_NUM_THREADS"] == "7" and torch.get_num_threads() == torch_before
+    assert CliRunner().invoke(mixset_main, [*args, "--workers", "1"]).exit_code == 1
+    assert seen[-1][0] == 1
+    shown = " ".join(CliRunner().invoke(mixset_main, ["shard", "imagenet", "--help"]).output.split())
+    assert "[default: (the usable CPUs); x>=1]" in shown
+
+
+# --- 6. every WebDataset consumer reads every image: Hugging Face datasets and plain webdataset ----------
+
+
+def _read_everywhere(out: Path, field: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The rows of a set as Hugging Face ``datasets`` and plain webdataset read them; checks both agree with
+    the manifest's count and every row has its image. Returns the datasets rows' metadata."""
+    import json
+
+    datasets = pytest.importorskip("datasets")
+    import webdataset as wds
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # local files only
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    count = json.loads((out / "manifest.json").read_text())["samples"]
+    tars = [str(p) for p in sorted((out / "shards").glob("*.tar"))]
+    table = datasets.load_dataset("webdataset", data_files={"train": tars}, split="train",
+                                  cache_dir=str(tmp_path / "hf-cache"))
+    assert len(table) == count and field in table.column_names
+    assert all(isinstance(image, Image.Image) and image.size[0] > 0 for image in table[field])
+    rows = list(wds.WebDataset(tars, shardshuffle=False).decode("pil").to_tuple(field, "json"))
+    assert len(rows) == count and all(isinstance(image, Image.Image) for image, _ in rows)
+    # The same rows in the same order (datasets gives every row the union of the json keys: compare the key).
+    key = ("collection", "index") if "collection" in rows[0][1] else ("index", "view")
+    assert [tuple(m[k] for k in key) for _, m in rows] == [tuple(m[k] for k in key) for m in table["json"]]
+    return list(table["json"])
+
+
+def test_hugging_face_datasets_and_webdataset_read_every_image_of_a_mixing_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_build import write_manifests
+
+    out = tmp_path / "s"
+    build(BuildConfig(out=out, manifests=write_manifests(tmp_path / "m", count=3), image_size=32,
+                      sources=("fractals", "fvis"), limit=3, fvis_models=("resnet50",), fvis_steps=1, fvis_size=16,
+                      fvis_weights="random"), log=quiet, progress=False)
+    metas = _read_everywhere(out, "png", tmp_path, monkeypatch)
+    assert sorted(m["source"] for m in metas) == ["fractals"] * 3 + ["fvis"] * 3
+
+
+def test_hugging_face_datasets_and_webdataset_read_every_view_of_a_shard_set(
+        imagenet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiny_datasets import write_mixset
+
+    mixset = write_mixset(tmp_path / "mix", count=2, size=32)
+    out = tmp_path / "o"
+    shard(ShardConfig(dataset="imagenet", data_dir=imagenet, out=out, pixmix=True, mixset=mixset, views=2,
+                      image_size=32, crop_size=16, shard_samples=4), log=quiet, progress=False)
+    metas = _read_everywhere(out, "jpg", tmp_path, monkeypatch)
+    assert sorted((m["index"], m["view"]) for m in metas) == [(i, v) for i in range(6) for v in range(2)]

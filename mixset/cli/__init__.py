@@ -12,7 +12,7 @@ import click
 
 from mixset import __version__
 from pixmix.cli.errors import user_errors
-from pixmix.utils.runtime import tune_cpu_allocator
+from pixmix.utils.runtime import threads_limited, tune_cpu_allocator, usable_cpus
 
 # Library parameters whose flag is not ``--`` + the name with dashes (see pixmix.cli.errors).
 FLAGS = {"sources": "--source", "photo_format": "--format", "image_format": "--format",
@@ -135,7 +135,8 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
                              fvis_models=tuple(fvis_models.split(",")) if fvis_models else None,
                              fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
                              fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints))
-        with _resumable():
+        # This process's share too: processes x threads <= usable CPUs.
+        with _resumable(), threads_limited(config.worker_plan()[1]):
             summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
     click.echo(f"built {summary.samples} samples in {summary.shards} shard(s) at {out} ({summary.resumed_shards} "
                f"resumed, {summary.duplicates} duplicates removed, {summary.rejected} rejected)")
@@ -190,9 +191,10 @@ def _shard_options(fn):
                      "not given."),
         click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
         click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images (quick runs)."),
-        click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+        click.option("--workers", type=click.IntRange(1), default=None, show_default="the usable CPUs",
                      help="Processes (CPU) or decode/encode threads (GPU) on this machine; capped at the usable "
-                     "CPUs unless --oversubscribe (processes x torch/BLAS threads <= usable CPUs)."),
+                     "CPUs (affinity, cgroup quota, SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, divided among "
+                     "LOCAL_WORLD_SIZE ranks) unless --oversubscribe (processes x torch/BLAS threads <= them)."),
         click.option("--oversubscribe", is_flag=True, help="Allow more --workers than usable CPUs."),
         click.option("--rank", type=click.IntRange(0), default=None,
                      help="This machine's rank [default: $RANK (torchrun), $SLURM_PROCID, or 0]."),
@@ -217,11 +219,14 @@ def _run_shard(dataset: str, split: str, corrupted: bool = False, **opts) -> Non
     from mixset.shard.sharder import shard as run_shard
 
     quiet = opts.pop("quiet")
+    if opts["workers"] is None:
+        opts["workers"] = usable_cpus()
     with user_errors(FLAGS):
         rank, world_size = distributed_defaults(opts.pop("rank"), opts.pop("world_size"))
         config = ShardConfig(dataset=dataset, split=split, corrupted=corrupted, rank=rank, world_size=world_size,
                              **opts)
-        with _resumable():
+        # This process's share too: processes x threads <= usable CPUs.
+        with _resumable(), threads_limited(config.worker_plan()[1]):
             s = run_shard(config, log=lambda m: click.echo(m, err=True), progress=not quiet)
     rate = s.samples_written / s.seconds if s.seconds > 0 else 0.0
     click.echo(f"rank {s.rank}/{s.world_size}: wrote {s.shards_written} shard(s) ({s.samples_written} samples, "

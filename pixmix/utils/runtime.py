@@ -6,6 +6,9 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -55,6 +58,10 @@ def tune_cpu_allocator() -> bool:
 # or threads plans them from the CPUs it may really use.
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# OMP_NUM_THREADS as the user set it (None: unset), saved when limit_threads first overwrites it: this
+# process's own limit (a share of the CPUs) must not shrink the budget that usable_cpus plans from.
+_UNSAVED = "<unsaved>"
+_user_omp: str | None = _UNSAVED
 
 
 def _positive_int(value: str | None) -> int | None:
@@ -88,15 +95,30 @@ def _cgroup_cpus(root: str = "/sys/fs/cgroup") -> int | None:
         return None
 
 
-def usable_cpus(env: dict[str, str] | None = None, cgroup_root: str = "/sys/fs/cgroup") -> int:
+def usable_cpus(env: dict[str, str] | None = None, cgroup_root: str = "/sys/fs/cgroup", *,
+                affinity: int | None = None) -> int:
     """The CPUs this process may really use: the smallest of its CPU affinity, its cgroup quota,
-    ``SLURM_CPUS_PER_TASK`` and ``OMP_NUM_THREADS`` (each when set)."""
-    env = dict(os.environ) if env is None else env
-    try:
-        limits = [len(os.sched_getaffinity(0))]
-    except (AttributeError, OSError):  # not Linux
-        limits = [os.cpu_count() or 1]
-    limits += [n for n in (_cgroup_cpus(cgroup_root), _positive_int(env.get("SLURM_CPUS_PER_TASK")),
+    ``SLURM_CPUS_PER_TASK`` and ``OMP_NUM_THREADS`` (each when set).
+
+    Several ranks per node (``LOCAL_WORLD_SIZE``, set by torchrun) share the node's CPUs: the node-wide
+    limits (affinity and cgroup quota, which every rank sees whole) are divided among them; the per-process
+    ones (``SLURM_CPUS_PER_TASK``, ``OMP_NUM_THREADS``) are not. ``affinity``: the affinity's CPU count
+    (default: this process's).
+    """
+    if env is None:
+        env = dict(os.environ)
+        if _user_omp != _UNSAVED:  # ours, not the user's: plan from the user's setting
+            env.pop("OMP_NUM_THREADS", None)
+            env.update({"OMP_NUM_THREADS": _user_omp} if _user_omp is not None else {})
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux
+            affinity = os.cpu_count() or 1
+    ranks = _positive_int(env.get("LOCAL_WORLD_SIZE")) or 1
+    node = [n for n in (affinity, _cgroup_cpus(cgroup_root)) if n is not None]
+    limits = [max(1, n // ranks) for n in node]
+    limits += [n for n in (_positive_int(env.get("SLURM_CPUS_PER_TASK")),
                            _positive_int(env.get("OMP_NUM_THREADS"))) if n is not None]
     return max(1, min(limits))
 
@@ -114,9 +136,14 @@ def plan_workers(requested: int | None, *, cpus: int | None = None, oversubscrib
     return workers, max(1, budget // workers)
 
 
-def limit_threads(threads: int) -> None:
-    """Cap this process's torch and BLAS threads at ``threads``, and its future children's (environment)."""
+def limit_threads(threads: int) -> Any:
+    """Cap this process's torch and BLAS threads at ``threads``, and its future children's (environment).
+
+    Returns threadpoolctl's handle of the BLAS limits (None without threadpoolctl)."""
+    global _user_omp
     threads = max(1, int(threads))
+    if _user_omp == _UNSAVED:
+        _user_omp = os.environ.get("OMP_NUM_THREADS")
     for name in _THREAD_VARIABLES:
         os.environ[name] = str(threads)
     if "torch" in sys.modules:
@@ -127,5 +154,28 @@ def limit_threads(threads: int) -> None:
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # numpy's BLAS then keeps its own default
-        return
-    threadpool_limits(threads)
+        return None
+    return threadpool_limits(threads)
+
+
+@contextmanager
+def threads_limited(threads: int) -> Iterator[None]:
+    """:func:`limit_threads` for the duration of a block, then the earlier settings back: a command run
+    in-process (by a test, a pipeline) leaves its caller's threads and environment as they were."""
+    global _user_omp
+    saved, saved_user = {name: os.environ.get(name) for name in _THREAD_VARIABLES}, _user_omp
+    torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    blas = limit_threads(threads)
+    try:
+        yield
+    finally:
+        _user_omp = saved_user
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if blas is not None:  # first: torch's OpenMP pool is one of the libraries threadpoolctl restores
+            blas.restore_original_limits()
+        if torch_threads is not None:
+            sys.modules["torch"].set_num_threads(torch_threads)
