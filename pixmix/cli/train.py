@@ -59,6 +59,7 @@ PRESET_DEFAULTS: dict[str, dict[str, object]] = {
     "weight_decay": {"cifar": 0.0005, "imagenet": 0.0005, "smoke": 0.0005, "small": 0.0005, "places365": 0.0001},
     "workers": {"cifar": 4, "imagenet": 8, "smoke": 0, "small": 2, "places365": 8},
     "seed": {"cifar": 0, "imagenet": 0, "smoke": 0, "small": 0, "places365": 0},
+    "keep_every": {"cifar": 10, "imagenet": 10, "smoke": 1, "small": 1, "places365": 1},
 }
 
 
@@ -117,10 +118,12 @@ def _list_archs(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
               help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (bf16 autocast) on CUDA; always off on the CPU.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Weights to start from (a state dict or pixmix checkpoint); expected by the imagenet presets.")
+              help="Weights to start from (a state dict, a pixmix checkpoint or a training checkpoint's state_dict, "
+                   "e.g. CSAILVision's resnet18_places365.pth.tar), loaded weights-only; a head with another class "
+                   "count is replaced. Expected by the imagenet and places365 presets.")
 @click.option("--keep-every", type=click.IntRange(0), default=None,
               help="Keep checkpoints/epoch-NNN.pt every N epochs (and the last); 0: only last.pt. "
-                   "Default: the preset's.")
+                   f"{_preset_default('keep_every')}")
 @click.option("--checkpoint-every", type=click.IntRange(0), default=None,
               help="Also replace checkpoints/last.pt every N optimiser steps within an epoch (atomically; it holds "
                    "the loader's position, so a resume continues at the next batch). Default: 0 (at epoch ends only).")
