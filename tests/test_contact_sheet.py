@@ -147,7 +147,7 @@ def test_build_with_a_late_second_source_shows_both(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     shards = [ShardInfo(**s) for s in manifest["shards"]]
     assert len(shards) == 3
-    result = write_contact_sheet(out, shards, tmp_path / "again.png")  # what the build drew
+    result = write_contact_sheet(out, shards, tmp_path / "again.png", totals=manifest["sources"])  # as the build
     assert result.counts == {"deadleaves": 4, "fractals": 20}
     assert len(result.bands["deadleaves"]) == 4 and len(result.bands["fractals"]) == 16
     assert all(c.startswith("deadleaves\ndeadleaves") for c in result.captions["deadleaves"])

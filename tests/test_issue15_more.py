@@ -298,3 +298,38 @@ def test_hugging_face_datasets_and_webdataset_read_every_view_of_a_shard_set(
                       image_size=32, crop_size=16, shard_samples=4), log=quiet, progress=False)
     metas = _read_everywhere(out, "jpg", tmp_path, monkeypatch)
     assert sorted((m["index"], m["view"]) for m in metas) == [(i, v) for i in range(6) for v in range(2)]
+
+
+# --- 7. contact sheets label their bands with the set's counts, not what was read ------------------------
+
+
+@pytest.fixture
+def sheets(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The ContactSheet of every contact sheet written while the test runs."""
+    import mixset.contact_sheet as contact_sheet
+
+    real, made = contact_sheet.write_contact_sheet, []
+
+    def recording(*args: object, **kwargs: object) -> object:
+        made.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(contact_sheet, "write_contact_sheet", recording)
+    return made
+
+
+def test_build_and_shard_contact_sheets_label_bands_with_the_manifests_counts(imagenet: Path, tmp_path: Path,
+                                                                              sheets: list) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "a.toml").write_text('name = "gen"\nsource = "fractals"\nkind = "procedural"\nlicence = "CC0-1.0"\n'
+                                      "[procedural]\ncount = 20\n")
+    (manifests / "b.toml").write_text(LEAVES)
+    build(BuildConfig(out=tmp_path / "s", manifests=manifests, sources=("fractals", "deadleaves"), image_size=32,
+                      shard_size=8), log=quiet, progress=False)
+    (sheet,) = sheets
+    assert sheet.labels == {"fractals": "fractals: 20 samples, first 16 shown",
+                            "deadleaves": "deadleaves: 2 samples, all shown"}
+    shard(ShardConfig(dataset="imagenet", data_dir=imagenet, out=tmp_path / "o", image_size=32, shard_samples=4),
+          log=quiet, progress=False)
+    assert sheets[1].labels == {"view 0": "view 0: 6 samples, first 4 shown"}  # the first shard of the view

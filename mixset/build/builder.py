@@ -123,7 +123,10 @@ def build(config: BuildConfig, log: Callable[[str], None] = print, progress: boo
         if not any(s.samples for s in tally.shards) and tally.failures:  # never "built" an empty set
             raise BuildError(f"every one of the {len(tally.failures)} item(s) failed, first: {tally.failures[0]}; "
                              "nothing was built")
-        sheet = _contact_sheet(config.out, tally.shards)
+        # Bands in source-name order (as the manifest's "sources" are stored, so a sheet redrawn from it matches).
+        totals = {src: sum(r.samples for r in tally.reports.values() if r.source == src)
+                  for src in sorted(config.sources)}
+        sheet = _contact_sheet(config.out, tally.shards, totals)
         manifest = writer.finish(_manifest(config, tally, sheet))
     return BuildSummary(config.out, sum(s.samples for s in tally.shards), len(tally.shards), len(done),
                         sum(r.duplicates for r in reports.values()), sum(r.rejected for r in reports.values()),
@@ -170,11 +173,13 @@ def _note_fallback(result: Produced, report: CollectionReport, log: Callable[[st
         log(f"WARNING: {report.name}: no pretrained weights could be loaded; rendering {weights}")
 
 
-def _contact_sheet(out: Path, shards: list[ShardInfo]) -> Path:
+def _contact_sheet(out: Path, shards: list[ShardInfo], totals: dict[str, int] | None = None) -> Path:
+    """One band per source; ``totals`` (samples per source, known from the build) label the bands "N samples,
+    first K shown" and let reading stop once every band is full."""
     from mixset.contact_sheet import write_contact_sheet
 
     sheet = out / "contact-sheet.png"
-    write_contact_sheet(out, shards, sheet)
+    write_contact_sheet(out, shards, sheet, totals=totals)
     return sheet
 
 

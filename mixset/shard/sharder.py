@@ -310,8 +310,12 @@ def _contact_sheet(out: Path, stored: dict[str, Any], entries: list[dict[str, An
     for e in entries:
         first.setdefault(e["view"], e)
     chosen = entries if by == "corruption" else list(first.values())
+    totals = None  # per view, known from the journal (a -C shard mixes corruptions: their counts are not)
+    if by == "view":
+        totals = {f"view {v}": sum(e["shard"]["samples"] for e in entries if e["view"] == v)
+                  for v in range(stored["views"])}
     write_contact_sheet(out, [ShardInfo(**e["shard"]) for e in chosen], sheet, group=lambda meta: f"{by} {meta[by]}",
-                        groups=15 if by == "corruption" else stored["views"])
+                        groups=15 if by == "corruption" else stored["views"], totals=totals)
     return sheet
 
 
