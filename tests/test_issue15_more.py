@@ -116,7 +116,7 @@ def test_a_damaged_journal_entry_is_named_and_its_shard_written_again(imagenet: 
 
     out = tmp_path / "o"
     args = ["shard", "imagenet", "--data-dir", str(imagenet), "--out", str(out), "--shard-samples", "4",
-            "--image-size", "32", "--quiet"]
+            "--image-size", "32", "--quiet", "--workers", "1"]  # no process pool to start: fast
     assert CliRunner().invoke(mixset_main, args).exit_code == 0
     journal = out / ".shard" / "shard-000001.json"
     text = journal.read_text()
