@@ -219,7 +219,7 @@ def test_bad_checkpoints_are_one_line_pixmix_errors(tmp_path):
     with pytest.raises(PixmixError, match=r"broken.pt: malformed pixmix-checkpoint file \(RuntimeError"):
         model_from_checkpoint(tmp_path / "broken.pt")
     save_checkpoint(tmp_path / "arch.pt", {"model": {"arch": "vit", "num_classes": 10}, "model_state": {}})
-    with pytest.raises(PixmixError, match="arch.pt: arch must be one of"):
+    with pytest.raises(PixmixError, match="arch.pt: --arch: unknown model .vit.; `pixmix train --list-archs`"):
         model_from_checkpoint(tmp_path / "arch.pt")
     with pytest.raises(PixmixError, match="parameter shapes differ"):
         save_checkpoint(tmp_path / "small.pt", {"model_state": build_model("smoke", 10, width=8).state_dict()})
