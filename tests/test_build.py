@@ -8,6 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import kill_when
@@ -18,6 +19,7 @@ from mixset.cli import main as mixset_main
 from mixset.verify import verify
 from pixmix.data.shards.mixing_set import MixingShards
 from pixmix.data.shards.tar import iter_shard
+from pixmix.utils.errors import PixmixError
 
 # `mixset build` reading only the test's --manifests folder (the project's manifests/ would add to it).
 BUILD = ("build", "--no-default-manifests")
@@ -483,3 +485,48 @@ def test_archive_fvis_come_first_then_rendered_units_fill_the_limit(tmp_path) ->
     fvis_metas = [m for m in metas if m["source"] == "fvis"]
     assert [m["collection"] for m in fvis_metas] == ["paper-fvis", "paper-fvis", "fvis-alexnet"]
     assert fvis_metas[0]["origin"]["member"] == "first_layers_resized256_onevis/images/a.png"
+
+
+def test_torch_generators_on_a_device_make_the_cpu_pixels(tmp_path) -> None:
+    """A GPU build makes Spectrum/StyleGAN images in batches on the device; its CPU twin: the same path on the
+    CPU gives the worker path's draws and (to rounding) pixels, and the origin says where they were made."""
+    import torch
+
+    from mixset.build.plan import plan
+    from mixset.build.produce import produce, produce_on_device
+
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    for name in ("spectrum", "stylegan"):
+        (manifests / f"{name}.toml").write_text(f'name = "gen-{name}"\nsource = "{name}"\nkind = "generator"\n'
+                                                f'licence = "CC0-1.0"\n[generator]\nname = "{name}"\ncount = 3\n')
+    config = BuildConfig(out=tmp_path / "set", manifests=manifests, sources=("spectrum", "stylegan"), image_size=64)
+    items, _ = plan(config, quiet)
+    on_device = list(produce_on_device(items, config, torch.device("cpu")))
+    assert len(on_device) == len(items) == 6
+    for item, made in zip(items, on_device, strict=True):
+        worker = produce(item, config.image_size, config.quality, config.photo_format)
+        assert made.key == worker.key and made.error == worker.error == ""
+        made_px = np.asarray(Image.open(io.BytesIO(made.image))).astype(np.int16)
+        worker_px = np.asarray(Image.open(io.BytesIO(worker.image))).astype(np.int16)
+        assert np.abs(made_px - worker_px).mean() < 4.0  # batched FFTs round differently: equal to rounding
+        assert made.meta["origin"] == dict(worker.meta["origin"], device="cpu")
+
+
+def test_fvis_activation_is_a_build_option(tmp_path) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    common = dict(manifests=manifests, sources=("fvis",), limit=1, image_size=32, fvis_models=("alexnet",),
+                  fvis_steps=1, fvis_size=16, fvis_weights="random")
+    origins = {}
+    for activation in ("post-relu", "pre-relu"):
+        out = tmp_path / activation
+        build(BuildConfig(out=out, fvis_activation=activation, **common), log=quiet, progress=False)
+        sample = next(iter_shard(sorted((out / "shards").glob("*.tar"))[0]))
+        origins[activation] = json.loads(sample.fields["json"])["origin"]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["config"]["fvis"]["activation"] == activation
+    assert (origins["post-relu"]["activation"], origins["post-relu"]["module"]) == ("post-relu", "features.1")
+    assert (origins["pre-relu"]["activation"], origins["pre-relu"]["module"]) == ("pre-relu", "features.0")
+    with pytest.raises(PixmixError, match="--fvis-activation must be"):
+        BuildConfig(out=tmp_path / "x", fvis_activation="relu", **common)

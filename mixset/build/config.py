@@ -53,6 +53,8 @@ class BuildConfig(WriterOptions):
     fvis_batch: int = 64
     fvis_weights: str = "default"
     fvis_checkpoints: tuple[tuple[str, str], ...] = ()
+    # AlexNet/VGG convs: post-ReLU as Lucent optimises them, or the raw (pre-ReLU) conv output.
+    fvis_activation: str = "post-relu"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +71,9 @@ class BuildConfig(WriterOptions):
         if self.photo_format not in ("jpg", "png", "webp"):
             raise BuildError(f"--format must be auto, jpg, png or webp, got {self.photo_format!r}",
                              param="photo_format")
+        if self.fvis_activation not in ("post-relu", "pre-relu"):
+            raise BuildError(f"--fvis-activation must be post-relu or pre-relu, got {self.fvis_activation!r}",
+                             param="fvis_activation")
         if self.fvis_steps < 1 or self.fvis_batch < 1 or not 16 <= self.fvis_size <= 1024:
             raise BuildError(
                 f"--fvis-steps and --fvis-batch must be >= 1 and --fvis-size in [16, 1024], "
@@ -84,11 +89,14 @@ class BuildConfig(WriterOptions):
         if "fvis" in self.sources:
             identity["fvis"] = {"models": list(self.fvis_models) if self.fvis_models else None,
                                 "steps": self.fvis_steps, "size": self.fvis_size, "weights": self.fvis_weights,
-                                "checkpoints": dict(self.fvis_checkpoints)}
+                                "checkpoints": dict(self.fvis_checkpoints), "activation": self.fvis_activation}
+        if {"spectrum", "stylegan"} & set(self.sources) and self.resolved_device().type != "cpu":
+            identity["generator_device"] = "gpu"  # pixels equal the CPU's to rounding only: never mix the two
         return identity
 
     def resolved_device(self) -> Any:
-        """The ``torch.device`` FVis render on: ``auto`` is this process's GPU when there is one."""
+        """The ``torch.device`` FVis render on (and the torch generators run on when it is a GPU): ``auto`` is
+        this process's GPU when there is one."""
         from pixmix.utils.distributed import resolve_device
 
         return resolve_device(self.device)

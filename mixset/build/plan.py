@@ -196,7 +196,7 @@ def _fvis_units(config: BuildConfig) -> list[tuple[Any, int]]:
     from mixset.sources.fvis import check_checkpoints, plan_units
 
     try:
-        units = plan_units(config.fvis_models)
+        units = plan_units(config.fvis_models, activation=config.fvis_activation)
     except PixmixError as exc:  # an unknown model: fvis's parameter at fault is the build's fvis_models
         raise BuildError(f"--fvis-models: {exc}", param="fvis_models") from exc
     check_checkpoints(config.fvis_checkpoints, sorted({spec.model for spec, _ in units}))

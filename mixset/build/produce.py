@@ -11,7 +11,7 @@ import hashlib
 import multiprocessing
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -113,12 +113,33 @@ def _produce_star(args: tuple[Item, int, int, str]) -> Produced:
     return produce(*args)
 
 
+DEVICE_BATCH = 64  # generator images rendered together on a GPU (Spectrum: one kernel per operation for all)
+
+
+def _route(item: Item, on_gpu: bool) -> str:
+    """Where an item is made: ``fvis`` (batched on the device), ``device`` (a torch generator on a GPU) or
+    ``workers`` (CPU worker processes)."""
+    c = item.collection
+    if c.kind == "fvis":
+        return "fvis"
+    if on_gpu and c.kind == "generator":
+        from mixset.sources.generators import DEVICE_GENERATORS
+
+        return "device" if c.generator in DEVICE_GENERATORS else "workers"
+    return "workers"
+
+
 def produced(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
-    """Produce items in order: FVis in batches on the chosen device, the rest in worker processes."""
-    for is_fvis, group in groupby(items, key=lambda item: item.collection.kind == "fvis"):
+    """Produce items in order: FVis in batches on the chosen device, the torch generators on a GPU when the
+    build has one, the rest in worker processes."""
+    device = config.resolved_device()
+    for route, group in groupby(items, key=lambda item: _route(item, device.type != "cpu")):
         group_items = list(group)
-        if is_fvis:
+        if route == "fvis":
             yield from _produce_fvis(group_items, config)
+            continue
+        if route == "device":
+            yield from produce_on_device(group_items, config, device)
             continue
         args = ((item, config.image_size, config.quality, config.photo_format) for item in group_items)
         processes, threads = config.worker_plan()  # at most the usable CPUs, unless --oversubscribe
@@ -131,10 +152,34 @@ def produced(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
             yield from pool.imap(_produce_star, args, chunksize=4)
 
 
+def produce_on_device(items: list[Item], config: BuildConfig, device: Any) -> Iterator[Produced]:
+    """Generator items made ``DEVICE_BATCH`` at a time on ``device`` (:func:`~mixset.sources.generators.
+    generate_batch`: the draws of the CPU path; pixels equal to rounding). The origin records the device."""
+    from mixset.sources.generators import generate_batch
+
+    for _, same in groupby(items, key=lambda item: (item.collection.name, item.seed)):
+        chunk_items = list(same)
+        for start in range(0, len(chunk_items), DEVICE_BATCH):
+            chunk = chunk_items[start: start + DEVICE_BATCH]
+            c = chunk[0].collection
+            try:
+                made = generate_batch(c.generator, chunk[0].seed, [i.index for i in chunk], config.image_size,
+                                      str(device))
+            except Exception as exc:  # noqa: BLE001 - reported per item, as the CPU path does
+                yield from (Produced(_key(i), None, "", _base_meta(i), "", error=f"{_key(i)}: {exc}") for i in chunk)
+                continue
+            for item, (pixels, params, tries) in zip(chunk, made, strict=True):
+                origin = {"generator": c.generator, "seed": item.seed, "index": item.index, "tries": tries,
+                          "params": params, "device": str(device)}
+                meta = dict(_base_meta(item), origin=origin)
+                yield _encoded(_key(item), Image.fromarray(pixels), config.photo_format, config.quality, meta)
+
+
 def _produce_fvis(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
     from mixset.sources.fvis import DEFAULT_LAYERS, fvis_images
 
-    specs = {(spec.model, spec.layer): spec for layers in DEFAULT_LAYERS.values() for spec in layers}
+    specs = {(spec.model, spec.layer): replace(spec, activation=config.fvis_activation)
+             for layers in DEFAULT_LAYERS.values() for spec in layers}
     entries = [(specs[(o["model"], o["layer"])], int(o["channel"])) for o in (dict(i.origin) for i in items)]
     checkpoints = {model: Path(path) for model, path in config.fvis_checkpoints}
     rendered = fvis_images(plan=entries, size=config.fvis_size, steps=config.fvis_steps, seed=config.seed,
@@ -145,4 +190,4 @@ def _produce_fvis(items: list[Item], config: BuildConfig) -> Iterator[Produced]:
         yield _encoded(_key(item), _normalise(image, config.image_size), config.photo_format, config.quality, meta)
 
 
-__all__ = ["Produced", "produce", "produced"]
+__all__ = ["Produced", "produce", "produce_on_device", "produced"]

@@ -99,7 +99,8 @@ def main() -> None:
               help="Read only the --manifests folders, not the project's manifests/.")
 @click.option("--strict", is_flag=True, help="Fail when a collection is unreachable instead of reporting it.")
 @click.option("--device", default="auto", show_default=True,
-              help="Where FVis render: auto (cuda when available), cpu, cuda[:N].")
+              help="Where FVis render and, on a GPU, the torch generators (spectrum, stylegan) run: auto (cuda when "
+              "available), cpu, cuda[:N].")
 @click.option("--fvis-models", default=None,
               help="Comma-separated models for FVis (default: all known early-layer models).")
 @click.option("--fvis-steps", type=click.IntRange(1), default=512, show_default=True,
@@ -111,11 +112,14 @@ def main() -> None:
               help="torchvision's pretrained weights (random-init fallback when unavailable), or random init.")
 @click.option("--fvis-checkpoint", "fvis_checkpoints", multiple=True, metavar="MODEL=PATH",
               help="A local state_dict for MODEL (loaded with weights_only=True); repeatable.")
+@click.option("--fvis-activation", type=click.Choice(["post-relu", "pre-relu"]), default="post-relu",
+              show_default=True, help="AlexNet/VGG convs: optimise post-ReLU values (as Lucent does) or the raw conv.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, image_size: int, shard_size: int,
           photo_format: str, quality: int, workers: int, oversubscribe: bool, manifests: tuple[Path, ...],
           no_default_manifests: bool, strict: bool, device: str, fvis_models: str | None, fvis_steps: int,
-          fvis_size: int, fvis_batch: int, fvis_weights: str, fvis_checkpoints: tuple[str, ...], quiet: bool) -> None:
+          fvis_size: int, fvis_batch: int, fvis_weights: str, fvis_checkpoints: tuple[str, ...], fvis_activation: str,
+          quiet: bool) -> None:
     """Assemble a PixMix mixing set as WebDataset shards with a manifest and a contact sheet."""
     from mixset.build.builder import build as run_build
     from mixset.build.config import BuildConfig
@@ -134,7 +138,8 @@ def build(sources: tuple[str, ...], out: Path, limit: int | None, seed: int, ima
                              device=device,
                              fvis_models=tuple(fvis_models.split(",")) if fvis_models else None,
                              fvis_steps=fvis_steps, fvis_size=fvis_size, fvis_batch=fvis_batch,
-                             fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints))
+                             fvis_weights=fvis_weights, fvis_checkpoints=tuple(checkpoints),
+                             fvis_activation=fvis_activation)
         # This process's share too: processes x threads <= usable CPUs.
         with _resumable(), threads_limited(config.worker_plan()[1]):
             summary = run_build(config, log=lambda m: click.echo(m, err=True), progress=not quiet)

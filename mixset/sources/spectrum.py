@@ -339,13 +339,10 @@ def _draw_params(draw_seed: int, n: int) -> tuple[dict[str, Any], torch.Tensor, 
 
 
 def _batched_colour_model(refs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """:func:`_colour_model` of each reference ``[b, pixels, 3]``."""
-    mean = refs.mean(dim=1, keepdim=True)
-    centred = refs - mean
-    cov = centred.transpose(1, 2).double() @ centred.double() / refs.shape[1]
-    vecs = torch.linalg.eigh(cov)[1].float()
-    table = torch.sort((centred @ vecs).transpose(1, 2).contiguous(), dim=2).values  # [b, 3, pixels]
-    return {"mean": mean, "axes": vecs, "table": table}
+    """:func:`_colour_model` of each reference ``[b, pixels, 3]``, one at a time: a batched ``eigh`` may pick
+    other eigenvector signs than a single one, which the histogram matching then turns into other pixels."""
+    models = [_colour_model(ref) for ref in refs]
+    return {key: torch.stack([m[key] for m in models]) for key in ("mean", "axes", "table")}
 
 
 def _batched_colour_projection(img: torch.Tensor, model: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -379,7 +376,7 @@ def render_float_batch(draw_seeds: list[int], size: int, device: torch.device | 
 
     The draws are each seed's own (the same as one at a time); the projections run batched on ``device``
     (default: the CPU), which on a GPU is what keeps it busy. Pixels agree with :func:`render_float`'s
-    to float rounding, not bit for bit."""
+    to float rounding, not always bit for bit (batched FFTs may round differently)."""
     dev = torch.device("cpu") if device is None else torch.device(device)
     levels = levels_for(size)
     n = -(-size // 2**levels) * 2**levels
