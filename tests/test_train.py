@@ -282,6 +282,23 @@ def test_resume_refuses_other_options_and_trims_the_log(data: Data, tmp_path: Pa
     assert [(r["epoch"], r["step"]) for r in log_records(out)] == [(1, 6), (2, 12)]
 
 
+def test_a_checkpoint_from_before_a_new_option_resumes_at_its_default(data: Data, tmp_path: Path) -> None:
+    """A run checkpointed by a version without ``cutmix`` (its stored config lacks the field) resumes when the
+    option is at its default, and is refused when it is not."""
+    from pixmix.models.checkpoints import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    train(smoke("smoke-baseline", epochs=2), data.plain, out, log=quiet, progress=False, stop_after_epochs=1)
+    last = out / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["config"]["cutmix"]
+    save_checkpoint(last, state)
+    with pytest.raises(TrainError, match=r"cutmix: None -> 0.5"):
+        train(smoke("smoke-baseline", epochs=2, cutmix=0.5), data.plain, out, log=quiet, progress=False)
+    summary = train(smoke("smoke-baseline", epochs=2), data.plain, out, log=quiet, progress=False)
+    assert (summary.resumed_from, summary.epochs_completed) == (1, 2)
+
+
 # --- schedule ------------------------------------------------------------------------------------
 
 

@@ -53,11 +53,17 @@ class RunFiles:
         return self.checkpoints / f"epoch-{epoch:03d}.pt"
 
 
-def config_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """``"name: stored -> requested"`` for every field that differs, except :data:`RESUMABLE_CHANGES`."""
+def config_differences(stored: dict[str, Any], requested: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> list[str]:
+    """``"name: stored -> requested"`` for every field that differs, except :data:`RESUMABLE_CHANGES`.
+
+    A field the stored config lacks (a checkpoint written before the field existed) counts as equal when
+    the requested value is that field's default (``defaults``): such a run is the one the old code ran."""
+    defaults = defaults or {}
     names = sorted(set(stored) | set(requested))
     return [f"{n}: {stored.get(n)!r} -> {requested.get(n)!r}" for n in names
-            if n not in RESUMABLE_CHANGES and stored.get(n) != requested.get(n)]
+            if n not in RESUMABLE_CHANGES and stored.get(n) != requested.get(n)
+            and not (n not in stored and n in defaults and requested.get(n) == defaults[n])]
 
 
 def recipe_record(recipe: Recipe) -> dict[str, Any]:
@@ -69,10 +75,12 @@ def recipe_record(recipe: Recipe) -> dict[str, Any]:
 
 
 def load_resumable(
-    files: RunFiles, config: dict[str, Any], data: dict[str, Any], say: Callable[[str], None]
+    files: RunFiles, config: dict[str, Any], data: dict[str, Any], say: Callable[[str], None],
+    defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The checkpoint to resume (``None``: a new run); :class:`TrainError` if it holds a run with other
-    options or data than ``config`` and ``data`` (the records :class:`CheckpointSaver` stores)."""
+    options or data than ``config`` and ``data`` (the records :class:`CheckpointSaver` stores). ``defaults``:
+    the config fields' defaults, which a checkpoint written before a field existed is taken to have used."""
     if not files.last.exists():
         return None
     try:
@@ -80,7 +88,7 @@ def load_resumable(
     except PixmixError as exc:  # truncated or damaged (a killed copy, a full disk): say how to recover
         raise TrainError(f"{exc}; delete it to start over, or restore it from a kept "
                          f"{files.checkpoints}/epoch-NNN.pt (copy one to last.pt) to resume") from exc
-    diffs = config_differences(state["config"], config)
+    diffs = config_differences(state["config"], config, defaults)
     stored = state.get("data", {})
     data_diffs = [f"{k}: {stored.get(k)!r} -> {data[k]!r}" for k in _DATA_KEYS if stored.get(k) != data[k]]
     if diffs or data_diffs:

@@ -26,7 +26,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -475,7 +475,8 @@ def _set_up(
     loader, val_loader = _loaders(config, ctx, shards, plan, mixset, val_shards)
     files = RunFiles(out)
     data = data_record(shards, plan, mixset)
-    state = load_resumable(files, config.to_json(), data, say)
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    state = load_resumable(files, config.to_json(), data, say, defaults)
     model = _initial_model(config, len(classes), state, say)
     learner = _learner(config, model, ctx.device, total_steps=config.epochs * len(loader))
     spec = {"arch": config.arch, "num_classes": int(config.num_classes or len(classes)),
