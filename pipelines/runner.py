@@ -157,10 +157,28 @@ def _natural_manifest() -> str:
         "include = [" + ", ".join(f'"*{s}", "*{s.upper()}"' for s in IMAGE_SUFFIXES) + "]", ""])
 
 
+def _manifests_of(folder: Path, source: str, offline: bool) -> tuple[dict[str, str], str | None]:
+    """({file name: text} of the manifests of ``source`` in ``folder``, why not); ``offline`` leaves out archives."""
+    from mixset.sources.catalog import KINDS
+
+    found: dict[str, str] = {}
+    for path in sorted(folder.glob("*.toml")):
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PipelineError(f"{path}: not a readable TOML manifest ({exc})") from exc
+        if data.get("source") != source or (offline and data.get("kind") == "archive"):
+            continue
+        if data.get("kind") not in KINDS:
+            return {}, f"manifest {path.name} is of kind {data.get('kind')!r}, unknown to this mixset build"
+        found[path.name] = text
+    return found, None
+
+
 def select_manifests(sources: Sequence[str], manifests: str) -> tuple[list[str], dict[str, str], str | None]:
     """(library sources, {file name: manifest text}, why not) for a mixing set of ``sources``."""
     from mixset.build.builder import SOURCES
-    from mixset.sources.catalog import KINDS
 
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
@@ -169,22 +187,14 @@ def select_manifests(sources: Sequence[str], manifests: str) -> tuple[list[str],
     folder, offline = _manifest_files(manifests)
     texts: dict[str, str] = {}
     for s in sources:
-        if s in ("fvis", NATURAL):
+        if s == NATURAL:
             continue
-        found = []
-        for path in sorted(folder.glob("*.toml")):
-            text = path.read_text(encoding="utf-8")
-            try:
-                data = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as exc:
-                raise PipelineError(f"{path}: not a readable TOML manifest ({exc})") from exc
-            if data.get("source") != s or (offline and data.get("kind") == "archive"):
-                continue
-            if data.get("kind") not in KINDS:
-                return [], {}, f"manifest {path.name} is of kind {data.get('kind')!r}, unknown to this mixset build"
-            found.append(path.name)
-            texts[path.name] = text
-        if not found:
+        found, why = _manifests_of(folder, s, offline)
+        if why:
+            return [], {}, why
+        texts.update(found)
+        # FVis are rendered when no manifest declares them (the paper's archive FVis come first when one does).
+        if not found and s != "fvis":
             left_out = " (remote archives left out)" if offline else ""
             return [], {}, f"no manifest in {folder} declares source {s!r}{left_out}"
     if NATURAL in sources:

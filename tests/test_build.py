@@ -474,10 +474,14 @@ def test_archive_fvis_come_first_then_rendered_units_fill_the_limit(tmp_path) ->
         (manifests / "a.toml").write_text(fractals)
         (manifests / "b.toml").write_text(fvis)
         out = tmp_path / "set"
-        summary = build(BuildConfig(out=out, manifests=manifests, sources=("fractals", "fvis"), limit=3,
-                                    image_size=32, fvis_models=("alexnet",), fvis_steps=1, fvis_size=16,
-                                    fvis_weights="random"), log=quiet, progress=False)
+        common = dict(manifests=manifests, sources=("fractals", "fvis"), limit=3, image_size=32, fvis_steps=1,
+                      fvis_size=16, fvis_weights="random")
+        summary = build(BuildConfig(out=out, **common), log=quiet, progress=False)
         assert len(base.requests("/fractals_and_fvis.tar")) == 1  # one download for both collections
+        # --fvis-models asks for those models' units: the archive's FVis (of several networks) are not taken
+        only = build(BuildConfig(out=tmp_path / "only", fvis_models=("alexnet",), **common), log=quiet,
+                     progress=False)
+    assert "paper-fvis" not in only.reports and only.reports["fvis-alexnet"].samples == 3
     reports = summary.reports
     assert (reports["paper-fractals"].samples, reports["paper-fvis"].samples) == (2, 2)
     assert reports["fvis-alexnet"].samples == 1  # --limit 3 FVis: the archive's 2, then one rendered unit

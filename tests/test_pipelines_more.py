@@ -21,7 +21,7 @@ from PIL import Image
 
 from mixset.cli.run import run as run_command
 from pipelines.ablation_report import columns_for, grid_cells, markdown, paper_numbers, plot
-from pipelines.runner import check_data, fingerprint, make_plan, run_pipeline
+from pipelines.runner import check_data, fingerprint, make_plan, run_pipeline, select_manifests
 from pipelines.spec import PipelineError, load
 from pipelines.stages import train_arguments
 
@@ -58,6 +58,16 @@ def test_iterative_row_of_mixing_strategies() -> None:
     smoke = load("mixing-strategies", "smoke").variant("iterative").options
     assert (smoke["iterative_fvis_every"], smoke["iterative_fvis_pool"], smoke["iterative_fvis_steps"],
             smoke["iterative_fvis_units"]) == (2, 8, 2, 4)
+
+
+def test_fvis_sets_take_the_papers_archive_fvis_unless_offline() -> None:
+    """The paper profile's FVis (manifests "default") declare the paper's archive FVis, which the build takes
+    first; the smoke profile ("offline") renders them all; no FVis manifest is no error (units are rendered)."""
+    sources, texts, why = select_manifests(["fractals", "fvis"], "default")
+    assert why is None and sources == ["fractals", "fvis"]
+    assert {"pixmix-paper-fractals.toml", "pixmix-paper-fvis.toml"} <= set(texts)
+    sources, texts, why = select_manifests(["fvis"], "offline")
+    assert why is None and sources == ["fvis"] and texts == {}
 
 
 def test_cutmix_pipeline_rows_columns_and_numbers() -> None:

@@ -228,8 +228,10 @@ def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], d
     reports: dict[str, CollectionReport] = {}
     items: list[Item] = []
     for source in config.sources:
-        if source == "fvis":  # the paper's archive FVis first (when declared and reachable), then rendered ones
-            archived = _plan_source([c for c in collections if c.source == "fvis"], config, reports, log)
+        if source == "fvis":  # the paper's archive FVis first (when declared and reachable), then rendered ones;
+            # --fvis-models asks for those models' units only (the archive's are of several networks)
+            declared = [c for c in collections if c.source == "fvis"] if config.fvis_models is None else []
+            archived = _plan_source(declared, config, reports, log)
             items.extend(archived)
             items.extend(_plan_fvis_reported(config, reports, have=len(archived)))
         else:
