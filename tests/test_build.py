@@ -534,3 +534,25 @@ def test_fvis_activation_is_a_build_option(tmp_path) -> None:
     assert (origins["pre-relu"]["activation"], origins["pre-relu"]["module"]) == ("pre-relu", "features.0")
     with pytest.raises(PixmixError, match="--fvis-activation must be"):
         BuildConfig(out=tmp_path / "x", fvis_activation="relu", **common)
+
+
+def test_an_archive_that_failed_for_one_collection_is_not_fetched_again_for_the_next(tmp_path) -> None:
+    from http_server import Route, serve
+
+    with serve({"/gone.tar": Route(status=503)}) as base:
+        manifests = tmp_path / "m"
+        manifests.mkdir()
+        for name in ("first", "second"):
+            (manifests / f"{name}.toml").write_text(ARCHIVE.format(name=name, url=base + "/gone.tar",
+                                                                   checksum='md5 = "' + "0" * 32 + '"'))
+        (manifests / "z-gen.toml").write_text(PROCEDURAL.format(count=1))
+        summary = build(BuildConfig(out=tmp_path / "set", manifests=manifests, image_size=32), log=quiet,
+                        progress=False)
+        first_run = len(base.requests("/gone.tar"))
+        assert first_run >= 1
+        reports = summary.reports
+        assert reports["first"].status == reports["second"].status == "unreachable"
+        assert "not retried for second" in reports["second"].error and "503" in reports["second"].error
+        # A new run tries the file again (once for both collections).
+        build(BuildConfig(out=tmp_path / "set", manifests=manifests, image_size=32), log=quiet, progress=False)
+        assert len(base.requests("/gone.tar")) == 2 * first_run

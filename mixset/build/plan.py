@@ -151,8 +151,17 @@ def _download_artefacts(c: Collection, config: BuildConfig, cache: Path, log: Ca
         if art.md5 and not art.sha256 and dest.is_file() and _md5(dest) == art.md5:
             archives.append(dest)  # downloaded for another collection of the same archive
             continue
+        failed = dest.with_name(dest.name + ".failed")  # this build's failed attempt at the same file
+        if failed.is_file():
+            raise BuildError(f"{failed.read_text(encoding='utf-8')} (not retried for {c.name}: the same file "
+                             "failed for another collection of this build)")
         log(f"{c.name}: downloading {art.url}")
-        result = download(art.url, dest, sha256=art.sha256, max_bytes=config.max_download_bytes)
+        try:
+            result = download(art.url, dest, sha256=art.sha256, max_bytes=config.max_download_bytes)
+        except Exception as exc:
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.write_text(" ".join(str(exc).split()), encoding="utf-8")
+            raise
         if art.md5:
             digest = _md5(result.path)
             if digest != art.md5:
@@ -220,6 +229,8 @@ def plan_fvis(config: BuildConfig, have: int = 0) -> list[Item]:
 
 def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], dict[str, CollectionReport]]:
     """The items of every source in order (``--limit`` per source) and a report per collection."""
+    for stale in (config.out / ".cache" / "downloads").glob("**/*.failed"):  # a new build tries every file again
+        stale.unlink()
     if "fvis" in config.sources:
         _fvis_units(config)  # a bad --fvis-models or --fvis-checkpoint fails before any download
     collections = load_collections(config.manifests, tuple(config.sources), extra=config.extra_manifests)
