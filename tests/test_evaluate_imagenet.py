@@ -380,3 +380,15 @@ def test_a_broken_or_one_frame_video_is_a_one_line_error(tmp_path) -> None:
     (folder / "c.mp4").unlink()
     got = video_consistency(net, folder.parent, "snow", Feeder(16, 8, 0, imagenet=True), None)
     assert got["flip_rate"] == 0.0 and got["t5d"] == 0.0 and got["sequences"] == 1 and got["frames"] == 3
+
+
+def test_pgd_is_not_run_on_imagenet_unless_asked(evaluated) -> None:
+    """The paper reports no ImageNet PGD: by default the suite skips it, says so, and reports '-'."""
+    from pixmix.evaluate.suites import IMAGENET_PGD_NOTE, summary
+
+    results = evaluated["results"]
+    assert "adversarial" not in results and IMAGENET_PGD_NOTE in results["notes"]
+    assert summary(results)["pgd_error"] is None
+    asked = evaluate(evaluated["ckpt"], "imagenet", evaluated["root"], device="cpu", batch_size=64, ood_samples=5,
+                     workers=0, progress=False, log=lambda m: None, pgd_samples=2, limit=2)
+    assert asked["adversarial"]["samples"] == 2 and 0 <= asked["adversarial"]["pgd_error"] <= 100

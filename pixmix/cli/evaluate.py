@@ -29,7 +29,8 @@ FLAGS = {"data_dir": "--data", "out_dir": "--out", "drop_last_bin": "--reference
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seeds PGD's random start and the synthetic OOD sets.")
-@click.option("--pgd-samples", type=click.IntRange(1), default=None, help="Test images attacked (default: all).")
+@click.option("--pgd-samples", type=click.IntRange(1), default=None,
+              help="Test images attacked (default: all; ImageNet: none, as in the paper).")
 @click.option("--ood-samples", type=click.IntRange(1), default=2000, show_default=True,
               help="Images per OOD set.")
 @click.option("--limit", type=click.IntRange(1), default=None,
