@@ -534,3 +534,28 @@ def test_pixmix_train_under_torchrun_from_an_http_set(tmp_path) -> None:
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["data"]["shards"] == base  # the URL as given, not a path made of it
 
+
+
+def test_mixset_shard_pixmix_takes_a_mixing_set_url(tmp_path) -> None:
+    """`mixset shard --pixmix --mixset http://...` writes the views a local --mixset writes (same bytes)."""
+    from tiny_datasets import write_cifar10, write_mixset
+
+    from mixset.cli import main
+
+    write_cifar10(tmp_path / "data", per_batch=4)
+    mixing = write_mixset(tmp_path / "mix", count=6, size=40)
+    common = ["shard", "cifar10", "--data-dir", str(tmp_path / "data"), "--pixmix", "--workers", "1", "--quiet"]
+    local = CliRunner().invoke(main, [*common, "--mixset", str(mixing), "--out", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    with serve(routes_of(mixing)) as base:
+        remote = CliRunner().invoke(main, [*common, "--mixset", base + "/", "--out", str(tmp_path / "remote")])
+    assert remote.exit_code == 0, remote.output
+    shards = sorted(p.name for p in (tmp_path / "local" / "shards").glob("*.tar"))
+    assert shards and shards == sorted(p.name for p in (tmp_path / "remote" / "shards").glob("*.tar"))
+    for name in shards:
+        local_bytes = (tmp_path / "local" / "shards" / name).read_bytes()
+        assert local_bytes == (tmp_path / "remote" / "shards" / name).read_bytes()
+    manifest = json.loads((tmp_path / "remote" / "manifest.json").read_text())
+    assert manifest["config"]["mixset"] == base + "/"
+    bad = CliRunner().invoke(main, [*common, "--mixset", "ftp://host/set", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "--mixset" in bad.output and "ftp" in bad.output and bad.output.count("\n") == 1

@@ -170,8 +170,9 @@ def _shard_options(fn):
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
                      help="Output folder (shards/, manifest.json). Re-running resumes."),
         click.option("--pixmix", is_flag=True, help="Store PixMix views instead of the images."),
-        click.option("--mixset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-                     help="Mixing set built by `mixset build` (needed by --pixmix, unless --partners augmented)."),
+        click.option("--mixset", default=None,
+                     help="Mixing set built by `mixset build` (needed by --pixmix, unless --partners augmented): a "
+                          "folder or a URL (http(s)://, s3://, gs://)."),
         click.option("--views", type=click.IntRange(1), default=1, show_default=True,
                      help="PixMix views per image; training epoch e reads view e mod V."),
         click.option("--k", type=click.IntRange(1), default=None, help="PixMix rounds (default: the recipe's, 4)."),

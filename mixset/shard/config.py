@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mixset.shard.errors import ShardError
 from mixset.shard.listing import DATASETS
+from pixmix.data.remote import location, resolved
 from pixmix.data.shards.writer import WriterOptions, check_name
 from pixmix.utils.errors import PixmixError
 
@@ -31,7 +32,7 @@ class ShardConfig(WriterOptions):
     split: str = "train"
     corrupted: bool = False
     pixmix: bool = False
-    mixset: Path | None = None
+    mixset: Path | str | None = None  # a folder, or a URL (http(s)://, s3://, gs://, pipe:, file://)
     views: int = 1
     k: int | None = None  # None: the recipe's (ImageNet k=4, beta=4, severity=1; CIFAR k=4, beta=3, severity=3)
     beta: float | None = None
@@ -52,6 +53,7 @@ class ShardConfig(WriterOptions):
         if self.dataset not in DATASETS:
             raise ShardError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         check_name(self.split, "--split", ShardError, param="split")  # it names the shard files
+        self._check_mixset_location()
         if self.pixmix and self.mixset is None and self.partners != "augmented":
             raise ShardError("--pixmix needs --mixset DIR (a mixing set built by `mixset build`), "
                              "unless --partners augmented")
@@ -107,12 +109,22 @@ class ShardConfig(WriterOptions):
             raise ShardError(f"PixMix options: {exc}") from exc
         return recipe
 
+    def _check_mixset_location(self) -> None:
+        """A URL ``--mixset`` stays a URL (read remotely); a local one becomes a path. Other schemes: one line."""
+        if isinstance(self.mixset, str):
+            try:
+                loc = location(self.mixset)
+            except PixmixError as exc:
+                raise ShardError(f"--mixset {exc}", param="mixset") from None
+            if loc.is_local:
+                object.__setattr__(self, "mixset", Path(loc.path))
+
     def identity(self) -> dict[str, Any]:
         """The options that determine the output bytes (not workers, ranks or the output folder)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("out", "workers", "rank", "world_size", "device",
                                                                      "oversubscribe")}
         out.update(data_dir=str(Path(self.data_dir).resolve()),
-                   mixset=str(Path(self.mixset).resolve()) if self.mixset else None, format=self.format, kind=self.kind)
+                   mixset=resolved(self.mixset) if self.mixset else None, format=self.format, kind=self.kind)
         if self.pixmix:
             r = self.recipe()
             out["recipe"] = {"name": r.name, "crop_size": r.image_size, "k": r.k, "beta": r.beta,
