@@ -528,7 +528,9 @@ def test_pixmix_train_under_torchrun_from_an_http_set(tmp_path) -> None:
                "-m", "pixmix.cli.train", "--preset", "smoke-baseline", "--shards", base, "--out",
                str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet"]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+        manifests = len(base.requests("/manifest.json"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert manifests == 1  # read by rank 0 inside the process group, shared with rank 1
     record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
     assert record["world_size"] == 2 and record["batches_per_rank"] == [5, 5]  # 80 // 16
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)

@@ -410,13 +410,14 @@ def train(
     ``stop_after_epochs``: return once that many epochs are complete (as if interrupted there).
     """
     started = time.perf_counter()
-    shardset = ShardSet.load(shards)
-    plan = plan_data(config, shardset, mixset)
-    config, classes = _fit_classes(config, shardset, shards, val_shards)
     if stop_after_epochs is not None and stop_after_epochs < 0:
         raise TrainError(f"stop_after_epochs must be >= 0, got {stop_after_epochs}", param="stop_after_epochs")
     ctx = open_context(config.device)
     try:
+        # In the process group: rank 0 reads each manifest and shares it (pixmix.data.remote.once_per_job).
+        shardset = ShardSet.load(shards)
+        plan = plan_data(config, shardset, mixset)
+        config, classes = _fit_classes(config, shardset, shards, val_shards)
         limit_threads(plan_threads(config.workers)[0])
         say = log if ctx.rank == 0 else _silent
         run, state = _set_up(config, ctx, shards, Path(out), plan, classes, mixset, val_shards, say, progress)
