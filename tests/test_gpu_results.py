@@ -33,6 +33,12 @@ def test_fvis_projection_scales_with_steps() -> None:
     assert gpu_results.fvis_figures(rows, steps=64)["projected_s_4700_at_512"] == pytest.approx(4700 / 40 * 8)
 
 
+def test_gpu_test_files_are_those_with_gpu_tests() -> None:
+    files = gpu_results.gpu_test_files()
+    assert "tests/test_gpu.py" in files and "tests/test_cuda_paths.py" in files
+    assert "tests/test_remote.py" not in files  # CPU-only modules (and what they import) are not collected
+
+
 def test_last_json_line_and_short_names() -> None:
     assert gpu_results.last_json_line('x\n{"a": 1}\nsummary\n{"b": 2}\n') == {"b": 2}
     with pytest.raises(ValueError):
