@@ -12,13 +12,13 @@ import os
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pixmix.data.remote import Location, location
 from pixmix.data.shards.manifest import read_manifest as load_manifest
 from pixmix.data.shards.mixing_set import IMAGE_FIELDS, MANIFEST_FORMAT, MANIFEST_VERSION
 from pixmix.data.shards.shard_set import SHARDS_FORMAT, SHARDS_VERSION
-from pixmix.data.shards.tar import iter_tar
+from pixmix.data.shards.tar import HashingReader, iter_tar
 from pixmix.utils.errors import PixmixError
 
 Folder = str | os.PathLike[str] | Location
@@ -56,9 +56,9 @@ def verify(folder: Folder, decode: bool = True) -> list[str]:
             problems.append(f"{path}: unreadable ({exc})")
             continue
         with fh:
-            hashing = _Hashing(fh)
+            hashing = HashingReader(fh)
             count = _check_shard(path, hashing, manifest, keys, decode, problems)
-            digest, size = hashing.finish()
+            digest, size = _finish(hashing)
         if size != entry["bytes"] or digest != entry["sha256"]:
             problems.append(f"{path}: sha256/size differ from the manifest (got {size} bytes, {digest[:12]}...)")
         if count != entry["samples"]:
@@ -74,29 +74,16 @@ def _inside(folder: Path, path: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-class _Hashing:
-    """Reads through ``fh`` while hashing and counting the bytes (one pass checks both the tar and its sha256)."""
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh, self.sha256, self.bytes = fh, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
-
-    def finish(self) -> tuple[str, int]:
-        """Read what the tar reader left (end padding, or all of a broken shard); ``(sha256, size)``."""
-        try:
-            while self.read(1 << 20):
-                pass
-        except OSError:
-            pass  # a remote shard that fails now was reported by the reader already
-        return self.sha256.hexdigest(), self.bytes
+def _finish(hashing: HashingReader) -> tuple[str, int]:
+    """The shard's ``(sha256, size)`` once the checks have read it; a remote shard that fails now was
+    reported by the reader already, and counts what was read."""
+    try:
+        return hashing.drain()
+    except OSError:
+        return hashing.sha256.hexdigest(), hashing.bytes
 
 
-def _check_shard(path: Location, fh: _Hashing, manifest: dict[str, Any], keys: set[str], decode: bool,
+def _check_shard(path: Location, fh: HashingReader, manifest: dict[str, Any], keys: set[str], decode: bool,
                  problems: list[str]) -> int:
     """Check every sample of one shard (keys unique across the set); returns how many samples it holds."""
     count = 0
@@ -112,7 +99,7 @@ def _check_shard(path: Location, fh: _Hashing, manifest: dict[str, Any], keys: s
     return count
 
 
-def _samples(path: Location, fh: _Hashing) -> Any:
+def _samples(path: Location, fh: HashingReader) -> Any:
     """The samples of a shard stream; a broken tar is a one-line PixmixError naming it."""
     try:
         yield from iter_tar(fh)

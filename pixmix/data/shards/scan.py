@@ -10,7 +10,6 @@ integer in ASCII, as WebDataset and ``mixset shard`` write it) when every sample
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,10 +17,11 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from pixmix.data.remote import Location, expand_braces, has_braces, import_extra, location
 from pixmix.data.shards.manifest import SHARDS_FORMAT, SHARDS_VERSION
+from pixmix.data.shards.tar import HashingReader
 from pixmix.utils.errors import PixmixError
 
 log = logging.getLogger("pixmix.data.shards")
@@ -50,19 +50,6 @@ def list_shards(target: str | os.PathLike[str] | Location) -> tuple[Location, li
         return loc, sorted(p[len(prefix):] for p in fs.find(prefix) if p.endswith(".tar"))
     raise PixmixError(f"{loc}: no manifest.json there, and {loc.scheme} folders cannot be listed: give the shards "
                       "as a brace pattern (e.g. .../{00000..00099}.tar), or write an index once with `mixset index`")
-
-
-class _Hashing:
-    """A read-only stream that hashes and counts what passes through it."""
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh, self.sha256, self.bytes = fh, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
 
 
 @dataclass
@@ -133,15 +120,13 @@ def scan_shard(folder: Location, name: str, *, digest: bool = True) -> ShardScan
         return _scan_headers(loc, name)
     result = ShardScan(name)
     with loc.open() as raw:
-        fh = _Hashing(raw)
+        fh = HashingReader(raw)
         try:
             for sample in _samples(fh):
                 _count(result, sample)
-            while fh.read(1 << 20):  # the tar's end padding counts in the size and hash
-                pass
+            result.sha256, result.bytes = fh.drain()
         except (tarfile.TarError, EOFError) as exc:
             raise PixmixError(f"{folder / name}: unreadable shard ({exc})") from exc
-    result.bytes, result.sha256 = fh.bytes, fh.sha256.hexdigest()
     return result
 
 

@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pixmix.data.remote import Location
 from pixmix.utils.errors import PixmixError
@@ -153,6 +153,26 @@ def iter_tar(fh: Any) -> Iterator[Sample]:
         if key is not None:
             yield Sample(key, fields)
 
+
+
+class HashingReader:
+    """A read-only stream that hashes and counts what passes through it: one pass over a shard both reads
+    its tar and checks its sha256 and size (``mixset verify``, the scan of sets without a manifest)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh, self.sha256, self.bytes = fh, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self) -> tuple[str, int]:
+        """Read what the tar reader left (its end padding counts in the size and hash); ``(sha256, size)``."""
+        while self.read(1 << 20):
+            pass
+        return self.sha256.hexdigest(), self.bytes
 
 def member_kind(member: tarfile.TarInfo) -> str:
     """What a tar member that is not a regular file is, in words (for reports)."""
