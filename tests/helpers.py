@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixmix.models import build_model
+
 
 @contextlib.contextmanager
 def no_global_rng() -> Iterator[None]:
@@ -53,3 +55,31 @@ def kill_when(args: Sequence[str], marker: Path, timeout: float = 120.0) -> None
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
+
+
+# --- networks with known predictions, for evaluation tests --------------------------------------------
+
+
+def spread_model(classes: int, seed: int = 0) -> torch.nn.Module:
+    """An untrained smoke CNN whose head is set to spread predictions over the classes."""
+    torch.manual_seed(seed)
+    model = build_model("smoke", classes).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(200, 3, 32, 32, generator=g) * 2 - 1
+    with torch.no_grad():
+        feats = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)
+        w = torch.randn(model.fc.weight.shape, generator=g) / feats.std(0)
+        model.fc.weight.copy_(w)
+        model.fc.bias.copy_(-(w @ feats.mean(0)))
+    return model
+
+
+def constant_model(classes: int, winner: int) -> torch.nn.Module:
+    """Always the same logits, whatever the input: class ``winner`` first, then by class id."""
+    torch.manual_seed(0)
+    model = build_model("smoke", classes).eval()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(-torch.arange(classes, dtype=torch.float32) * 0.1)
+        model.fc.bias[winner] = 1.0
+    return model

@@ -18,7 +18,7 @@ import pytest
 import sklearn.metrics  # noqa: F401 - imported up front: its import draws from python's global RNG (rich)
 import torch
 from click.testing import CliRunner
-from helpers import no_global_rng
+from helpers import constant_model, no_global_rng, spread_model
 from PIL import Image
 from tiny_datasets import write_cifar10, write_cifar10_c, write_imagenet
 
@@ -28,35 +28,10 @@ from pixmix.data.readers import CIFAR, CIFARCorrupted
 from pixmix.evaluate import measures, metrics, ood
 from pixmix.evaluate.report import PAPER_RESULTS, compare, load_results, write_report
 from pixmix.evaluate.suites import evaluate
-from pixmix.models import build_model, save_checkpoint
+from pixmix.models import save_checkpoint
 from pixmix.utils.errors import PixmixError
 
 P_FILES = {"gaussian_noise": 5, "rotate": 4, "scale": 3}  # perturbation -> frames
-
-
-def spread_model(classes: int, seed: int = 0) -> torch.nn.Module:
-    """An untrained smoke CNN whose head is set to spread predictions over the classes."""
-    torch.manual_seed(seed)
-    model = build_model("smoke", classes).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand(200, 3, 32, 32, generator=g) * 2 - 1
-    with torch.no_grad():
-        feats = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)
-        w = torch.randn(model.fc.weight.shape, generator=g) / feats.std(0)
-        model.fc.weight.copy_(w)
-        model.fc.bias.copy_(-(w @ feats.mean(0)))
-    return model
-
-
-def constant_model(classes: int, winner: int) -> torch.nn.Module:
-    """Always the same logits, whatever the input: class ``winner`` first, then by class id."""
-    torch.manual_seed(0)
-    model = build_model("smoke", classes).eval()
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.bias.copy_(-torch.arange(classes, dtype=torch.float32) * 0.1)
-        model.fc.bias[winner] = 1.0
-    return model
 
 
 def save(model: torch.nn.Module, path: Path, num_classes: int, recipe: dict, **extra) -> Path:

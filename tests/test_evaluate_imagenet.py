@@ -19,6 +19,7 @@ import sklearn.metrics
 import torch
 import torchvision.transforms as T
 from click.testing import CliRunner
+from helpers import constant_model, spread_model
 from PIL import Image
 
 from pipelines.synthetic_imagenet import TENCH, suite_wnids, write_imagenet_suite, write_video
@@ -40,7 +41,7 @@ from pixmix.evaluate.inputs import Feeder
 from pixmix.evaluate.measures import calibration
 from pixmix.evaluate.net import Net
 from pixmix.evaluate.suites import evaluate
-from pixmix.models import build_model, save_checkpoint
+from pixmix.models import save_checkpoint
 from pixmix.utils.errors import PixmixError
 
 
@@ -106,31 +107,6 @@ def test_videos_are_read_back_frame_by_frame(tmp_path) -> None:
 MEAN, STD, SIZE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 48
 RECIPE = {"name": "imagenet", "mean": MEAN, "std": STD, "image_size": SIZE}
 CLASSES = 7  # >= 6: the reference's top-5 distance needs more than 5 classes
-
-
-def spread_model(classes: int, seed: int = 0) -> torch.nn.Module:
-    """An untrained smoke CNN whose head is set to spread predictions over the classes."""
-    torch.manual_seed(seed)
-    model = build_model("smoke", classes).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand(200, 3, 32, 32, generator=g) * 2 - 1
-    with torch.no_grad():
-        feats = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)
-        w = torch.randn(model.fc.weight.shape, generator=g) / feats.std(0)
-        model.fc.weight.copy_(w)
-        model.fc.bias.copy_(-(w @ feats.mean(0)))
-    return model
-
-
-def constant_model(classes: int, winner: int) -> torch.nn.Module:
-    """Always the logits ``-0.1 * class`` but ``1`` for ``winner``, whatever the input."""
-    torch.manual_seed(0)
-    model = build_model("smoke", classes).eval()
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.bias.copy_(-torch.arange(classes, dtype=torch.float32) * 0.1)
-        model.fc.bias[winner] = 1.0
-    return model
 
 
 def save(model: torch.nn.Module, path: Path, classes: int) -> Path:

@@ -33,8 +33,9 @@ def write_places365(root, labels_for, count: int = 12, seed: int = 3):
 
 def test_places365_suite_against_an_independent_computation(tmp_path) -> None:
     import torch
+    from helpers import spread_model
     from PIL import Image
-    from test_evaluate import logits_of, save, spread_model
+    from test_evaluate import logits_of, save
 
     from pixmix.augment.transforms import CenterCrop, Resize
     from pixmix.evaluate import ood
