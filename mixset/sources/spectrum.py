@@ -302,40 +302,44 @@ def render_float(draw_seed: int, size: int, device: torch.device | str | None = 
     projections run (default: the CPU). On a GPU the FFTs and reductions round differently, so the
     pixels agree with the CPU's closely but not bit for bit."""
     dev = torch.device("cpu") if device is None else torch.device(device)
-    rng = np.random.default_rng(draw_seed)
-    levels = levels_for(size)
-    step = 2**levels
-    n = -(-size // step) * step
-    slope = float(rng.uniform(0.5, 3.5))
-    aniso = float(rng.standard_normal() * 3 / 60)
-    r = float(rng.uniform(0.4, 0.8))
-    colour_params, ref = _colour_reference(rng, n)
-    img = torch.from_numpy(rng.random((3, n, n))).float().to(dev)
-    amp = amplitude(n, slope, aniso).to(dev)
-    table = generalised_laplacian_quantiles(r).to(dev)
+    levels, n = _grid(size)
+    drawn, ref, noise = _draw_params(draw_seed, n)
+    img = torch.from_numpy(noise).float().to(dev)
+    amp = amplitude(n, drawn["slope"], drawn["anisotropy"]).to(dev)
+    table = generalised_laplacian_quantiles(drawn["wmm_exponent"]).to(dev)
     model = _colour_model(ref.to(dev))
     for _ in range(ITERATIONS):
         f = _spectrum_projection(torch.fft.rfft2(img), amp)
         img = _wmm_projection(f, n, levels, table)
         img = _colour_projection(img, model)
     top = (n - size) // 2
-    img = img[:, top: top + size, top: top + size]
-    params = {"slope": slope, "anisotropy": aniso, "wmm_exponent": r, "levels": levels, "orientations": 4,
-              "iterations": ITERATIONS, **colour_params}
-    return img, params
+    return img[:, top: top + size, top: top + size], _params(drawn, levels)
 
 
-# --------------------------------------------------------------------------------------------------
-# Many images at once (a GPU's way: one kernel per operation for the whole batch)
+def _grid(size: int) -> tuple[int, int]:
+    """``(pyramid levels, side generated)``: the side is the next multiple of ``2^levels`` (centre-cropped)."""
+    levels = levels_for(size)
+    return levels, -(-size // 2**levels) * 2**levels
 
 
 def _draw_params(draw_seed: int, n: int) -> tuple[dict[str, Any], torch.Tensor, np.ndarray]:
-    """The draws of :func:`render_float`, in its order: (scalars and colour params, colour reference, noise)."""
+    """Every draw of an image, in order: (slope, anisotropy, WMM exponent and colour params; colour
+    reference; starting noise)."""
     rng = np.random.default_rng(draw_seed)
     scalars = {"slope": float(rng.uniform(0.5, 3.5)), "anisotropy": float(rng.standard_normal() * 3 / 60),
                "wmm_exponent": float(rng.uniform(0.4, 0.8))}
     colour_params, ref = _colour_reference(rng, n)
     return {**scalars, **colour_params}, ref, rng.random((3, n, n))
+
+
+def _params(drawn: dict[str, Any], levels: int) -> dict[str, Any]:
+    """The recorded parameters of an image, in the order the manifests have always stored them."""
+    scalars = ("slope", "anisotropy", "wmm_exponent")
+    return {**{k: drawn[k] for k in scalars}, "levels": levels, "orientations": 4, "iterations": ITERATIONS,
+            **{k: v for k, v in drawn.items() if k not in scalars}}
+
+# --------------------------------------------------------------------------------------------------
+# Many images at once (a GPU's way: one kernel per operation for the whole batch)
 
 
 def _batched_colour_model(refs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -378,8 +382,7 @@ def render_float_batch(draw_seeds: list[int], size: int, device: torch.device | 
     (default: the CPU), which on a GPU is what keeps it busy. Pixels agree with :func:`render_float`'s
     to float rounding, not always bit for bit (batched FFTs may round differently)."""
     dev = torch.device("cpu") if device is None else torch.device(device)
-    levels = levels_for(size)
-    n = -(-size // 2**levels) * 2**levels
+    levels, n = _grid(size)
     draws = [_draw_params(seed, n) for seed in draw_seeds]
     amp = torch.stack([amplitude(n, d[0]["slope"], d[0]["anisotropy"]) for d in draws])[:, None].to(dev)
     tables = torch.cat([generalised_laplacian_quantiles(d[0]["wmm_exponent"]) for d in draws]).to(dev)
@@ -390,7 +393,4 @@ def render_float_batch(draw_seeds: list[int], size: int, device: torch.device | 
         img = _batched_wmm(f, n, levels, tables)
         img = _batched_colour_projection(img, model)
     top = (n - size) // 2
-    params = [{"slope": d[0]["slope"], "anisotropy": d[0]["anisotropy"], "wmm_exponent": d[0]["wmm_exponent"],
-               "levels": levels, "orientations": 4, "iterations": ITERATIONS,
-               **{k: v for k, v in d[0].items() if k not in ("slope", "anisotropy", "wmm_exponent")}} for d in draws]
-    return img[:, :, top: top + size, top: top + size], params
+    return img[:, :, top: top + size, top: top + size], [_params(d[0], levels) for d in draws]
