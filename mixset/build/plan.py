@@ -212,10 +212,11 @@ def _fvis_units(config: BuildConfig) -> list[tuple[Any, int]]:
     return units
 
 
-def plan_fvis(config: BuildConfig, have: int = 0) -> list[Item]:
+def plan_fvis(config: BuildConfig, have: int = 0, units: list[tuple[Any, int]] | None = None) -> list[Item]:
     """The (model, layer, channel) units to render, evenly thinned across models and layers to ``--limit``
-    (or, when ``have`` FVis came from an archive, to what ``--limit`` or the plan's size leaves)."""
-    units = _fvis_units(config)
+    (or, when ``have`` FVis came from an archive, to what ``--limit`` or the plan's size leaves). ``units``:
+    :func:`_fvis_units` when the caller has them already."""
+    units = _fvis_units(config) if units is None else units
     wanted = max(0, (len(units) if config.limit is None else config.limit) - have)
     if wanted < len(units):
         units = [units[i * len(units) // wanted] for i in range(wanted)]
@@ -231,8 +232,8 @@ def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], d
     """The items of every source in order (``--limit`` per source) and a report per collection."""
     for stale in (config.out / ".cache" / "downloads").glob("**/*.failed"):  # a new build tries every file again
         stale.unlink()
-    if "fvis" in config.sources:
-        _fvis_units(config)  # a bad --fvis-models or --fvis-checkpoint fails before any download
+    # A bad --fvis-models or --fvis-checkpoint fails here, before any download.
+    units = _fvis_units(config) if "fvis" in config.sources else []
     collections = load_collections(config.manifests, tuple(config.sources), extra=config.extra_manifests)
     for c in collections:  # a collection's name names its cache folders: nothing may lead outside --out
         check_name(c.name, f"{c.origin_file}: collection name", BuildError)
@@ -244,7 +245,7 @@ def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], d
             declared = [c for c in collections if c.source == "fvis"] if config.fvis_models is None else []
             archived = _plan_source(declared, config, reports, log)
             items.extend(archived)
-            items.extend(_plan_fvis_reported(config, reports, have=len(archived)))
+            items.extend(_plan_fvis_reported(config, reports, units, have=len(archived)))
         else:
             chosen = [c for c in collections if c.source == source]
             items.extend(_plan_source(chosen, config, reports, log))
@@ -253,8 +254,9 @@ def plan(config: BuildConfig, log: Callable[[str], None]) -> tuple[list[Item], d
     return items, reports
 
 
-def _plan_fvis_reported(config: BuildConfig, reports: dict[str, CollectionReport], have: int = 0) -> list[Item]:
-    items = plan_fvis(config, have)
+def _plan_fvis_reported(config: BuildConfig, reports: dict[str, CollectionReport], units: list[tuple[Any, int]],
+                        have: int = 0) -> list[Item]:
+    items = plan_fvis(config, have, units)
     for item in items:
         c = item.collection
         reports.setdefault(c.name, CollectionReport(c.name, c.source, c.kind, c.licence)).planned += 1
