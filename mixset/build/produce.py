@@ -69,8 +69,7 @@ def _make(item: Item, image_size: int) -> tuple[Image.Image, dict[str, Any]]:
         from mixset.sources.generators import generate_with_tries
 
         pixels, gen_params, tries = generate_with_tries(c.generator, item.seed, item.index, size=image_size)
-        return Image.fromarray(pixels), {"generator": c.generator, "seed": item.seed, "index": item.index,
-                                         "tries": tries, "params": gen_params}
+        return Image.fromarray(pixels), _generator_origin(item, tries, gen_params)
     from pixmix.data.images import open_image
 
     assert item.path is not None
@@ -78,6 +77,12 @@ def _make(item: Item, image_size: int) -> tuple[Image.Image, dict[str, Any]]:
         _fetch_image(item)
     with open_image(Path(item.path), min_side=image_size) as im:  # refuses non-images and bombs
         return _normalise(im, image_size), dict(item.origin)
+
+
+def _generator_origin(item: Item, tries: int, params: dict[str, Any]) -> dict[str, Any]:
+    """How to make a generated image again: generator, collection seed, index, tries and drawn parameters."""
+    return {"generator": item.collection.generator, "seed": item.seed, "index": item.index, "tries": tries,
+            "params": params}
 
 
 def _fetch_image(item: Item) -> None:
@@ -169,9 +174,7 @@ def produce_on_device(items: list[Item], config: BuildConfig, device: Any) -> It
                 yield from (Produced(_key(i), None, "", _base_meta(i), "", error=f"{_key(i)}: {exc}") for i in chunk)
                 continue
             for item, (pixels, params, tries) in zip(chunk, made, strict=True):
-                origin = {"generator": c.generator, "seed": item.seed, "index": item.index, "tries": tries,
-                          "params": params, "device": str(device)}
-                meta = dict(_base_meta(item), origin=origin)
+                meta = dict(_base_meta(item), origin=dict(_generator_origin(item, tries, params), device=str(device)))
                 yield _encoded(_key(item), Image.fromarray(pixels), config.photo_format, config.quality, meta)
 
 
